@@ -1,0 +1,259 @@
+"""Prompt and preference records, and loaders for the formats the paper and TRL users have.
+
+A bad row is a :class:`DataError` that names the file, the line (1-based, or the CSV row)
+and the field. With ``skip_bad=True`` bad rows are dropped and counted in one warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+
+class DataError(ValueError):
+    """A record could not be read; the message names file, row and field."""
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """What online training and evaluation need: a prompt, and a human reference when known."""
+
+    id: str
+    prompt: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    """A judged pair, for offline training from a fixed dataset or for judge checks."""
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+# Known Hub datasets: (split names mapped by the caller) -> field names.
+HUB_FIELDS: dict[str, dict[str, str]] = {
+    "CarperAI/openai_summarize_tldr": {"prompt": "prompt", "reference": "label"},
+    "HuggingFaceH4/helpful-anthropic-raw": {"prompt": "instruction", "reference": "demonstration"},
+    "HuggingFaceH4/hh-rlhf-h4": {"chosen": "chosen", "rejected": "rejected"},
+    "Anthropic/hh-rlhf": {"chosen": "chosen", "rejected": "rejected"},
+}
+
+ASSISTANT = "\n\nAssistant:"
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number, record) for jsonl[.gz] and csv[.gz] files."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    name = path.name.removesuffix(".gz")
+    with _open_text(path) as f:
+        if name.endswith(".csv"):
+            reader = csv.DictReader(f)
+            for i, row in enumerate(reader, start=2):  # row 1 is the header
+                yield i, row
+        elif name.endswith((".jsonl", ".json")):
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+                yield i, row
+        else:
+            raise DataError(f"{path}: unknown format; use .jsonl, .csv (optionally .gz)")
+
+
+def _field(
+    path: Path | str, line: int, row: dict[str, Any], field: str, required: bool = True, allow_empty: bool = False
+) -> str | None:
+    value = row.get(field)
+    if value is None or (isinstance(value, str) and not value.strip() and not allow_empty):
+        if required:
+            problem = "missing" if field not in row else "empty"
+            raise DataError(f"{path}:{line}: field {field!r} is {problem}")
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{line}: field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _collect(path: Path, rows: Iterable[tuple[int, Any]], make: Callable[[int, Any], Any], skip_bad: bool) -> list:
+    out, bad, first = [], 0, ""
+    for line, row in rows:
+        try:
+            out.append(make(line, row))
+        except DataError as err:
+            if not skip_bad:
+                raise
+            bad += 1
+            first = first or str(err)
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} bad rows (first: {first})", stacklevel=3)
+    return out
+
+
+def load_prompts(
+    path: str | Path,
+    prompt_field: str = "prompt",
+    reference_field: str | None = "label",
+    id_field: str | None = None,
+    skip_bad: bool = False,
+) -> list[PromptRecord]:
+    """Prompt records from jsonl/csv: the paper's split files (``prompt``/``label``) by default.
+
+    When ``reference_field`` is given but absent from every row, records have no reference;
+    when it is present in some rows, a row without it is a bad row.
+    """
+    path = Path(path)
+    rows = list(_rows(path))
+    has_ref = reference_field is not None and any(reference_field in r for _, r in rows)
+
+    def make(line: int, row: dict[str, Any]) -> PromptRecord:
+        rid = str(row[id_field]) if id_field and id_field in row else f"{path.stem}-{line}"
+        # an empty reference is real data (HH has empty chosen replies); a missing one is not
+        ref = _field(path, line, row, reference_field, allow_empty=True) if has_ref else None
+        return PromptRecord(rid, _field(path, line, row, prompt_field), ref)
+
+    return _collect(path, rows, make, skip_bad)
+
+
+def load_preferences(
+    path: str | Path,
+    prompt_field: str | None = "prompt",
+    chosen_field: str = "chosen",
+    rejected_field: str = "rejected",
+    skip_bad: bool = False,
+) -> list[PreferenceRecord]:
+    """Preference pairs: TRL's ``prompt``/``chosen``/``rejected``, or HH-RLHF full dialogues.
+
+    When the rows have no prompt field (HH-RLHF), the prompt is the dialogue up to and
+    including the last ``Assistant:`` turn marker, which must be the same in both texts.
+    """
+    path = Path(path)
+    rows = list(_rows(path))
+    explicit = prompt_field is not None and any(prompt_field in r for _, r in rows)
+
+    def make(line: int, row: dict[str, Any]) -> PreferenceRecord:
+        chosen = _field(path, line, row, chosen_field)
+        rejected = _field(path, line, row, rejected_field)
+        if explicit:
+            prompt = _field(path, line, row, prompt_field)
+        else:
+            prompt, chosen, rejected = split_dialogue(chosen, rejected, f"{path}:{line}", chosen_field)
+        return PreferenceRecord(f"{path.stem.removesuffix('.jsonl')}-{line}", prompt, chosen, rejected)
+
+    return _collect(path, rows, make, skip_bad)
+
+
+def split_dialogue(chosen: str, rejected: str, where: str, field: str = "chosen") -> tuple[str, str, str]:
+    """Split HH-RLHF dialogues into the shared prompt and the two replies.
+
+    The prompt is the longest shared prefix that ends in an ``Assistant:`` marker. In most rows
+    that is everything before the last assistant turn; in some HH rows the two dialogues already
+    differ in an earlier human turn, and the replies then carry the turns that differ (as TRL's
+    prompt extraction does).
+    """
+    if ASSISTANT not in chosen:
+        raise DataError(f"{where}: field {field!r} has no {ASSISTANT.strip()!r} turn")
+    shared = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        shared += 1
+    cut = chosen.rfind(ASSISTANT, 0, shared)
+    if cut < 0 or cut + len(ASSISTANT) > shared:
+        raise DataError(f"{where}: chosen and rejected share no dialogue up to an Assistant turn")
+    prompt = chosen[: cut + len(ASSISTANT)]
+    return prompt, chosen[len(prompt) :].strip(), rejected[len(prompt) :].strip()
+
+
+def load_tldr_judged(path: str | Path, skip_bad: bool = False) -> list[PromptRecord]:
+    """The OpenAI TL;DR judged CSV: ``query`` is the prompt, ``reference_responses`` the human summary."""
+    return load_prompts(path, prompt_field="query", reference_field="reference_responses", skip_bad=skip_bad)
+
+
+def load_hub(
+    name: str,
+    split: str,
+    prompt_field: str | None = None,
+    reference_field: str | None = None,
+) -> list[PromptRecord]:
+    """Prompt records from a Hub dataset (needs network or a populated HF cache).
+
+    Pair datasets (HH-RLHF style) give the dialogue prefix as prompt and the chosen reply as reference.
+    """
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as err:  # datasets raises many types for "not reachable"
+        raise DataError(
+            f"cannot load Hub dataset {name!r} split {split!r}: {err}. Offline, download it elsewhere "
+            "and pass the jsonl/csv file instead."
+        ) from err
+    fields = HUB_FIELDS.get(name, {})
+    records = []
+    for i, row in enumerate(ds):
+        where = f"{name}[{split}]:{i}"
+        if "chosen" in fields and prompt_field is None:
+            chosen, rejected = row[fields["chosen"]], row[fields["rejected"]]
+            if isinstance(chosen, list):  # message lists: flatten to the HH text format
+                chosen, rejected = _messages_to_text(chosen), _messages_to_text(rejected)
+            prompt, reply, _ = split_dialogue(chosen, rejected, where)
+            records.append(PromptRecord(f"{name}-{split}-{i}", prompt, reply))
+            continue
+        pf = prompt_field or fields.get("prompt", "prompt")
+        rf = reference_field or fields.get("reference")
+        prompt = _field(where, 0, row, pf)
+        records.append(PromptRecord(f"{name}-{split}-{i}", prompt, _field(where, 0, row, rf, False) if rf else None))
+    return records
+
+
+def _messages_to_text(messages: list[dict[str, str]]) -> str:
+    names = {"user": "Human", "assistant": "Assistant"}
+    return "".join(f"\n\n{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+def filter_by_length(
+    records: list[PromptRecord],
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_tokens: int | None = None,
+    max_response_tokens: int | None = None,
+) -> list[PromptRecord]:
+    """Drop records whose prompt (or reference) is longer than the paper's limits allow."""
+    kept = []
+    for r in records:
+        if max_prompt_tokens and len(tokenizer(r.prompt).input_ids) > max_prompt_tokens:
+            continue
+        if max_response_tokens and r.reference and len(tokenizer(r.reference).input_ids) > max_response_tokens:
+            continue
+        kept.append(r)
+    return kept
+
+
+def shuffled(records: list, seed: int) -> list:
+    """A seeded permutation; the same seed always gives the same order on every machine."""
+    out = list(records)
+    random.Random(seed).shuffle(out)
+    return out

@@ -1,0 +1,180 @@
+"""K LoRA members, their merge, and frozen snapshots, all on one base model.
+
+PEFT keeps any number of named adapters on a single model, so the members
+(``member0`` ... ``member{K-1}``), the merged behavior model (``behavior``), the SFT reference
+(``sft``) and an EMA reference (``ema``) are named LoRA states that share one copy of the base
+weights. Switching adapter is a pointer change, not a copy.
+
+Merging: the paper's code uses PEFT's ``linear`` combination, which scales each member's A and
+B by sqrt(w) and sums them, so the product contains cross terms B_i A_j. ``exact`` (our default)
+stacks the members into a rank K*r adapter whose delta-W is exactly (1/K) sum_i s_i B_i A_i.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from transformers import PreTrainedModel
+
+from bpo.losses import TokenBatch, sequence_logps
+
+MergeMethod = Literal["exact", "linear"]
+
+
+class Ensemble:
+    """Named LoRA adapters on one frozen base model; only members are ever trainable."""
+
+    def __init__(self, peft_model: PeftModel, members: Sequence[str]):
+        self.peft = peft_model
+        self.members = list(members)
+        self._fix_trainable()
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def create(cls, model: PreTrainedModel, lora: LoraConfig, k: int, seed: int = 0) -> Ensemble:
+        """K fresh members with different random A (B starts at zero, so each starts as the base)."""
+        names = [f"member{i}" for i in range(k)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            peft_model = get_peft_model(model, lora, adapter_name=names[0])
+            for name in names[1:]:
+                peft_model.add_adapter(name, lora)
+        return cls(peft_model, names)
+
+    @classmethod
+    def from_adapters(cls, model: PreTrainedModel, paths: Sequence[str | Path]) -> Ensemble:
+        """Members initialised from saved PEFT adapters (the paper: K SFT runs with different seeds)."""
+        names = [f"member{i}" for i in range(len(paths))]
+        peft_model = PeftModel.from_pretrained(model, str(paths[0]), adapter_name=names[0], is_trainable=True)
+        for name, path in zip(names[1:], paths[1:], strict=True):
+            peft_model.load_adapter(str(path), adapter_name=name, is_trainable=True)
+        return cls(peft_model, names)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.peft.peft_config)
+
+    def _layers(self) -> Iterator[LoraLayer]:
+        return (m for m in self.peft.modules() if isinstance(m, LoraLayer))
+
+    def _fix_trainable(self) -> None:
+        """PEFT's set_adapter/add_adapter toggle requires_grad; members stay trainable, the rest frozen."""
+        for layer in self._layers():
+            for store in (layer.lora_A, layer.lora_B):
+                for name, module in store.items():
+                    module.requires_grad_(name in self.members)
+
+    def member_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        params = []
+        for layer in self._layers():
+            params += [layer.lora_A[name].weight, layer.lora_B[name].weight]
+        return params
+
+    # ------------------------------------------------------------------ using
+
+    @contextlib.contextmanager
+    def active(self, name: str | None) -> Iterator[PeftModel]:
+        """Run the model under adapter ``name``, or the bare base model when ``name`` is None."""
+        if name is None:
+            with self.peft.disable_adapter():
+                yield self.peft
+            return
+        if name not in self.peft.peft_config:
+            raise KeyError(f"no adapter named {name!r}; have {self.adapters}")
+        previous = self.peft.active_adapter
+        self.peft.base_model.set_adapter(name)
+        self._fix_trainable()
+        try:
+            yield self.peft
+        finally:
+            self.peft.base_model.set_adapter(previous)
+            self._fix_trainable()
+
+    def logps(self, name: str | None, batch: TokenBatch, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed and mean response log-probs under adapter ``name`` (None: the base model)."""
+        with self.active(name), torch.set_grad_enabled(grad):
+            return sequence_logps(self.peft, batch)
+
+    # ------------------------------------------------------------------ merge and snapshots
+
+    def merge(self, into: str = "behavior", method: MergeMethod = "exact") -> None:
+        """Write the 1/K merge of the members into the frozen adapter ``into``."""
+        k = len(self.members)
+        if method == "linear":
+            if into in self.peft.peft_config:
+                self.peft.delete_adapter(into)
+            self.peft.base_model.add_weighted_adapter(self.members, [1.0 / k] * k, into, combination_type="linear")
+        elif method == "exact":
+            base = self.peft.peft_config[self.members[0]]
+            rank = sum(self.peft.peft_config[m].r for m in self.members)
+            config = replace(base, r=rank, lora_alpha=rank, lora_dropout=0.0, use_rslora=False, inference_mode=True)
+            self._ensure_adapter(into, config)
+            with torch.no_grad():
+                for layer in self._layers():
+                    if into not in layer.lora_A:
+                        continue
+                    a = torch.cat([layer.lora_A[m].weight for m in self.members], dim=0)
+                    b = torch.cat([layer.lora_B[m].weight * (layer.scaling[m] / k) for m in self.members], dim=1)
+                    layer.lora_A[into].weight.copy_(a)
+                    layer.lora_B[into].weight.copy_(b)
+                    layer.scaling[into] = 1.0
+        else:
+            raise ValueError(f"unknown merge method {method!r}: use exact or linear")
+        self._fix_trainable()
+
+    def snapshot(self, source: str, into: str) -> None:
+        """Copy adapter ``source`` into frozen adapter ``into``; later training cannot change it."""
+        config = replace(self.peft.peft_config[source], lora_dropout=0.0, inference_mode=True)
+        self._ensure_adapter(into, config)
+        with torch.no_grad():
+            for layer in self._layers():
+                if source in layer.lora_A:
+                    layer.lora_A[into].weight.copy_(layer.lora_A[source].weight)
+                    layer.lora_B[into].weight.copy_(layer.lora_B[source].weight)
+                    layer.scaling[into] = layer.scaling[source]
+        self._fix_trainable()
+
+    def ema_update(self, source: str, into: str, alpha: float) -> None:
+        """into <- (1 - alpha) into + alpha source, factor by factor (the public code's EMA is in
+        parameter space too); ``into`` must have the shape of ``source``."""
+        with torch.no_grad():
+            for layer in self._layers():
+                if source in layer.lora_A:
+                    layer.lora_A[into].weight.lerp_(layer.lora_A[source].weight, alpha)
+                    layer.lora_B[into].weight.lerp_(layer.lora_B[source].weight, alpha)
+
+    def _ensure_adapter(self, name: str, config: LoraConfig) -> None:
+        existing = self.peft.peft_config.get(name)
+        if existing is not None and existing.r == config.r:
+            return
+        if existing is not None:
+            self.peft.delete_adapter(name)
+        self.peft.add_adapter(name, config)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, folder: str | Path, names: Sequence[str] | None = None) -> None:
+        """Each adapter in ``folder/<name>`` in standard PEFT format (loadable by PeftModel.from_pretrained)."""
+        names = list(names or self.adapters)
+        if "default" in names:  # PEFT writes "default" to folder itself, not folder/default
+            raise ValueError("adapter name 'default' is reserved")
+        for name in names:
+            self.peft.save_pretrained(str(folder), selected_adapters=[name])
+
+    def load_state(self, folder: str | Path, names: Sequence[str]) -> None:
+        """Restore adapter weights saved by :meth:`save` into existing adapters of the same shape."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        for name in names:
+            state = load_file(str(Path(folder) / name / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.peft, state, adapter_name=name)
+        self._fix_trainable()

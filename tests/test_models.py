@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from bpo.models import ModelLoadError, load_policy
+from bpo.sampling import HFBackend, SamplingParams
+
+
+def test_tiny_random_llama_is_seeded():
+    a = load_policy("tiny-random-llama", device="cpu", seed=1)
+    b = load_policy("tiny-random-llama", device="cpu", seed=1)
+    c = load_policy("tiny-random-llama", device="cpu", seed=2)
+    wa, wb, wc = (p.model.lm_head.weight for p in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert a.model.dtype == torch.float32 and a.tokenizer.padding_side == "left"
+    assert not a.use_chat_template  # no template: plain text
+    assert a.tokenizer.decode(a.encode_prompt("héllo")) == "héllo"
+
+
+def test_unreachable_hub_name_says_how_to_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"google/gemma-2b.*hf download google/gemma-2b --local-dir DIR"):
+        load_policy("google/gemma-2b", device="cpu")
+    with pytest.raises(ModelLoadError, match="no chat template"):
+        load_policy("tiny-random-llama", device="cpu", chat_template="always")
+
+
+@pytest.mark.slow
+def test_smollm2_offline_summarises_a_tldr_post(shared_data):
+    from bpo.data import load_prompts
+
+    policy = load_policy("smollm2-135m-instruct", device="cpu")
+    assert policy.use_chat_template
+    post = load_prompts(shared_data / "bpo-splits/tldr/test.jsonl")[0].prompt
+    prompt = post.removesuffix("TL;DR:").strip() + "\n\nSummarize the post above in one sentence."
+    params = SamplingParams(max_new_tokens=48, do_sample=False)
+    (group,) = HFBackend(policy).generate([policy.encode_prompt(prompt)], 1, params, adapter=None)
+    text = group[0].text
+    print("SmolLM2 summary:", text)
+    words = text.split()
+    assert len(words) >= 5
+    assert not text.startswith(("SUBREDDIT", "TITLE"))  # not an echo of the post header
+    # a real summary talks about the post: it shares content words with it
+    content = {w.strip(".,!?").lower() for w in words if len(w) > 4}
+    assert content & {w.strip(".,!?").lower() for w in post.split()}

@@ -1,0 +1,55 @@
+import torch
+from peft import LoraConfig
+
+from bpo.ensemble import Ensemble
+from bpo.losses import build_batch, sequence_logps
+from bpo.sampling import Completion, HFBackend, SamplingParams, identical
+
+
+def test_sampling_shapes_eos_and_own_logps(tiny):
+    ens = Ensemble.create(tiny.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), 1)
+    with torch.no_grad():
+        for p in ens.member_parameters("member0"):
+            p.normal_(0, 0.1)
+    ens.merge("behavior")
+    prompts = [tiny.encode_prompt(t) for t in ["hello there", "a much longer prompt than the first", "x"]]
+    params = SamplingParams(max_new_tokens=24, batch_size=2)
+    torch.manual_seed(0)
+    groups = HFBackend(tiny, ens).generate(prompts, 3, params, adapter="behavior", return_logps=True)
+    assert [len(g) for g in groups] == [3, 3, 3]
+    eos = tiny.tokenizer.eos_token_id
+    flat = [c for g in groups for c in g]
+    for c in flat:
+        assert 1 <= len(c.token_ids) <= 24
+        assert c.finished == (c.token_ids[-1] == eos) and eos not in c.token_ids[:-1]
+        assert len(c.token_logps) == len(c.token_ids)
+    # the sampler's own log-probs are the behavior model's teacher-forced log-probs
+    batch = build_batch(
+        [p for p in prompts for _ in range(3)], [c.token_ids for c in flat], tiny.tokenizer.pad_token_id
+    )
+    want = ens.logps("behavior", batch)[0]
+    torch.testing.assert_close(torch.tensor([c.logp for c in flat], dtype=want.dtype), want, atol=1e-4, rtol=0)
+    # and not the base model's
+    base = ens.logps(None, batch)[0]
+    assert (base - want).abs().max() > 1e-2
+
+
+def test_greedy_is_deterministic_and_flags_identical(tiny):
+    prompts = [tiny.encode_prompt("same prompt")]
+    params = SamplingParams(max_new_tokens=8, do_sample=False)
+    (group,) = HFBackend(tiny).generate(prompts, 2, params, adapter=None)
+    assert identical(group)
+    assert not identical([Completion([1, 2], "a", False), Completion([1, 3], "b", False)])
+
+
+def test_plain_model_logps_match(tiny):
+    prompts = [tiny.encode_prompt("abc"), tiny.encode_prompt("defgh")]
+    torch.manual_seed(3)
+    groups = HFBackend(tiny).generate(prompts, 2, SamplingParams(max_new_tokens=10), None, return_logps=True)
+    flat = [c for g in groups for c in g]
+    batch = build_batch(
+        [p for p in prompts for _ in range(2)], [c.token_ids for c in flat], tiny.tokenizer.pad_token_id
+    )
+    with torch.no_grad():
+        want = sequence_logps(tiny.model, batch)[0]
+    torch.testing.assert_close(torch.tensor([c.logp for c in flat], dtype=want.dtype), want, atol=1e-4, rtol=0)
