@@ -53,3 +53,29 @@ def test_plain_model_logps_match(tiny):
     with torch.no_grad():
         want = sequence_logps(tiny.model, batch)[0]
     torch.testing.assert_close(torch.tensor([c.logp for c in flat], dtype=want.dtype), want, atol=1e-4, rtol=0)
+
+
+def test_keyed_sampling_does_not_depend_on_the_batch(tiny):
+    texts = ["first prompt", "second, longer prompt here", "third"]
+    prompts = [tiny.encode_prompt(t) for t in texts]
+    backend = HFBackend(tiny)
+    params = SamplingParams(max_new_tokens=12, batch_size=3)
+    together = backend.generate(prompts, 2, params, None, keys=["a", "b", "c"])
+    alone = backend.generate(prompts[1:2], 2, params, None, keys=["b"])
+    assert [c.token_ids for c in together[1]] == [c.token_ids for c in alone[0]]
+    other_key = backend.generate(prompts[1:2], 2, params, None, keys=["z"])
+    assert [c.token_ids for c in other_key[0]] != [c.token_ids for c in alone[0]]
+    # the two samples of one prompt differ (distinct noise per sample index)
+    assert together[0][0].token_ids != together[0][1].token_ids
+
+
+def test_keyed_gumbel_samples_the_softmax():
+    from bpo.sampling import _KeyedGumbel
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    counts = torch.zeros(3)
+    for key in range(4000):
+        proc = _KeyedGumbel(torch.tensor([key]), prompt_width=0)
+        counts[proc(torch.zeros((1, 0), dtype=torch.long), logits.clone()).argmax()] += 1
+    freq = counts / counts.sum()
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0)

@@ -18,6 +18,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from bpo.config import DataConfig
+
 
 class DataError(ValueError):
     """A record could not be read; the message names file, row and field."""
@@ -250,6 +252,30 @@ def filter_by_length(
             continue
         kept.append(r)
     return kept
+
+
+def load_source(
+    cfg: DataConfig, role: str, n: int, task: Any, tokenizer: PreTrainedTokenizerBase
+) -> list[PromptRecord]:
+    """Up to ``n`` records for ``role`` (train, sft or eval) from the source the config names.
+
+    ``quickstart`` asks the embedded task for fresh posts of that split; files and Hub datasets
+    are length-filtered as in the paper, then train and SFT prompts are shuffled with the seed.
+    """
+    spec = getattr(cfg, role)
+    if spec == "quickstart":
+        return task.prompts(role, n)
+    if spec.startswith("hub:"):
+        _, name, split = (spec.split(":", 2) + [""])[:3]
+        if not split:
+            raise DataError(f"data.{role} {spec!r}: use hub:NAME:SPLIT")
+        records = load_hub(name, split)
+    else:
+        records = load_prompts(spec, cfg.prompt_field, cfg.reference_field, skip_bad=cfg.skip_bad_rows)
+    records = filter_by_length(records, tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens)
+    if role != "eval":
+        records = shuffled(records, cfg.seed)
+    return records[:n]
 
 
 def shuffled(records: list, seed: int) -> list:

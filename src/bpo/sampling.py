@@ -8,12 +8,20 @@ are the reference log-probs and no extra forward pass is needed.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from bpo.ensemble import Ensemble
 from bpo.models import Policy
@@ -48,9 +56,49 @@ class Backend(Protocol):
         params: SamplingParams,
         adapter: str | None,
         return_logps: bool = False,
+        keys: Sequence[str] | None = None,
     ) -> list[list[Completion]]:
-        """n completions for each prompt (token ids, already formatted), under ``adapter``."""
+        """n completions for each prompt (token ids, already formatted), under ``adapter``.
+
+        ``keys`` (one per prompt) make sampling reproducible per prompt: the same key gives the
+        same samples whatever the batch it is in, the number of processes or a resume.
+        """
         ...
+
+
+_MASK = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix (lowbias32), in int64 so nothing overflows."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK
+    return (x >> 16) ^ x
+
+
+class _KeyedGumbel(LogitsProcessor):
+    """Sampling by the Gumbel-max trick with noise that is a pure function of (row key, step, token).
+
+    argmax(logits + Gumbel) is an exact sample from softmax(logits); because the noise is hashed
+    rather than drawn from a shared RNG stream, a row's sample does not depend on its batch.
+    """
+
+    def __init__(self, row_keys: torch.Tensor, prompt_width: int):
+        self.row_keys = row_keys
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = torch.tensor(input_ids.shape[1] - self.prompt_width, device=scores.device)
+        vocab = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64)
+        row = _hash32((self.row_keys.to(scores.device) + _hash32(step)) & _MASK)
+        h = _hash32((vocab[None, :] + row[:, None]) & _MASK)
+        u = (h.double() + 0.5) / 2.0**32
+        return (scores.double() - torch.log(-torch.log(u))).to(scores.dtype)
+
+
+def row_key(key: str, sample: int) -> int:
+    """The noise key of sample ``sample`` of the prompt keyed ``key``."""
+    return zlib.crc32(f"{key}:{sample}".encode())
 
 
 def identical(completions: Sequence[Completion]) -> bool:
@@ -96,19 +144,23 @@ class HFBackend:
         params: SamplingParams,
         adapter: str | None,
         return_logps: bool = False,
+        keys: Sequence[str] | None = None,
     ) -> list[list[Completion]]:
+        if keys is None:  # no keys: draw them from torch's RNG, so torch.manual_seed still reproduces
+            keys = [str(k) for k in torch.randint(0, 2**31 - 1, (len(prompt_ids),)).tolist()]
         out: list[list[Completion]] = []
         for start in range(0, len(prompt_ids), params.batch_size):
             chunk = prompt_ids[start : start + params.batch_size]
+            chunk_keys = keys[start : start + params.batch_size]
             if self.ensemble is None:
-                out += self._generate(self.policy.model, chunk, n, params, return_logps)
+                out += self._generate(self.policy.model, chunk, chunk_keys, n, params, return_logps)
             else:
                 with self.ensemble.active(adapter) as model:
-                    out += self._generate(model, chunk, n, params, return_logps)
+                    out += self._generate(model, chunk, chunk_keys, n, params, return_logps)
         return out
 
     @torch.no_grad()
-    def _generate(self, model, chunk, n, params: SamplingParams, return_logps: bool) -> list[list[Completion]]:
+    def _generate(self, model, chunk, keys, n, params: SamplingParams, return_logps: bool) -> list[list[Completion]]:
         tok = self.policy.tokenizer
         width = max(len(p) for p in chunk)
         rows = [p for p in chunk for _ in range(n)]  # n copies of each prompt, side by side
@@ -118,22 +170,30 @@ class HFBackend:
             ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             attn[i, width - len(p) :] = 1
         device = self.policy.device
+        # HF decodes greedily; sampling is our processors: warpers, then keyed Gumbel noise.
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
-            do_sample=params.do_sample,
-            temperature=params.temperature if params.do_sample else None,
-            top_k=params.top_k if params.do_sample else None,
-            top_p=params.top_p if params.do_sample else None,
+            do_sample=False,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             bos_token_id=tok.bos_token_id,
         )
         recorder = _RecordLogps() if return_logps else None
+        processors: list[LogitsProcessor] = [recorder] if recorder else []
+        if params.do_sample:
+            if params.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k:
+                processors.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+            row_keys = torch.tensor([row_key(k, j) for k in keys for j in range(n)], dtype=torch.int64)
+            processors.append(_KeyedGumbel(row_keys, width))
         sequences = model.generate(
             input_ids=ids.to(device),
             attention_mask=attn.to(device),
             generation_config=config,
-            logits_processor=LogitsProcessorList([recorder]) if recorder else None,
+            logits_processor=LogitsProcessorList(processors),
         )
         new = sequences[:, width:].cpu()
         logps = recorder.finish(sequences[:, -1]).cpu() if recorder else None

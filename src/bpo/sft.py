@@ -1,0 +1,130 @@
+"""Member SFT: completion-only LoRA fine-tuning, one run per seed, to initialise the ensemble.
+
+The paper starts its K ensemble members from K SFT LoRAs trained with different seeds (data
+order and dropout), so the members begin apart. Adapters are saved in PEFT format and cached:
+a second ``bpo train`` with the same SFT settings reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from rich.progress import Progress
+
+from bpo.config import Config
+from bpo.data import PromptRecord, shuffled
+from bpo.ensemble import Ensemble
+from bpo.losses import build_batch
+from bpo.models import Policy
+
+
+def lora_config(cfg: Config, dropout: float | None = None) -> LoraConfig:
+    lc = cfg.lora
+    return LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout if dropout is None else dropout,
+        target_modules=lc.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_key(cfg: Config) -> str:
+    """A short hash of everything that changes the SFT result: the cache key."""
+    parts = {"model": cfg.model.__dict__, "lora": cfg.lora.__dict__, "sft": cfg.sft.__dict__}
+    parts["data"] = {k: getattr(cfg.data, k) for k in ("sft", "prompt_template", "sft_examples", "seed")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sft_dir(cfg: Config) -> Path:
+    if cfg.sft_dir:
+        return Path(cfg.sft_dir)
+    return Path(cfg.output_dir).parent / f"sft-{sft_key(cfg)}"
+
+
+def member_paths(cfg: Config) -> list[Path]:
+    return [sft_dir(cfg) / f"member{i}" for i in range(len(cfg.sft.seeds))]
+
+
+def sft_done(cfg: Config) -> bool:
+    return all((p / "adapter_model.safetensors").exists() for p in member_paths(cfg))
+
+
+def tokenize_sft(policy: Policy, records: list[PromptRecord], template: str, max_length: int):
+    tok = policy.tokenizer
+    rows = []
+    for r in records:
+        if not r.reference:
+            continue
+        prompt = policy.encode_prompt(template.format(prompt=r.prompt))
+        response = tok(r.reference, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        rows.append(
+            (
+                prompt[-(max_length - len(response)) :] if len(prompt) + len(response) > max_length else prompt,
+                response[:max_length],
+            )
+        )
+    if not rows:
+        raise ValueError("SFT needs records with a reference (label) and none was found")
+    return rows
+
+
+def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: Progress | None = None) -> list[Path]:
+    """Train one LoRA per seed on (prompt, reference) and save each atomically. Returns their folders."""
+    rows = tokenize_sft(policy, records, cfg.data.prompt_template, cfg.sft.max_length)
+    k = len(cfg.sft.seeds)
+    ens = Ensemble.create(policy.model, lora_config(cfg), k, seed=cfg.sft.seeds[0])
+    out = sft_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = member_paths(cfg)
+    steps_per_epoch = math.ceil(len(rows) / cfg.sft.batch_size)
+    total = steps_per_epoch * cfg.sft.epochs
+    task = progress.add_task("member SFT", total=total * k) if progress else None
+    policy.model.train()  # LoRA dropout on: part of what makes members differ
+    for name, seed, path in zip(ens.members, cfg.sft.seeds, paths):
+        if (path / "adapter_model.safetensors").exists():
+            ens.load_state(path.parent, [name])
+            if progress:
+                progress.advance(task, total)
+            continue
+        torch.manual_seed(seed)
+        params = ens.member_parameters(name)
+        opt = torch.optim.AdamW(params, lr=cfg.sft.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        for epoch in range(cfg.sft.epochs):
+            order = shuffled(rows, seed * 1000 + epoch)
+            for i in range(0, len(order), cfg.sft.batch_size):
+                chunk = order[i : i + cfg.sft.batch_size]
+                batch = build_batch([p for p, _ in chunk], [r for _, r in chunk], policy.tokenizer.pad_token_id)
+                summed, _ = ens.logps(name, batch.to(policy.device), grad=True)
+                loss = -summed.sum() / batch.response_mask.sum()  # mean NLL per response token
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                if progress:
+                    progress.update(task, advance=1, description=f"member SFT {name} loss {loss.item():.3f}")
+        _save_atomic(ens, name, path)
+    policy.model.eval()
+    (out / "settings.json").write_text(json.dumps({"key": sft_key(cfg), "seeds": cfg.sft.seeds}))
+    return paths
+
+
+def _save_atomic(ens: Ensemble, name: str, path: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+    try:
+        ens.save(tmp, [name])
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp / name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,443 @@
+"""The BPO loop: collect a phase with the behavior model, annotate it, train K members on it.
+
+    for step in 0..T-1:
+        if step starts a phase (every T/F steps):
+            behavior <- merge(members)                       # pi_beta <- pi_theta
+            sample 2 responses for each of the phase's B*T/F prompts under behavior,
+            annotate them, append them to the annotation log
+        take this step's B pairs; drop identical pairs and ties
+        reference log-probs: behavior (BPO), sft (online DAP) or ema
+        for each member: DAP loss, backward, clip, AdamW step, LR step
+        checkpoint every N steps and at each phase end
+
+F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. Collecting a
+whole phase at once is the same distribution as sampling step by step (the behavior model is
+frozen inside a phase) and lets generation run in large batches. Sampling is keyed by prompt,
+so the samples do not depend on batch size, process count or a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.tensorboard import SummaryWriter
+
+from bpo.annotators import Annotation, AnnotationLog, Annotator, build_annotator
+from bpo.config import Config, ConfigError, load_config, save_config
+from bpo.data import PromptRecord, load_source
+from bpo.ensemble import Ensemble
+from bpo.evaluation import mean_ci, win_rate
+from bpo.losses import build_batch, dap_loss
+from bpo.models import Policy, load_policy
+from bpo.quickstart import QuickstartTask
+from bpo.sampling import HFBackend, SamplingParams, identical
+from bpo.sft import member_paths, run_sft, sft_done
+
+
+@dataclass
+class Run:
+    """What the loop works on; built by :func:`setup`, so tests can drive pieces of it."""
+
+    cfg: Config
+    acc: Accelerator
+    policy: Policy
+    ens: Ensemble
+    annotator: Annotator
+    prompts: list[PromptRecord]  # this process's shard, step-major: step t's prompts are [t*b, (t+1)*b)
+    prompt_ids: list[list[int]]
+    out: Path
+    local_batch: int
+
+
+def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def _local_shard(records: list[PromptRecord], b: int, rank: int, world: int) -> list[PromptRecord]:
+    """Step t uses global prompts [t*B, (t+1)*B); process r takes every world-th of them."""
+    return [r for i, r in enumerate(records) if (i % b) % world == rank]
+
+
+def setup(cfg: Config, progress: Progress) -> Run:
+    acc = Accelerator(cpu=cfg.device == "cpu")
+    t = cfg.train
+    if t.batch_size % acc.num_processes:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {acc.num_processes} processes")
+    out = Path(cfg.output_dir)
+    task = QuickstartTask(cfg.data.seed)
+    policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
+    needed = t.steps * t.batch_size
+    records = load_source(cfg.data, "train", needed, task, policy.tokenizer)
+    if len(records) < needed:
+        raise ConfigError(
+            f"data.train {cfg.data.train!r} has {len(records)} usable prompts; T*B = {t.steps}*{t.batch_size} "
+            f"= {needed} are needed (each prompt is used once)"
+        )
+    records = records[:needed]
+
+    if not sft_done(cfg):
+        if acc.is_main_process:
+            sft_records = load_source(cfg.data, "sft", cfg.data.sft_examples, task, policy.tokenizer)
+            sft_policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
+            run_sft(cfg, sft_policy, sft_records, progress)
+            del sft_policy
+        acc.wait_for_everyone()
+    ens = Ensemble.from_adapters(policy.model, member_paths(cfg))
+    policy.model.eval()  # no dropout during DAP training, as in the paper
+    ens.merge("behavior", t.merge)
+    ens.snapshot("behavior", "sft")
+    if t.reference == "ema":
+        ens.snapshot("behavior", "ema")
+    shard = _local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
+    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
+    return Run(
+        cfg, acc, policy, ens, build_annotator(cfg.annotator, task), shard, ids, out, t.batch_size // acc.num_processes
+    )
+
+
+# ----------------------------------------------------------------------------- collection
+
+
+def phase_bounds(steps: int, phases: int) -> list[int]:
+    """Start step of each phase, then T: phase p covers steps [b[p], b[p+1]). T/F need not be whole."""
+    return [p * steps // phases for p in range(phases + 1)]
+
+
+def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) -> dict[int, Annotation]:
+    """Sample and annotate the phase's prompts that the log does not have yet; return the phase's pairs."""
+    cfg, t = run.cfg, run.cfg.train
+    bounds = phase_bounds(t.steps, t.phases)
+    start = bounds[phase] * run.local_batch
+    per_phase = (bounds[phase + 1] - bounds[phase]) * run.local_batch
+    have = log.phase(phase)
+    todo = [i for i in range(per_phase) if i not in have]
+    params = SamplingParams(
+        cfg.sampling.max_new_tokens,
+        cfg.sampling.temperature,
+        cfg.sampling.top_k,
+        cfg.sampling.top_p,
+        True,
+        cfg.sampling.batch_size,
+    )
+    backend = HFBackend(run.policy, run.ens)
+    bar = progress.add_task(f"phase {phase}: sample + annotate", total=per_phase, completed=per_phase - len(todo))
+    for i in range(0, len(todo), params.batch_size):
+        chunk = todo[i : i + params.batch_size]
+        records = [run.prompts[start + j] for j in chunk]
+        keys = [f"{t.seed}:{r.id}" for r in records]
+        groups = backend.generate([run.prompt_ids[start + j] for j in chunk], 2, params, "behavior", True, keys)
+        keep = [(j, r, g) for j, r, g in zip(chunk, records, groups) if not identical(g)]
+        judgements = run.annotator.annotate([r for _, r, _ in keep], [(g[0].text, g[1].text) for _, _, g in keep])
+        entries = [
+            Annotation(
+                phase=phase,
+                index=j,
+                prompt_id=r.id,
+                responses=[g[0].text, g[1].text],
+                tokens=[g[0].token_ids, g[1].token_ids],
+                choice=jd.choice,
+                scores=list(jd.scores) if jd.scores else None,
+                rationale=jd.rationale,
+                behavior_logps=[g[0].logp, g[1].logp],
+            )
+            for (j, r, g), jd in zip(keep, judgements)
+        ]
+        log.append(entries)
+        progress.advance(bar, len(chunk))
+    return log.phase(phase)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _all_sum(acc: Accelerator, x: torch.Tensor) -> torch.Tensor:
+    if acc.num_processes > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: dict) -> dict[str, float]:
+    """One DAP update of every member on this step's pairs; returns global mean metrics."""
+    t, ens, acc = run.cfg.train, run.ens, run.acc
+    device = run.policy.device
+    kept = [a for a in pairs if a.choice is not None]
+    n_local = torch.tensor(float(len(kept)), device=device)
+    n_global = _all_sum(acc, n_local).item()
+    sums: dict[str, torch.Tensor] = {}
+    lr = schedulers[ens.members[0]].get_last_lr()[0]  # the rate this step uses
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n_local
+
+    ref_name = {"behavior": "behavior", "sft": "sft", "ema": "ema"}[t.reference]
+    if kept:
+        index = {r.id: i for i, r in enumerate(run.prompts)}
+        prompts = [run.prompt_ids[index[a.prompt_id]] for a in kept]
+        chosen = [a.tokens[a.choice] for a in kept]
+        rejected = [a.tokens[1 - a.choice] for a in kept]
+        batch = build_batch(prompts + prompts, chosen + rejected, run.policy.tokenizer.pad_token_id).to(device)
+        lengths = batch.response_mask.sum(-1).float()
+        k = len(kept)
+        behavior_sum = (
+            torch.tensor(
+                [a.behavior_logps[a.choice] for a in kept] + [a.behavior_logps[1 - a.choice] for a in kept],
+                device=device,
+            )
+            if all(a.behavior_logps and None not in a.behavior_logps for a in kept)
+            else None
+        )
+        if ref_name == "behavior" and t.reference_from_sampler and behavior_sum is not None:
+            ref_sum = behavior_sum
+        else:
+            ref_sum = ens.logps(ref_name, batch)[0]
+        if behavior_sum is None:
+            behavior_sum = ref_sum if ref_name == "behavior" else ens.logps("behavior", batch)[0]
+        sft_sum = ref_sum if ref_name == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
+        ref = ref_sum / lengths if t.loss == "ipo" else ref_sum
+    for name in ens.members:
+        params = ens.member_parameters(name)
+        if kept:
+            summed, mean = ens.logps(name, batch, grad=True)
+            pol = mean if t.loss == "ipo" else summed
+            losses, metrics = dap_loss(pol[:k], pol[k:], ref[:k], ref[k:], t.loss, t.beta, t.label_smoothing)
+            (losses.sum() / n_global).backward()
+            for key, value in metrics.items():
+                add(key, value / len(ens.members))
+            add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
+            if sft_sum is not None:
+                add("kl/sft", (sft_sum - summed.detach()).mean() / len(ens.members))
+        if n_global == 0:
+            schedulers[name].step()  # keep the schedule aligned with the step count
+            continue
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if acc.num_processes > 1:
+                dist.all_reduce(p.grad)
+        norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        add("grad_norm", norm / len(ens.members))
+        optimizers[name].step()
+        schedulers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+    if t.reference == "ema":
+        ens.merge("current", t.merge)
+        ens.ema_update("current", "ema", t.ema_alpha)
+    names = sorted(sums) if acc.num_processes == 1 else sorted(_all_names(sums))
+    out = {}
+    for name in names:
+        total = _all_sum(acc, sums.get(name, torch.zeros((), device=device)))
+        out[name] = total.item() / n_global if n_global else float("nan")
+    if kept and kept[0].scores is not None:
+        s = torch.tensor([sum(a.scores) / 2 for a in kept], device=device).sum()
+        out["score/behavior_samples"] = _all_sum(acc, s).item() / n_global
+    out["pairs/kept"] = n_global
+    out["pairs/ties"] = _all_sum(acc, torch.tensor(float(len(pairs) - len(kept)), device=device)).item()
+    out["lr"] = lr
+    return out
+
+
+def _all_names(sums: dict[str, torch.Tensor]) -> list[str]:
+    gathered: list[list[str]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, sorted(sums))
+    return sorted({n for names in gathered for n in names})
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _adapters(cfg: Config) -> list[str]:
+    return ["behavior", "sft"] + (["ema"] if cfg.train.reference == "ema" else [])
+
+
+def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict) -> None:
+    """Everything needed to continue at ``next_step``, written to a temp folder and renamed."""
+    if run.acc.is_main_process:
+        root = run.out / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        run.ens.save(tmp / "adapters", run.ens.members + _adapters(run.cfg))
+        torch.save(
+            {
+                "next_step": next_step,
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "world_size": run.acc.num_processes,
+            },
+            tmp / "trainer_state.pt",
+        )
+        final = root / f"step-{next_step:06d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = root / "latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, root / "latest")
+        for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old)
+    run.acc.wait_for_everyone()
+
+
+def load_checkpoint(run: Run, optimizers: dict, schedulers: dict) -> int:
+    root = run.out / "checkpoints"
+    if not (root / "latest").exists():
+        return 0
+    folder = root / (root / "latest").read_text().strip()
+    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    if state["world_size"] != run.acc.num_processes:
+        raise ConfigError(
+            f"{folder}: saved by {state['world_size']} processes; resume with the same number of processes"
+        )
+    run.ens.load_state(folder / "adapters", run.ens.members + _adapters(run.cfg))
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    for k, s in schedulers.items():
+        s.load_state_dict(state["schedulers"][k])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    return state["next_step"]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config, resume: bool = False, console: Console | None = None, evaluate: bool = True) -> dict:
+    """Run (or resume) a full training run; returns the final evaluation (or an empty dict)."""
+    console = console or Console()
+    t = cfg.train
+    out = Path(cfg.output_dir)
+    if not resume and (out / "checkpoints" / "latest").exists():
+        raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
+    started = time.time()
+    with progress_bar(console) as progress:
+        run = setup(cfg, progress)
+        acc = run.acc
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        optimizers = {m: torch.optim.AdamW(run.ens.member_parameters(m), lr=t.lr) for m in run.ens.members}
+        schedulers = {  # linear decay to zero over T steps, no warm-up (the paper)
+            m: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / t.steps)) for m, o in optimizers.items()
+        }
+        start = load_checkpoint(run, optimizers, schedulers) if resume else 0
+        log_name = "annotations.jsonl" if acc.num_processes == 1 else f"annotations.rank{acc.process_index}.jsonl"
+        log = AnnotationLog(out / log_name)
+        writer = SummaryWriter(str(out / "tb")) if acc.is_main_process else None
+        bounds = phase_bounds(t.steps, t.phases)
+        pairs: dict[int, Annotation] = {}
+        bar = progress.add_task("training", total=t.steps, completed=start)
+        if acc.is_main_process and start == 0:
+            console.print(
+                f"[bold]bpo[/] {t.loss.upper()} reference={t.reference} F={t.phases} T={t.steps} "
+                f"B={t.batch_size} K={len(run.ens.members)} merge={t.merge} (exact = mean of members' "
+                f"delta-W; linear = PEFT linear, the paper's code) processes={acc.num_processes}"
+            )
+        for step in range(start, t.steps):
+            phase = max(p for p in range(t.phases) if bounds[p] <= step)
+            offset = step - bounds[phase]
+            if offset == 0:
+                run.ens.merge("behavior", t.merge)  # pi_beta <- pi_theta
+            if offset == 0 or not pairs:
+                pairs = collect_phase(run, phase, log, progress)
+            lo = offset * run.local_batch
+            step_pairs = [pairs[i] for i in range(lo, lo + run.local_batch) if i in pairs]
+            metrics = train_step(run, step_pairs, optimizers, schedulers)
+            metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
+            metrics["annotations/used"] = _all_sum(acc, torch.tensor(float(len(log.entries)))).item()
+            if acc.is_main_process:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                for key, value in metrics.items():
+                    if isinstance(value, (int, float)) and not math.isnan(value):
+                        writer.add_scalar(key, value, step + 1)
+                progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
+            end_of_phase = step + 1 == bounds[phase + 1]
+            if end_of_phase or (t.save_every and (step + 1) % t.save_every == 0):
+                save_checkpoint(run, step + 1, optimizers, schedulers)
+        run.ens.merge("behavior", t.merge)
+        if acc.is_main_process:
+            final = out / "final"
+            tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+            run.ens.save(tmp, ["behavior", *run.ens.members])
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            writer.close()
+        result = {}
+        if evaluate and acc.is_main_process:
+            result = evaluate_run(run, progress)
+            (out / "eval.json").write_text(json.dumps(result, indent=2))
+        acc.wait_for_everyone()
+    if acc.is_main_process and result:
+        print_result(console, result, time.time() - started)
+    return result
+
+
+def evaluate_run(run: Run, progress: Progress) -> dict:
+    """Greedy responses of the start (SFT ensemble) and the trained ensemble on held-out prompts."""
+    cfg = run.cfg
+    task = QuickstartTask(cfg.data.seed)
+    records = load_source(cfg.data, "eval", cfg.data.eval_examples, task, run.policy.tokenizer)
+    annotator = run.annotator
+    if not hasattr(annotator, "scores"):
+        return {}
+    ids = [run.policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+    params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
+    backend = HFBackend(run.policy, run.ens)
+    result: dict = {"n": len(records)}
+    scores = {}
+    for name, adapter in (("start", "sft"), ("trained", "behavior")):
+        bar = progress.add_task(f"eval {name}", total=1)
+        groups = backend.generate(ids, 1, params, adapter)
+        texts = [g[0].text for g in groups]
+        scores[name] = annotator.scores(records, texts)
+        result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
+        result[f"{name}_samples"] = texts[:5]
+        progress.advance(bar)
+    delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
+    result["improvement"] = mean_ci(delta, cfg.eval.bootstrap)
+    result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], cfg.eval.bootstrap)
+    with open(run.out / "eval_items.jsonl", "w") as f:
+        for r, a, b in zip(records, scores["start"], scores["trained"]):
+            f.write(json.dumps({"id": r.id, "start": a, "trained": b}) + "\n")
+    return result
+
+
+def print_result(console: Console, r: dict, seconds: float) -> None:
+    s, tr, imp, w = r["start"], r["trained"], r["improvement"], r["win_rate_vs_start"]
+    console.print(
+        f"\n[bold]gold score[/] on {r['n']} held-out prompts (greedy): start {s['mean']:.2f} "
+        f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] -> trained {tr['mean']:.2f} [{tr['ci_low']:.2f}, {tr['ci_high']:.2f}]"
+        f"\n[bold]improvement[/] {imp['mean']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] (95% bootstrap)"
+        f"\n[bold]win rate vs start[/] {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
+        f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)\n[dim]total {seconds / 60:.1f} min[/]"
+    )
+
+
+def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(folder) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{folder}: no config.yaml; is this a bpo run folder?")
+    return load_config(path, overrides)
