@@ -25,6 +25,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class Run:
     prompt_ids: list[list[int]]
     out: Path
     local_batch: int
+    identical: int = 0  # identical pairs dropped (never annotated) by this process, this session
 
 
 def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
@@ -148,6 +150,7 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
         keys = [f"{t.seed}:{r.id}" for r in records]
         groups = backend.generate([run.prompt_ids[start + j] for j in chunk], 2, params, "behavior", True, keys)
         keep = [(j, r, g) for j, r, g in zip(chunk, records, groups) if not identical(g)]
+        run.identical += len(chunk) - len(keep)
         judgements = run.annotator.annotate([r for _, r, _ in keep], [(g[0].text, g[1].text) for _, _, g in keep])
         entries = [
             Annotation(
@@ -323,8 +326,17 @@ def load_checkpoint(run: Run, optimizers: dict, schedulers: dict) -> int:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: Config, resume: bool = False, console: Console | None = None, evaluate: bool = True) -> dict:
-    """Run (or resume) a full training run; returns the final evaluation (or an empty dict)."""
+def train(
+    cfg: Config,
+    resume: bool = False,
+    console: Console | None = None,
+    evaluate: bool = True,
+    on_step: Callable[[Run, int, dict], None] | None = None,
+) -> dict:
+    """Run (or resume) a full training run; returns the final evaluation (or an empty dict).
+
+    ``on_step(run, step, metrics)`` is called after every step (logging, inspection, tests).
+    """
     console = console or Console()
     t = cfg.train
     out = Path(cfg.output_dir)
@@ -366,6 +378,7 @@ def train(cfg: Config, resume: bool = False, console: Console | None = None, eva
             metrics = train_step(run, step_pairs, optimizers, schedulers)
             metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
             metrics["annotations/used"] = _all_sum(acc, torch.tensor(float(len(log.entries)))).item()
+            metrics["pairs/identical"] = _all_sum(acc, torch.tensor(float(run.identical))).item()
             if acc.is_main_process:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
@@ -373,6 +386,8 @@ def train(cfg: Config, resume: bool = False, console: Console | None = None, eva
                     if isinstance(value, (int, float)) and not math.isnan(value):
                         writer.add_scalar(key, value, step + 1)
                 progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
+            if on_step:
+                on_step(run, step, metrics)
             end_of_phase = step + 1 == bounds[phase + 1]
             if end_of_phase or (t.save_every and (step + 1) % t.save_every == 0):
                 save_checkpoint(run, step + 1, optimizers, schedulers)

@@ -1,0 +1,226 @@
+"""End-to-end runs of the online loop on tiny-random-llama: the mechanics of every mode."""
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bpo.annotators import AnnotationLog
+from bpo.config import load_config
+from bpo.trainer import phase_bounds, train
+
+T, B = 6, 4
+
+
+def tiny_config(tmp_path: Path, **over) -> list[str]:
+    base = {
+        "model.name": "tiny-random-llama",
+        "device": "cpu",
+        "output_dir": str(tmp_path / "run"),
+        "sft_dir": str(tmp_path / "sft"),
+        "train.steps": T,
+        "train.batch_size": B,
+        "train.phases": 2,
+        "train.lr": 5e-3,
+        "train.log_kl_sft": True,
+        "sampling.max_new_tokens": 12,
+        "sampling.batch_size": 5,
+        "sft.seeds": "[0]",
+        "sft.epochs": 1,
+        "sft.batch_size": 4,
+        "data.sft_examples": 8,
+        "data.eval_examples": 4,
+        "lora.r": 4,
+        "lora.alpha": 8,
+    }
+    base.update(over)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def behavior_hash(run) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(run.ens.peft.named_parameters()):
+        if ".behavior." in name:
+            h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_tiny(tmp_path, **over):
+    cfg = load_config(None, tiny_config(tmp_path, **over))
+    seen = []
+    train(cfg, evaluate=False, on_step=lambda run, step, m: seen.append((step, behavior_hash(run), m)))
+    return cfg, seen
+
+
+MODES = [
+    # (F, reference, loss, K)
+    (1, "behavior", "dpo", 1),
+    (2, "behavior", "dpo", 1),
+    (T, "behavior", "dpo", 1),
+    (1, "sft", "dpo", 1),
+    (2, "sft", "dpo", 1),
+    (T, "sft", "dpo", 1),
+    (2, "behavior", "ipo", 1),
+    (2, "behavior", "slic", 1),
+    (2, "behavior", "dpo", 3),
+    (2, "sft", "ipo", 3),
+    (3, "ema", "dpo", 1),
+]
+
+
+@pytest.mark.parametrize("phases, reference, loss, k", MODES)
+def test_modes(tmp_path, phases, reference, loss, k):
+    seeds = "[" + ",".join(str(i) for i in range(k)) + "]"
+    cfg, seen = run_tiny(
+        tmp_path, **{"train.phases": phases, "train.reference": reference, "train.loss": loss, "sft.seeds": seeds}
+    )
+    bounds = phase_bounds(T, phases)
+    assert [s for s, _, _ in seen] == list(range(T))
+    # the behavior adapter changes exactly at phase boundaries and nowhere else
+    for (step, h, _), (_, prev, _) in zip(seen[1:], seen):
+        assert (h != prev) == (step in bounds), f"step {step}"
+    for step, _, m in seen:
+        assert m["phase"] == max(p for p in range(phases) if bounds[p] <= step)
+        assert all(math.isfinite(m[key]) for key in ("loss", "rewards/margins", "kl/behavior", "kl/sft"))
+    first_steps = [m for s, _, m in seen if s in bounds[:-1]]
+    if reference == "behavior" and k == 1:
+        # pi_theta == pi_beta == pi_ref at a phase start: Delta = 0
+        target = {"dpo": math.log(2), "ipo": (1 / (2 * cfg.train.beta)) ** 2, "slic": 1.0}[loss]
+        for m in first_steps:
+            assert m["loss"] == pytest.approx(target, abs=1e-4)
+            assert abs(m["kl/behavior"]) < 1e-3
+    if reference == "sft" and k == 1:
+        assert seen[0][2]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # SFT = behavior at step 0 only
+        later = [m["loss"] for s, _, m in seen if s in bounds[1:-1]]
+        assert all(abs(v - math.log(2)) > 1e-4 for v in later)
+    # the budget: every prompt used once, annotations = B*T - identical pairs, no duplicates
+    log = AnnotationLog(Path(cfg.output_dir) / "annotations.jsonl")
+    keys = [(e.phase, e.index) for e in log.entries]
+    assert len(keys) == len(set(keys))
+    assert len(log.entries) + seen[-1][2]["pairs/identical"] == B * T
+    assert seen[-1][2]["annotations/used"] == len(log.entries)
+    assert all(e.tokens[0] != e.tokens[1] for e in log.entries)
+    assert len({e.prompt_id for e in log.entries}) == len(log.entries)
+    final = Path(cfg.output_dir) / "final"
+    assert (final / "behavior" / "adapter_config.json").exists()
+    assert len(list(final.glob("member*"))) == k
+
+
+def test_identical_pairs_are_dropped_not_annotated(tmp_path):
+    # near-greedy sampling: most pairs are identical
+    cfg, seen = run_tiny(tmp_path, **{"sampling.temperature": 0.01, "sampling.max_new_tokens": 4})
+    log = AnnotationLog(Path(cfg.output_dir) / "annotations.jsonl")
+    identical = seen[-1][2]["pairs/identical"]
+    assert identical > 0
+    assert len(log.entries) == B * T - identical
+
+
+def test_linear_merge_option_runs_and_is_logged(tmp_path):
+    cfg, seen = run_tiny(tmp_path, **{"train.merge": "linear", "sft.seeds": "[0,1]"})
+    assert len(seen) == T
+
+
+def cli(tmp_path, *extra):
+    args = [
+        sys.executable,
+        "-m",
+        "bpo.cli",
+        "train",
+        *tiny_config(
+            tmp_path, **{"train.steps": 12, "train.phases": 2, "train.save_every": 4, "sampling.max_new_tokens": 24}
+        ),
+        *extra,
+    ]
+    return args
+
+
+def adapters(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*/adapter_model.safetensors")):
+        for k, v in load_file(str(f)).items():
+            out[f"{f.parent.name}/{k}"] = v
+    return out
+
+
+def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ref_dir, run_dir = tmp_path / "a", tmp_path / "b"
+    subprocess.run(cli(ref_dir, "--no-eval"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cli(run_dir, "--no-eval"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = run_dir / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 9:  # inside phase 2 (steps 6..11)
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "run" / "final").exists(), "the run finished before it was killed"
+    latest = (run_dir / "run" / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step-000008"  # resumes mid-phase: the behavior adapter comes from the checkpoint
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bpo.cli", "train", "--resume", str(run_dir / "run"), "--no-eval"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want, got = adapters(ref_dir / "run" / "final"), adapters(run_dir / "run" / "final")
+    assert want.keys() == got.keys() and len(want) > 0
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0, msg=key)
+    a = [json.loads(x) for x in (ref_dir / "run" / "annotations.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (run_dir / "run" / "annotations.jsonl").read_text().splitlines()]
+    key = lambda e: (e["phase"], e["index"])  # noqa: E731
+    assert len({key(e) for e in b}) == len(b), "duplicate annotations"
+    assert sorted(map(key, a)) == sorted(map(key, b)), "a gap or an extra annotation"
+    assert sorted(a, key=key) == sorted(b, key=key)
+
+
+def test_annotation_log_drops_a_line_cut_by_a_kill(tmp_path):
+    from bpo.annotators import Annotation
+
+    log = AnnotationLog(tmp_path / "a.jsonl")
+    log.append([Annotation(0, i, f"p{i}", ["a", "b"], [[1], [2]], 0) for i in range(3)])
+    with open(tmp_path / "a.jsonl", "a") as f:
+        f.write('{"phase": 0, "index": 3, "prompt_')
+    again = AnnotationLog(tmp_path / "a.jsonl")
+    assert [e.index for e in again.entries] == [0, 1, 2]
+    assert (tmp_path / "a.jsonl").read_text().endswith("}\n")
+
+
+def test_existing_run_needs_resume(tmp_path):
+    from bpo.config import ConfigError
+
+    cfg, _ = run_tiny(tmp_path, **{"train.steps": 2, "train.phases": 1})
+    with pytest.raises(ConfigError, match="already holds a run: pass --resume"):
+        train(cfg, evaluate=False)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from bpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'stepz'"):
+        load_config(None, ["train.stepz=3"])
+    with pytest.raises(ConfigError, match=r"train: loss: 'kto' is not one of \['dpo', 'ipo', 'slic'\]"):
+        load_config(None, ["train.loss=kto"])
+    with pytest.raises(ConfigError, match="train: steps: expected int, got 'many'"):
+        load_config(None, ["train.steps=many"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_size: 8\n  phase: 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train: unknown key 'phase'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="must be between 1 and train.steps"):
+        load_config(None, ["train.steps=4", "train.phases=5"])
+    with pytest.raises(ConfigError, match="no such config file or preset"):
+        load_config("nope.yaml")
