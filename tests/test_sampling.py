@@ -72,10 +72,10 @@ def test_keyed_sampling_does_not_depend_on_the_batch(tiny):
 def test_keyed_gumbel_samples_the_softmax():
     from bpo.sampling import _KeyedGumbel
 
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
-    counts = torch.zeros(3)
-    for key in range(4000):
-        proc = _KeyedGumbel(torch.tensor([key]), prompt_width=0)
-        counts[proc(torch.zeros((1, 0), dtype=torch.long), logits.clone()).argmax()] += 1
-    freq = counts / counts.sum()
-    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 1e-9]]))
+    for top_k in (0, 3):  # all tokens get noise, or only the top 3 (the 4th is ~impossible anyway)
+        proc = _KeyedGumbel(torch.arange(4000), prompt_width=0, top_k=top_k)
+        out = proc(torch.zeros((4000, 0), dtype=torch.long), logits.expand(4000, 4).clone())
+        assert torch.isinf(out).sum(-1).eq(3).all()  # one token left per row: HF's greedy step takes it
+        freq = torch.bincount(out.argmax(-1), minlength=4) / 4000
+        torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.03, rtol=0)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from bpo.config import PRESETS, Config, ConfigError, load_config
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
 console = Console(stderr=True)
@@ -34,6 +37,9 @@ def _fail(err: Exception) -> None:
 @app.callback(invoke_without_command=True)
 def main(ctx: typer.Context) -> None:
     """Online preference alignment with BPO. With no command: `bpo train` on the quickstart."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # rich shows our own progress
     if ctx.invoked_subcommand is None:
         ctx.invoke(train, args=None, resume=None, no_eval=False)
 

@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
-from bpo.losses import TokenBatch, sequence_logps
+from bpo.losses import SharedPromptBatch, TokenBatch, sequence_logps, shared_prompt_logps
 
 MergeMethod = Literal["exact", "linear"]
 
@@ -98,9 +98,13 @@ class Ensemble:
             self.peft.base_model.set_adapter(previous)
             self._fix_trainable()
 
-    def logps(self, name: str | None, batch: TokenBatch, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def logps(
+        self, name: str | None, batch: TokenBatch | SharedPromptBatch, grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed and mean response log-probs under adapter ``name`` (None: the base model)."""
         with self.active(name), torch.set_grad_enabled(grad):
+            if isinstance(batch, SharedPromptBatch):
+                return shared_prompt_logps(self.peft, batch)
             return sequence_logps(self.peft, batch)
 
     # ------------------------------------------------------------------ merge and snapshots

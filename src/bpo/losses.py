@@ -10,6 +10,7 @@ functions is the trainer's business; the formulas do not care.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -82,6 +83,89 @@ def sequence_logps(
     summed = torch.zeros(ids.shape[0], device=ids.device, dtype=token_logps.dtype).index_add(0, row, token_logps)
     counts = predict.sum(-1).clamp(min=1)
     return summed, summed / counts
+
+
+@dataclass
+class SharedPromptBatch:
+    """Prompts (left-padded, run once) and ``repeats`` responses per prompt (right-padded)."""
+
+    prompt_ids: torch.Tensor  # [n, P]
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor  # [n * repeats, R]; prompt i owns rows i*repeats .. i*repeats + repeats - 1
+    response_mask: torch.Tensor
+    repeats: int
+
+    def to(self, device: torch.device) -> SharedPromptBatch:
+        return SharedPromptBatch(
+            self.prompt_ids.to(device),
+            self.prompt_mask.to(device),
+            self.response_ids.to(device),
+            self.response_mask.to(device),
+            self.repeats,
+        )
+
+
+def build_shared_batch(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]], pad_token_id: int
+) -> SharedPromptBatch:
+    repeats = len(responses[0])
+    if any(len(r) != repeats for r in responses):
+        raise ValueError("every prompt needs the same number of responses")
+    p_width = max(len(p) for p in prompts)
+    flat = [list(r) for rs in responses for r in rs]
+    r_width = max(len(r) for r in flat)
+    p_ids = torch.full((len(prompts), p_width), pad_token_id, dtype=torch.long)
+    p_mask = torch.zeros_like(p_ids)
+    for i, p in enumerate(prompts):
+        p_ids[i, p_width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        p_mask[i, p_width - len(p) :] = 1
+    r_ids = torch.full((len(flat), r_width), pad_token_id, dtype=torch.long)
+    r_mask = torch.zeros((len(flat), r_width), dtype=torch.bool)
+    for i, r in enumerate(flat):
+        r_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        r_mask[i, : len(r)] = True
+    return SharedPromptBatch(p_ids, p_mask, r_ids, r_mask, repeats)
+
+
+def shared_prompt_logps(model: PreTrainedModel, batch: SharedPromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`sequence_logps` for several responses to one prompt, running the prompt once.
+
+    The prompt's key/value cache (with its autograd graph) is repeated for each response, so a
+    DPO pair costs one prompt forward instead of two; gradients flow back through the cache.
+    """
+    decoder = model.get_decoder()
+    p_mask = batch.prompt_mask
+    first = decoder(
+        input_ids=batch.prompt_ids,
+        attention_mask=p_mask,
+        position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+    )
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(batch.repeats)
+    # transformers renames past_key_values to cache (5.40); pass whichever this version takes
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    r_mask = batch.response_mask
+    p_mask_rep = p_mask.repeat_interleave(batch.repeats, dim=0)
+    positions = p_mask_rep.sum(-1, keepdim=True) + torch.arange(r_mask.shape[1], device=r_mask.device)
+    second = decoder(
+        input_ids=batch.response_ids,
+        attention_mask=torch.cat([p_mask_rep, r_mask.long()], dim=-1),
+        position_ids=positions,
+        use_cache=True,
+        **{cache_arg: cache},
+    )
+    # response token j is predicted by the hidden state before it: the prompt's last for j = 0
+    last_prompt = first.last_hidden_state[:, -1:].repeat_interleave(batch.repeats, dim=0)
+    hidden = torch.cat([last_prompt, second.last_hidden_state[:, :-1]], dim=1)
+    logits = model.get_output_embeddings()(hidden[r_mask])
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, batch.response_ids[r_mask][:, None]).squeeze(-1)
+    rows = torch.arange(r_mask.shape[0], device=r_mask.device)[:, None].expand_as(r_mask)[r_mask]
+    summed = torch.zeros(r_mask.shape[0], device=r_mask.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    return summed, summed / r_mask.sum(-1).clamp(min=1)
 
 
 def dap_loss(

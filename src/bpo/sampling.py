@@ -81,19 +81,26 @@ class _KeyedGumbel(LogitsProcessor):
 
     argmax(logits + Gumbel) is an exact sample from softmax(logits); because the noise is hashed
     rather than drawn from a shared RNG stream, a row's sample does not depend on its batch.
+    With top-k only the k candidates get noise (the rest are -inf anyway). Returns scores that are
+    0 at the sampled token and -inf elsewhere, so HF's greedy step picks it.
     """
 
-    def __init__(self, row_keys: torch.Tensor, prompt_width: int):
+    def __init__(self, row_keys: torch.Tensor, prompt_width: int, top_k: int = 0):
         self.row_keys = row_keys
         self.prompt_width = prompt_width
+        self.top_k = top_k
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = torch.tensor(input_ids.shape[1] - self.prompt_width, device=scores.device)
-        vocab = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64)
         row = _hash32((self.row_keys.to(scores.device) + _hash32(step)) & _MASK)
-        h = _hash32((vocab[None, :] + row[:, None]) & _MASK)
-        u = (h.double() + 0.5) / 2.0**32
-        return (scores.double() - torch.log(-torch.log(u))).to(scores.dtype)
+        if 0 < self.top_k < scores.shape[-1]:
+            values, tokens = scores.topk(self.top_k, dim=-1)
+        else:
+            values = scores
+            tokens = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64).expand_as(scores)
+        u = (_hash32((tokens + row[:, None]) & _MASK).double() + 0.5) / 2.0**32
+        pick = tokens.gather(-1, (values.double() - torch.log(-torch.log(u))).argmax(-1, keepdim=True))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, pick, 0.0)
 
 
 def row_key(key: str, sample: int) -> int:
@@ -188,7 +195,7 @@ class HFBackend:
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
             row_keys = torch.tensor([row_key(k, j) for k in keys for j in range(n)], dtype=torch.int64)
-            processors.append(_KeyedGumbel(row_keys, width))
+            processors.append(_KeyedGumbel(row_keys, width, params.top_k))
         sequences = model.generate(
             input_ids=ids.to(device),
             attention_mask=attn.to(device),

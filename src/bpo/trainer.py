@@ -41,7 +41,7 @@ from bpo.config import Config, ConfigError, load_config, save_config
 from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
 from bpo.evaluation import mean_ci, win_rate
-from bpo.losses import build_batch, dap_loss
+from bpo.losses import build_shared_batch, dap_loss
 from bpo.models import Policy, load_policy
 from bpo.quickstart import QuickstartTask
 from bpo.sampling import HFBackend, SamplingParams, identical
@@ -62,6 +62,9 @@ class Run:
     out: Path
     local_batch: int
     identical: int = 0  # identical pairs dropped (never annotated) by this process, this session
+
+    def __post_init__(self) -> None:
+        self.index = {r.id: i for i, r in enumerate(self.prompts)}
 
 
 def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
@@ -196,21 +199,17 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
 
     ref_name = {"behavior": "behavior", "sft": "sft", "ema": "ema"}[t.reference]
     if kept:
-        index = {r.id: i for i, r in enumerate(run.prompts)}
-        prompts = [run.prompt_ids[index[a.prompt_id]] for a in kept]
-        chosen = [a.tokens[a.choice] for a in kept]
-        rejected = [a.tokens[1 - a.choice] for a in kept]
-        batch = build_batch(prompts + prompts, chosen + rejected, run.policy.tokenizer.pad_token_id).to(device)
+        # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
+        prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
+        responses = [[a.tokens[a.choice], a.tokens[1 - a.choice]] for a in kept]
+        batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
         lengths = batch.response_mask.sum(-1).float()
-        k = len(kept)
-        behavior_sum = (
-            torch.tensor(
-                [a.behavior_logps[a.choice] for a in kept] + [a.behavior_logps[1 - a.choice] for a in kept],
-                device=device,
+        logged = [a.behavior_logps for a in kept]
+        behavior_sum = None
+        if all(x and None not in x for x in logged):
+            behavior_sum = torch.tensor(
+                [x[i] for a, x in zip(kept, logged) for i in (a.choice, 1 - a.choice)], device=device
             )
-            if all(a.behavior_logps and None not in a.behavior_logps for a in kept)
-            else None
-        )
         if ref_name == "behavior" and t.reference_from_sampler and behavior_sum is not None:
             ref_sum = behavior_sum
         else:
@@ -224,7 +223,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
         if kept:
             summed, mean = ens.logps(name, batch, grad=True)
             pol = mean if t.loss == "ipo" else summed
-            losses, metrics = dap_loss(pol[:k], pol[k:], ref[:k], ref[k:], t.loss, t.beta, t.label_smoothing)
+            losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
             (losses.sum() / n_global).backward()
             for key, value in metrics.items():
                 add(key, value / len(ens.members))

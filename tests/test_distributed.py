@@ -1,0 +1,59 @@
+"""Two CPU processes (accelerate launch, gloo) against one process with the same global batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+from test_trainer import adapters, tiny_config
+
+TOLERANCE = 1e-4  # absolute, on LoRA weights of size ~0.1: float reduction order and padding differ
+
+
+def test_two_processes_match_one(tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    assert accelerate, "accelerate's launcher should be installed beside python"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    over = {"sft_dir": str(tmp_path / "sft"), "sft.seeds": "[0,1]", "train.steps": 6, "train.batch_size": 4}
+    one = tiny_config(tmp_path / "one", **over)
+    two = tiny_config(tmp_path / "two", **over)
+    subprocess.run(
+        [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *one], check=True, env=env, capture_output=True
+    )
+    res = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "bpo.cli",
+            "train",
+            "--no-eval",
+            *two,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    run_two = tmp_path / "two" / "run"
+    assert (run_two / "annotations.rank0.jsonl").exists() and (run_two / "annotations.rank1.jsonl").exists()
+    n1 = len((tmp_path / "one" / "run" / "annotations.jsonl").read_text().splitlines())
+    n2 = sum(len((run_two / f"annotations.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1))
+    assert n1 == n2  # keyed sampling: the same pairs, only split between processes
+    want, got = adapters(tmp_path / "one" / "run" / "final"), adapters(run_two / "final")
+    assert want.keys() == got.keys() and want
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    moved = max((want[k] - v).abs().max().item() for k, v in adapters(tmp_path / "sft").items() if k in want)
+    assert worst < TOLERANCE, worst
+    assert moved > 100 * TOLERANCE  # the runs trained: the match is not two untouched adapters
+    assert torch.isfinite(torch.tensor(worst))
