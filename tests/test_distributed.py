@@ -21,11 +21,12 @@ def test_two_processes_match_one(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *one], check=True, env=env, capture_output=True
     )
+    # --multi_gpu picks accelerate's torch.distributed launcher; device=cpu makes it gloo on CPUs
     res = subprocess.run(
         [
             accelerate,
             "launch",
-            "--cpu",
+            "--multi_gpu",
             "--num_processes",
             "2",
             "--num_machines",

@@ -141,10 +141,11 @@ def shared_prompt_logps(model: PreTrainedModel, batch: SharedPromptBatch) -> tup
         position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
         use_cache=True,
     )
-    cache = first.past_key_values
+    # transformers renamed past_key_values to cache; use whichever this version has
+    new_name = "cache" in inspect.signature(decoder.forward).parameters
+    cache = first.cache if new_name else first.past_key_values
     cache.batch_repeat_interleave(batch.repeats)
-    # transformers renames past_key_values to cache (5.40); pass whichever this version takes
-    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache_arg = "cache" if new_name else "past_key_values"
     r_mask = batch.response_mask
     p_mask_rep = p_mask.repeat_interleave(batch.repeats, dim=0)
     positions = p_mask_rep.sum(-1, keepdim=True) + torch.arange(r_mask.shape[1], device=r_mask.device)

@@ -68,6 +68,7 @@ class Run:
 
 
 def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
+    disable = disable or int(os.environ.get("RANK", "0")) != 0  # one set of bars, from the main process
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -251,9 +252,10 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     for name in names:
         total = _all_sum(acc, sums.get(name, torch.zeros((), device=device)))
         out[name] = total.item() / n_global if n_global else float("nan")
-    if kept and kept[0].scores is not None:
-        s = torch.tensor([sum(a.scores) / 2 for a in kept], device=device).sum()
-        out["score/behavior_samples"] = _all_sum(acc, s).item() / n_global
+    scored = [sum(a.scores) / 2 for a in kept if a.scores is not None]
+    score = _all_sum(acc, torch.tensor([sum(scored), len(scored)], device=device, dtype=torch.float64))
+    if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
+        out["score/behavior_samples"] = (score[0] / score[1]).item()
     out["pairs/kept"] = n_global
     out["pairs/ties"] = _all_sum(acc, torch.tensor(float(len(pairs) - len(kept)), device=device)).item()
     out["lr"] = lr
