@@ -113,7 +113,7 @@ REASONS = [
     ("the bakery owner was ill", "owner"),
     ("a student won a prize", "prize"),
     ("the river flooded", "river"),
-    ("the town turned one hundred", "anniversary"),
+    ("the town celebrated its anniversary", "anniversary"),
     ("a promise was made years ago", "promise"),
     ("the rent went up", "rent"),
     ("the kids wanted a surprise", "surprise"),

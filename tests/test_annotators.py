@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from bpo.annotators import RewardModelAnnotator, ScoreAnnotator, load_callable
+from bpo.data import PromptRecord
+from bpo.models import ModelLoadError, byte_tokenizer
+
+
+def length_score(record: PromptRecord, response: str) -> float:
+    return float(len(response))
+
+
+def test_score_annotator_prefers_higher_and_reports_ties():
+    ann = ScoreAnnotator(length_score)
+    recs = [PromptRecord("a", "p")] * 3
+    out = ann.annotate(recs, [("short", "longer one"), ("longer one", "short"), ("same", "size")])
+    assert [j.choice for j in out] == [1, 0, None]
+    assert out[0].scores == (5.0, 10.0)
+
+
+def test_callable_spec():
+    fn = load_callable("test_annotators:length_score")
+    assert fn(PromptRecord("a", "p"), "abc") == 3.0
+    with pytest.raises(ValueError, match="must look like"):
+        load_callable("no_colon")
+    with pytest.raises(ValueError, match="cannot import"):
+        load_callable("bpo.nothing_here:f")
+
+
+@pytest.fixture()
+def tiny_rm(tmp_path):
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    return tmp_path / "rm"
+
+
+def test_reward_model_annotator_batches_consistently(tiny_rm):
+    ann = RewardModelAnnotator(str(tiny_rm), batch_size=2, max_length=64, device="cpu")
+    recs = [PromptRecord(str(i), f"prompt {i}") for i in range(5)]
+    responses = [f"response number {i} " * (i + 1) for i in range(5)]
+    batched = ann.scores(recs, responses)
+    one_by_one = [ann.scores([r], [x])[0] for r, x in zip(recs, responses)]
+    assert batched == pytest.approx(one_by_one, abs=1e-4)  # padding does not change a score
+    pairs = list(zip(responses, reversed(responses)))
+    judged = ann.annotate(recs, pairs)
+    second = ann.scores(recs, [b for _, b in pairs])  # the score depends on the prompt too
+    for j, a, b in zip(judged, batched, second):
+        assert j.scores == pytest.approx((a, b), abs=1e-4)
+        assert j.choice == (None if a == b else int(b > a))
+
+
+def test_missing_reward_model_says_how_to_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="hf download OpenAssistant/reward-model-deberta-v3-large-v2"):
+        RewardModelAnnotator("OpenAssistant/reward-model-deberta-v3-large-v2")
+
+
+def test_annotate_cli(tmp_path, tiny_rm):
+    from typer.testing import CliRunner
+
+    from bpo.cli import app
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "\n".join(json.dumps({"prompt": f"q{i}", "chosen": "a" * i, "rejected": "b"}) for i in range(1, 4))
+    )
+    out = tmp_path / "judged.jsonl"
+    res = CliRunner().invoke(
+        app,
+        [
+            "annotate",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(out),
+            "annotator.kind=reward_model",
+            f"annotator.model={tiny_rm}",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["choice"] in (0, 1, None) for r in rows)
+    bad = CliRunner().invoke(app, ["annotate", "--pairs", str(pairs), "--out", str(out)])
+    assert bad.exit_code == 2 and "annotator.kind=reward_model or callable" in bad.output
