@@ -30,8 +30,8 @@ def test_callable_spec():
         load_callable("bpo.nothing_here:f")
 
 
-@pytest.fixture()
-def tiny_rm(tmp_path):
+def make_tiny_rm(tmp_path):
+    """A reward model built from a config and saved to a folder, as a user's local copy would be."""
     tok = byte_tokenizer()
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -47,6 +47,11 @@ def tiny_rm(tmp_path):
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
     return tmp_path / "rm"
+
+
+@pytest.fixture()
+def tiny_rm(tmp_path):
+    return make_tiny_rm(tmp_path)
 
 
 def test_reward_model_annotator_batches_consistently(tiny_rm):

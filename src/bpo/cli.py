@@ -152,6 +152,54 @@ def annotate(
         _fail(err)
 
 
+@app.command(name="eval")
+def eval_(
+    args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...] (data.eval names the prompts)"),
+    out: Path = typer.Option(..., help="folder for eval.json and items.jsonl"),
+    adapter: str = typer.Option(None, help="PEFT adapter to evaluate (e.g. RUN/final/behavior)"),
+    responses: str = typer.Option(None, help="instead of --adapter: a file of responses aligned with the prompts"),
+    against: str = typer.Option("reference", help="reference | base | ADAPTER_DIR | RESPONSES_FILE"),
+    judge: str = typer.Option("task", help="task (the config's annotator as scorer) | http (pairwise LLM)"),
+    judge_url: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
+    judge_model: str = typer.Option(None, help="model name for the HTTP judge"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the judge's API key"),
+) -> None:
+    """Win rate (95% bootstrap interval, ties apart) of an adapter or a responses file."""
+    from bpo.evaluation import run_eval
+
+    try:
+        cfg = _config(args)
+        r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
+        console.print(
+            f"win rate vs {against}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+            f"({r['wins']} wins, {r['ties']} ties, {r['losses']} losses, n={r['n']}, judge {r['judge']})"
+        )
+    except (ConfigError, ValueError, RuntimeError) as err:
+        _fail(err)
+
+
+@app.command()
+def compare(
+    args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...] shared by every run"),
+    out: Path = typer.Option(Path("runs/compare"), help="folder of the grid: OUT/<method>/seed<k>"),
+    methods: str = typer.Option("offline-dpo,online-dpo-sft,bpo-f2,bpo-fT", help="comma-separated"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated train.seed values"),
+    report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from finished runs"),
+) -> None:
+    """Methods x seeds at equal annotation budget; writes OUT/report.md and plots. Resumable."""
+    from bpo.compare import report, run_grid
+
+    args = list(args or [])
+    config = args.pop(0) if args and "=" not in args[0] else "quickstart"
+    command = " ".join(["bpo compare", config, *args, f"--out {out}", f"--methods {methods}", f"--seeds {seeds}"])
+    try:
+        if not report_only:
+            run_grid(config, args, methods.split(","), [int(s) for s in seeds.split(",")], out, console.print)
+        console.print(f"report: {report(out, command)}")
+    except (ConfigError, ValueError) as err:
+        _fail(err)
+
+
 @app.command()
 def info() -> None:
     """Versions, device, offline models and presets."""

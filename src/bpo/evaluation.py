@@ -6,7 +6,14 @@ and count one half in ``win_rate`` (so 0.5 means no difference).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -43,3 +50,218 @@ def win_rate(scores: Sequence[float], against: Sequence[float], n: int = 2000, s
         "losses": int((a < b).sum()),
         "n": len(a),
     }
+
+
+# --------------------------------------------------------------------------- judges
+
+
+class HTTPPairwiseJudge:
+    """A pairwise LLM judge behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Each pair is asked in both orders (A/B, then B/A) to cancel position bias: a response wins
+    only when the judge prefers it both times; a split verdict is a tie. Answers are cached in a
+    JSONL file keyed by (model, prompt, first, second), so a rerun asks nothing it asked before.
+    Transient failures (connection errors, HTTP 429 and 5xx) are retried with exponential backoff.
+    """
+
+    TEMPLATE = (
+        "Which of the two responses below answers the user's request better? Reply with exactly one "
+        "letter: A or B.\n\n### Request\n{prompt}\n\n### Response A\n{a}\n\n### Response B\n{b}\n"
+    )
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        cache: str | Path,
+        api_key: str | None = None,
+        retries: int = 5,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key = model, api_key
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.cache_path = Path(cache)
+        self.cache: dict[str, str] = {}
+        if self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.cache[row["key"]] = row["answer"]
+        self.name = f"http:{model}"
+        self.requests = 0  # made by this instance (cache hits excluded)
+
+    def _ask(self, prompt: str, first: str, second: str) -> str:
+        key = hashlib.sha256(json.dumps([self.model, prompt, first, second]).encode()).hexdigest()
+        if key in self.cache:
+            return self.cache[key]
+        body = json.dumps(
+            {
+                "model": self.model,
+                "temperature": 0,
+                "max_tokens": 4,
+                "messages": [{"role": "user", "content": self.TEMPLATE.format(prompt=prompt, a=first, b=second)}],
+            }
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in range(self.retries + 1):
+            try:
+                self.requests += 1
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    text = json.loads(resp.read())["choices"][0]["message"]["content"]
+                break
+            except urllib.error.HTTPError as err:
+                if err.code != 429 and err.code < 500 or attempt == self.retries:
+                    raise RuntimeError(f"judge {self.url} answered HTTP {err.code}: {err.read()[:200]!r}") from err
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                if attempt == self.retries:
+                    raise RuntimeError(f"judge {self.url} unreachable after {self.retries + 1} tries: {err}") from err
+            time.sleep(self.backoff * 2**attempt)
+        answer = text.strip().upper()[:1]
+        answer = answer if answer in ("A", "B") else "?"
+        self.cache[key] = answer
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_path, "a") as f:
+            f.write(json.dumps({"key": key, "answer": answer}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return answer
+
+    def compare(self, prompt: str, a: str, b: str) -> float:
+        """1 when ``a`` wins in both orders, 0 when ``b`` does, 0.5 otherwise."""
+        first = self._ask(prompt, a, b)  # a is A
+        second = self._ask(prompt, b, a)  # a is B
+        a_votes = (first == "A") + (second == "B")
+        b_votes = (first == "B") + (second == "A")
+        return 1.0 if a_votes == 2 else 0.0 if b_votes == 2 else 0.5
+
+
+def outcomes_from_scores(scores: Sequence[float], against: Sequence[float]) -> list[float]:
+    return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(scores, against)]
+
+
+def summarize(outcomes: Sequence[float], judge: str, n_boot: int = 2000) -> dict:
+    """The eval.json fields from per-item outcomes (1 win, 0.5 tie, 0 loss)."""
+    x = np.asarray(outcomes, dtype=float)
+    lo, hi = bootstrap_ci(x, n_boot)
+    return {
+        "win_rate": float(x.mean()) if len(x) else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "wins": int((x == 1).sum()),
+        "ties": int((x == 0.5).sum()),
+        "losses": int((x == 0).sum()),
+        "n": len(x),
+        "judge": judge,
+    }
+
+
+def read_responses(path: str | Path, n: int) -> list[str]:
+    """External responses aligned with the prompts: JSONL (``response`` or ``responses[0]``) or one per line."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if path.suffix == ".jsonl":
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+            value = row.get("response", (row.get("responses") or [None])[0]) if isinstance(row, dict) else None
+            if not isinstance(value, str):
+                raise ValueError(f"{path}:{i}: field 'response' (or 'responses') is missing or not a string")
+            out.append(value)
+        else:
+            out.append(line)
+    if len(out) != n:
+        raise ValueError(f"{path}: {len(out)} responses for {n} prompts; they must be aligned one to one")
+    return out
+
+
+def generate_greedy(cfg, records, adapter: str | None) -> list[str]:
+    """Greedy responses of the base model, or of a saved PEFT adapter, to the eval prompts."""
+    from peft import PeftModel
+
+    from bpo.models import load_policy
+    from bpo.sampling import HFBackend, SamplingParams
+
+    policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
+    if adapter:
+        policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
+    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+    params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
+    return [g[0].text for g in HFBackend(policy).generate(ids, 1, params, None)]
+
+
+def run_eval(
+    cfg,
+    out: Path,
+    adapter: str | None = None,
+    responses: str | None = None,
+    against: str = "reference",
+    judge: str = "task",
+    judge_url: str | None = None,
+    judge_model: str | None = None,
+    api_key: str | None = None,
+) -> dict:
+    """Win rate of one system over another on the config's eval prompts; writes eval.json and items.jsonl.
+
+    ``against`` is ``reference`` (the human reference text, as in the paper), a PEFT adapter
+    folder, ``base`` (the model without adapter) or a responses file. ``judge`` is ``task``
+    (the config's annotator as a scorer: the quickstart judge, a reward model or a callable)
+    or ``http`` (a pairwise LLM judge).
+    """
+    from bpo.annotators import build_annotator
+    from bpo.data import load_source
+    from bpo.models import load_policy
+    from bpo.quickstart import QuickstartTask
+
+    task = QuickstartTask(cfg.data.seed)
+    needs_tokenizer = cfg.data.max_prompt_tokens or cfg.data.max_response_tokens
+    tokenizer = load_policy(cfg.model.name, "cpu").tokenizer if needs_tokenizer else None  # only for length filters
+    records = load_source(cfg.data, "eval", cfg.data.eval_examples, task, tokenizer)
+    mine = read_responses(responses, len(records)) if responses else generate_greedy(cfg, records, adapter)
+    if against == "reference":
+        missing = [r.id for r in records if r.reference is None]
+        if missing:
+            raise ValueError(f"against=reference needs a reference for every prompt; {missing[0]} has none")
+        other = [r.reference for r in records]
+    elif against == "base":
+        other = generate_greedy(cfg, records, None)
+    elif Path(against).is_dir():
+        other = generate_greedy(cfg, records, against)
+    else:
+        other = read_responses(against, len(records))
+    if judge == "http":
+        if not judge_url or not judge_model:
+            raise ValueError("judge=http needs --judge-url and --judge-model")
+        j = HTTPPairwiseJudge(judge_url, judge_model, out / "judge_cache.jsonl", api_key)
+        outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
+        scores = None
+        name = j.name
+    else:
+        annotator = build_annotator(cfg.annotator, task)
+        scores = (annotator.scores(records, mine), annotator.scores(records, other))
+        outcomes = outcomes_from_scores(*scores)
+        name = annotator.name
+    result = summarize(outcomes, name, cfg.eval.bootstrap)
+    result.update(against=against, system=adapter or responses or "base", config=cfg.to_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    items = out / "items.jsonl.tmp"
+    with open(items, "w") as f:
+        for i, r in enumerate(records):
+            row = {"id": r.id, "response": mine[i], "against": other[i], "outcome": outcomes[i]}
+            if scores:
+                row.update(score=scores[0][i], against_score=scores[1][i])
+            f.write(json.dumps(row) + "\n")
+    os.replace(items, out / "items.jsonl")
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out / "eval.json")
+    return result

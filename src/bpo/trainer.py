@@ -18,10 +18,12 @@ so the samples do not depend on batch size, process count or a resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import resource
 import shutil
 import tempfile
 import time
@@ -45,7 +47,7 @@ from bpo.losses import build_shared_batch, dap_loss
 from bpo.models import Policy, load_policy
 from bpo.quickstart import QuickstartTask
 from bpo.sampling import HFBackend, SamplingParams, identical
-from bpo.sft import member_paths, run_sft, sft_done
+from bpo.sft import member_paths, run_sft, sft_dir, sft_done, sft_key
 
 
 @dataclass
@@ -396,7 +398,7 @@ def train(
         if acc.is_main_process:
             final = out / "final"
             tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-            run.ens.save(tmp, ["behavior", *run.ens.members])
+            run.ens.save(tmp, ["behavior", "sft", *run.ens.members])  # sft: the start, to compare against
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -405,6 +407,18 @@ def train(
         if evaluate and acc.is_main_process:
             result = evaluate_run(run, progress)
             (out / "eval.json").write_text(json.dumps(result, indent=2))
+        if acc.is_main_process:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            info = {
+                "wall_seconds": round(time.time() - started, 1),
+                "peak_rss_mib": round(peak),
+                "annotations": len(log.entries),
+                "steps": t.steps,
+                "resumed": resume,
+            }
+            if torch.cuda.is_available():
+                info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+            (out / "run.json").write_text(json.dumps(info, indent=2))
         acc.wait_for_everyone()
     if acc.is_main_process and result:
         print_result(console, result, time.time() - started)
@@ -424,20 +438,39 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     backend = HFBackend(run.policy, run.ens)
     result: dict = {"n": len(records)}
     scores = {}
+    # the start model's greedy answers depend only on the SFT adapters and the eval settings:
+    # runs that share them (a comparison grid) compute them once
+    start_key = hashlib.sha256(
+        json.dumps(
+            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, cfg.eval.__dict__], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:12]
+    start_cache = sft_dir(cfg) / f"eval-start-{start_key}.json"
     for name, adapter in (("start", "sft"), ("trained", "behavior")):
         bar = progress.add_task(f"eval {name}", total=1)
-        groups = backend.generate(ids, 1, params, adapter)
-        texts = [g[0].text for g in groups]
+        if name == "start" and start_cache.exists():
+            texts = json.loads(start_cache.read_text())
+        else:
+            texts = [g[0].text for g in backend.generate(ids, 1, params, adapter)]
+        if name == "start" and not start_cache.exists():
+            tmp = start_cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(texts))
+            os.replace(tmp, start_cache)
         scores[name] = annotator.scores(records, texts)
         result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
         result[f"{name}_samples"] = texts[:5]
         progress.advance(bar)
+    if all(r.reference is not None for r in records):  # the paper's metric: beat the human reference
+        scores["reference"] = annotator.scores(records, [r.reference for r in records])
+        result["reference"] = mean_ci(scores["reference"], cfg.eval.bootstrap)
+        result["win_rate_vs_reference"] = win_rate(scores["trained"], scores["reference"], cfg.eval.bootstrap)
+        result["start_win_rate_vs_reference"] = win_rate(scores["start"], scores["reference"], cfg.eval.bootstrap)
     delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
     result["improvement"] = mean_ci(delta, cfg.eval.bootstrap)
     result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], cfg.eval.bootstrap)
     with open(run.out / "eval_items.jsonl", "w") as f:
-        for r, a, b in zip(records, scores["start"], scores["trained"]):
-            f.write(json.dumps({"id": r.id, "start": a, "trained": b}) + "\n")
+        for i, r in enumerate(records):
+            f.write(json.dumps({"id": r.id, **{k: v[i] for k, v in scores.items()}}) + "\n")
     return result
 
 
@@ -450,6 +483,12 @@ def print_result(console: Console, r: dict, seconds: float) -> None:
         f"\n[bold]win rate vs start[/] {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
         f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)\n[dim]total {seconds / 60:.1f} min[/]"
     )
+    if "win_rate_vs_reference" in r:
+        v, v0 = r["win_rate_vs_reference"], r["start_win_rate_vs_reference"]
+        console.print(
+            f"[bold]win rate vs reference[/] start {v0['win_rate']:.2f} [{v0['ci_low']:.2f}, {v0['ci_high']:.2f}] "
+            f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+        )
 
 
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:

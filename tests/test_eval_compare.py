@@ -1,0 +1,169 @@
+"""bpo eval (every judge, external files) and bpo compare (grid, resume) on tiny models."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from test_trainer import tiny_config
+from typer.testing import CliRunner
+
+from bpo.cli import app
+from bpo.config import load_config
+from bpo.evaluation import HTTPPairwiseJudge, read_responses, run_eval
+
+runner = CliRunner()
+
+
+class FakeJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint on loopback: prefers the longer response; fails the first call."""
+
+    calls = 0
+
+    def do_POST(self):  # noqa: N802
+        FakeJudge.calls += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if FakeJudge.calls == 1:
+            self.send_response(503)
+            self.end_headers()
+            return
+        text = body["messages"][0]["content"]
+        a = text.split("### Response A\n")[1].split("\n\n### Response B")[0]
+        b = text.split("### Response B\n")[1].rstrip("\n")
+        answer = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "A"  # ties: position bias on purpose
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def judge_url():
+    FakeJudge.calls = 0
+    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_http_judge_both_orders_retries_and_cache(tmp_path, judge_url):
+    j = HTTPPairwiseJudge(judge_url, "fake", tmp_path / "cache.jsonl", backoff=0.01)
+    assert j.compare("p", "a longer answer", "short") == 1.0
+    assert j.compare("p", "short", "a longer answer") == 0.0
+    assert j.compare("p", "same", "size") == 0.5  # the judge always says A on ties: both orders cancel it
+    # 4 distinct questions (the swapped pair reuses the first pair's two answers) + the retried 503
+    assert FakeJudge.calls == 5
+    again = HTTPPairwiseJudge(judge_url, "fake", tmp_path / "cache.jsonl")
+    assert again.compare("p", "a longer answer", "short") == 1.0 and again.requests == 0
+
+
+def test_http_judge_unreachable_is_a_clear_error(tmp_path):
+    j = HTTPPairwiseJudge("http://127.0.0.1:9/v1", "fake", tmp_path / "c.jsonl", retries=1, backoff=0.01)
+    with pytest.raises(RuntimeError, match="unreachable after 2 tries"):
+        j.compare("p", "a", "b")
+
+
+def test_read_responses_checks_alignment(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"response": "x"}\n{"responses": ["y", "z"]}\n')
+    assert read_responses(f, 2) == ["x", "y"]
+    with pytest.raises(ValueError, match="2 responses for 3 prompts"):
+        read_responses(f, 3)
+    f.write_text('{"response": "x"}\n{"text": "y"}\n')
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: field 'response'"):
+        read_responses(f, 2)
+    g = tmp_path / "r.txt"
+    g.write_text("one\ntwo\n")
+    assert read_responses(g, 2) == ["one", "two"]
+
+
+def quick_cfg(tmp_path, **over):
+    return load_config(None, tiny_config(tmp_path, **{"data.eval_examples": 6, "eval.max_new_tokens": 8, **over}))
+
+
+def test_eval_external_files_with_the_task_judge(tmp_path):
+    cfg = quick_cfg(tmp_path)
+    from bpo.data import load_source
+    from bpo.quickstart import QuickstartTask
+
+    task = QuickstartTask(cfg.data.seed)
+    records = load_source(cfg.data, "eval", 6, task, None)
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(r.reference for r in records))  # the references themselves: all ties
+    r = run_eval(cfg, tmp_path / "e1", responses=str(good), against="reference")
+    assert (r["ties"], r["n"], r["win_rate"]) == (6, 6, 0.5) and r["judge"] == "quickstart-judge"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join("Nobody did anything." for _ in records))
+    r = run_eval(cfg, tmp_path / "e2", responses=str(good), against=str(bad))
+    assert r["win_rate"] == 1.0 and r["ci_low"] == 1.0
+    saved = json.loads((tmp_path / "e2" / "eval.json").read_text())
+    assert {"win_rate", "ci_low", "ci_high", "ties", "n", "judge", "config"} <= saved.keys()
+    assert len((tmp_path / "e2" / "items.jsonl").read_text().splitlines()) == 6
+
+
+def test_eval_cli_adapter_vs_base_with_http_judge(tmp_path, judge_url):
+    over = tiny_config(tmp_path, **{"data.eval_examples": 4, "eval.max_new_tokens": 8, "data.sft_examples": 4})
+    assert runner.invoke(app, ["sft", "quickstart", *over]).exit_code == 0
+    adapter = tmp_path / "sft" / "member0"
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "quickstart",
+            *over,
+            "--out",
+            str(tmp_path / "ev"),
+            "--adapter",
+            str(adapter),
+            "--against",
+            "base",
+            "--judge",
+            "http",
+            "--judge-url",
+            judge_url,
+            "--judge-model",
+            "fake",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert r["n"] == 4 and r["judge"] == "http:fake" and r["wins"] + r["ties"] + r["losses"] == 4
+
+
+def test_eval_with_a_reward_model(tmp_path):
+    from test_annotators import make_tiny_rm
+
+    rm = make_tiny_rm(tmp_path)
+    cfg = quick_cfg(tmp_path, **{"annotator.kind": "reward_model", "annotator.model": str(rm), "device": "cpu"})
+    responses = tmp_path / "r.txt"
+    responses.write_text("\n".join(f"answer number {i}" for i in range(6)))
+    r = run_eval(cfg, tmp_path / "ev", responses=str(responses), against="reference")
+    assert r["n"] == 6 and r["judge"] == f"rm:{rm}"
+    for row in map(json.loads, (tmp_path / "ev" / "items.jsonl").read_text().splitlines()):
+        expected = 1.0 if row["score"] > row["against_score"] else 0.0 if row["score"] < row["against_score"] else 0.5
+        assert row["outcome"] == expected
+
+
+def test_compare_two_methods_then_resume(tmp_path):
+    over = tiny_config(tmp_path, **{"train.steps": 2, "data.eval_examples": 4, "eval.max_new_tokens": 6})
+    over = [o for o in over if not o.startswith(("output_dir", "sft_dir"))]
+    out = tmp_path / "grid"
+    args = ["compare", "quickstart", *over, "--out", str(out), "--methods", "offline-dpo,bpo-fT", "--seeds", "0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = (out / "report.md").read_text()
+    assert "| offline-dpo | 1 |" in report and "| bpo-fT | 1 |" in report
+    assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
+    cfg = load_config(out / "bpo-fT" / "seed0" / "config.yaml")
+    assert cfg.train.phases == 2 == cfg.train.steps and cfg.train.reference == "behavior"
+    assert load_config(out / "offline-dpo" / "seed0" / "config.yaml").train.phases == 1
+    stamp = (out / "offline-dpo" / "seed0" / "eval.json").stat().st_mtime_ns
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and res.output.count("done, skipped") == 2
+    assert (out / "offline-dpo" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
