@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
 
 from bpo.annotators import RewardModelAnnotator, ScoreAnnotator, load_callable
 from bpo.data import PromptRecord
-from bpo.models import ModelLoadError, byte_tokenizer
+from bpo.models import ModelLoadError, byte_tokenizer, tiny_llama_config
 
 
 def length_score(record: PromptRecord, response: str) -> float:
@@ -33,16 +33,7 @@ def test_callable_spec():
 def make_tiny_rm(tmp_path):
     """A reward model built from a config and saved to a folder, as a user's local copy would be."""
     tok = byte_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_llama_config(tok, num_hidden_layers=1, num_labels=1)
     torch.manual_seed(0)
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")

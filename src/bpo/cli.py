@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -97,7 +98,7 @@ def generate(
 
     from bpo.data import load_prompts
     from bpo.models import load_policy
-    from bpo.sampling import HFBackend, SamplingParams
+    from bpo.sampling import HFBackend
 
     try:
         cfg = _config(args)
@@ -106,8 +107,7 @@ def generate(
             policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
         records = load_prompts(prompts, cfg.data.prompt_field, None, skip_bad=cfg.data.skip_bad_rows)
         ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-        s = cfg.sampling
-        params = SamplingParams(s.max_new_tokens, s.temperature, s.top_k, s.top_p, sample, s.batch_size)
+        params = replace(cfg.sampling, do_sample=sample)
         groups = HFBackend(policy).generate(ids, n, params, None, keys=[r.id for r in records])
         tmp = out.with_suffix(out.suffix + ".tmp")
         with open(tmp, "w") as f:

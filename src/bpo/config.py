@@ -57,10 +57,14 @@ class DataConfig:
 
 @dataclass
 class SamplingConfig:
+    """Decoding settings (``bpo.sampling.SamplingParams`` is this class); the paper samples at
+    temperature 1.0, top-k 50, 128 new tokens."""
+
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
+    do_sample: bool = True  # training always samples; False is greedy (evaluation)
     batch_size: int = 64  # prompts per generate call during phase collection (independent of B)
 
 

@@ -61,7 +61,7 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8", newline="")
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line or row number, record) for jsonl[.gz] and csv[.gz] files."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -128,7 +128,7 @@ def load_prompts(
     when it is present in some rows, a row without it is a bad row.
     """
     path = Path(path)
-    rows = list(_rows(path))
+    rows = list(iter_rows(path))
     has_ref = reference_field is not None and any(reference_field in r for _, r in rows)
 
     def make(line: int, row: dict[str, Any]) -> PromptRecord:
@@ -153,7 +153,7 @@ def load_preferences(
     including the last ``Assistant:`` turn marker, which must be the same in both texts.
     """
     path = Path(path)
-    rows = list(_rows(path))
+    rows = list(iter_rows(path))
     explicit = prompt_field is not None and any(prompt_field in r for _, r in rows)
 
     def make(line: int, row: dict[str, Any]) -> PreferenceRecord:

@@ -162,23 +162,18 @@ def summarize(outcomes: Sequence[float], judge: str, n_boot: int = 2000) -> dict
 
 def read_responses(path: str | Path, n: int) -> list[str]:
     """External responses aligned with the prompts: JSONL (``response`` or ``responses[0]``) or one per line."""
+    from bpo.data import iter_rows
+
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = []
-    for i, line in enumerate(lines, start=1):
-        if path.suffix == ".jsonl":
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-            value = row.get("response", (row.get("responses") or [None])[0]) if isinstance(row, dict) else None
+    if path.suffix != ".jsonl":
+        out = path.read_text(encoding="utf-8").splitlines()
+    else:
+        out = []
+        for line, row in iter_rows(path):
+            value = row.get("response", (row.get("responses") or [None])[0])
             if not isinstance(value, str):
-                raise ValueError(f"{path}:{i}: field 'response' (or 'responses') is missing or not a string")
+                raise ValueError(f"{path}:{line}: field 'response' (or 'responses') is missing or not a string")
             out.append(value)
-        else:
-            out.append(line)
     if len(out) != n:
         raise ValueError(f"{path}: {len(out)} responses for {n} prompts; they must be aligned one to one")
     return out

@@ -205,9 +205,9 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def _tiny_random_llama(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    tokenizer = byte_tokenizer()
-    config = LlamaConfig(
+def tiny_llama_config(tokenizer: PreTrainedTokenizerBase, **overrides) -> LlamaConfig:
+    """The config of ``tiny-random-llama`` (2 layers, width 64); tests build tiny reward models from it."""
+    settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -220,6 +220,12 @@ def _tiny_random_llama(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
+    return LlamaConfig(**{**settings, **overrides})
+
+
+def _tiny_random_llama(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = byte_tokenizer()
+    config = tiny_llama_config(tokenizer)
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(seed)

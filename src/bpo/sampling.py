@@ -23,20 +23,11 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from bpo.config import SamplingConfig
 from bpo.ensemble import Ensemble
 from bpo.models import Policy
 
-
-@dataclass
-class SamplingParams:
-    """Decoding settings; the paper samples at temperature 1.0, top-k 50, 128 new tokens."""
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    do_sample: bool = True
-    batch_size: int = 64  # prompts per generate call (each expands to n sequences)
+SamplingParams = SamplingConfig  # one dataclass: the config section is what the sampler takes
 
 
 @dataclass

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -140,14 +140,7 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
     per_phase = (bounds[phase + 1] - bounds[phase]) * run.local_batch
     have = log.phase(phase)
     todo = [i for i in range(per_phase) if i not in have]
-    params = SamplingParams(
-        cfg.sampling.max_new_tokens,
-        cfg.sampling.temperature,
-        cfg.sampling.top_k,
-        cfg.sampling.top_p,
-        True,
-        cfg.sampling.batch_size,
-    )
+    params = replace(cfg.sampling, do_sample=True)
     backend = HFBackend(run.policy, run.ens)
     bar = progress.add_task(f"phase {phase}: sample + annotate", total=per_phase, completed=per_phase - len(todo))
     for i in range(0, len(todo), params.batch_size):
@@ -442,7 +435,9 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     # runs that share them (a comparison grid) compute them once
     start_key = hashlib.sha256(
         json.dumps(
-            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, cfg.eval.__dict__], sort_keys=True, default=str
+            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, cfg.eval.__dict__],
+            sort_keys=True,
+            default=str,
         ).encode()
     ).hexdigest()[:12]
     start_cache = sft_dir(cfg) / f"eval-start-{start_key}.json"
