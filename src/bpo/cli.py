@@ -193,9 +193,10 @@ def compare(
     config = args.pop(0) if args and "=" not in args[0] else "quickstart"
     command = " ".join(["bpo compare", config, *args, f"--out {out}", f"--methods {methods}", f"--seeds {seeds}"])
     try:
+        seed_list = [int(s) for s in seeds.split(",")]
         if not report_only:
-            run_grid(config, args, methods.split(","), [int(s) for s in seeds.split(",")], out, console.print)
-        console.print(f"report: {report(out, command)}")
+            run_grid(config, args, methods.split(","), seed_list, out, console.print)
+        console.print(f"report: {report(out, command, seed_list)}")
     except (ConfigError, ValueError) as err:
         _fail(err)
 

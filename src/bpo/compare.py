@@ -76,8 +76,8 @@ def _load(folder: Path) -> dict | None:
     }
 
 
-def report(out: Path, command: str) -> Path:
-    """Write ``report.md`` and plots from every finished run under ``out``."""
+def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
+    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``, when given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,6 +88,8 @@ def report(out: Path, command: str) -> Path:
     runs: dict[str, list[dict]] = {}
     for method in METHODS:
         for folder in sorted((out / method).glob("seed*")):
+            if seeds is not None and int(folder.name.removeprefix("seed")) not in seeds:
+                continue
             r = _load(folder)
             if r:
                 runs.setdefault(method, []).append(r)
