@@ -6,7 +6,6 @@ Every command takes an optional config (a YAML path or a preset name) followed b
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -96,7 +95,7 @@ def generate(
     """Responses of the base model or an adapter to a file of prompts."""
     from peft import PeftModel
 
-    from bpo.data import load_prompts
+    from bpo.data import load_prompts, write_jsonl
     from bpo.models import load_policy
     from bpo.sampling import HFBackend
 
@@ -109,11 +108,9 @@ def generate(
         ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
         params = replace(cfg.sampling, do_sample=sample)
         groups = HFBackend(policy).generate(ids, n, params, None, keys=[r.id for r in records])
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        with open(tmp, "w") as f:
-            for r, g in zip(records, groups):
-                f.write(json.dumps({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]}) + "\n")
-        os.replace(tmp, out)
+        write_jsonl(
+            out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
+        )
         console.print(f"wrote {len(records)} rows to {out}")
     except (ConfigError, ValueError) as err:
         _fail(err)
@@ -127,7 +124,7 @@ def annotate(
 ) -> None:
     """Judge a file of response pairs with the configured annotator (reward model or callable)."""
     from bpo.annotators import build_annotator
-    from bpo.data import PromptRecord, load_preferences
+    from bpo.data import PromptRecord, load_preferences, write_jsonl
     from bpo.quickstart import QuickstartTask
 
     try:
@@ -141,11 +138,7 @@ def annotate(
         annotator = build_annotator(cfg.annotator, QuickstartTask(cfg.data.seed))
         records = [PromptRecord(r.id, r.prompt) for r in rows]
         judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        with open(tmp, "w") as f:
-            for r, j in zip(rows, judged):
-                f.write(json.dumps({"id": r.id, "choice": j.choice, "scores": j.scores}) + "\n")
-        os.replace(tmp, out)
+        write_jsonl(out, ({"id": r.id, "choice": j.choice, "scores": j.scores} for r, j in zip(rows, judged)))
         agree = sum(j.choice == 0 for j in judged) / max(len(judged), 1)
         console.print(f"wrote {len(judged)} judgements to {out}; the first response preferred in {agree:.1%}")
     except (ConfigError, ValueError) as err:

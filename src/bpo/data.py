@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -276,6 +277,16 @@ def load_source(
     if role != "eval":
         records = shuffled(records, cfg.seed)
     return records[:n]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows to a temp file and rename it: a kill never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
 
 
 def shuffled(records: list, seed: int) -> list:

@@ -213,7 +213,7 @@ def run_eval(
     or ``http`` (a pairwise LLM judge).
     """
     from bpo.annotators import build_annotator
-    from bpo.data import load_source
+    from bpo.data import load_source, write_jsonl
     from bpo.models import load_policy
     from bpo.quickstart import QuickstartTask
 
@@ -248,14 +248,12 @@ def run_eval(
     result = summarize(outcomes, name, cfg.eval.bootstrap)
     result.update(against=against, system=adapter or responses or "base", config=cfg.to_dict())
     out.mkdir(parents=True, exist_ok=True)
-    items = out / "items.jsonl.tmp"
-    with open(items, "w") as f:
-        for i, r in enumerate(records):
-            row = {"id": r.id, "response": mine[i], "against": other[i], "outcome": outcomes[i]}
-            if scores:
-                row.update(score=scores[0][i], against_score=scores[1][i])
-            f.write(json.dumps(row) + "\n")
-    os.replace(items, out / "items.jsonl")
+    rows = []
+    for i, r in enumerate(records):
+        rows.append({"id": r.id, "response": mine[i], "against": other[i], "outcome": outcomes[i]})
+        if scores:
+            rows[-1].update(score=scores[0][i], against_score=scores[1][i])
+    write_jsonl(out / "items.jsonl", rows)
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, out / "eval.json")
