@@ -147,11 +147,19 @@ def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
     fig.savefig(out / "win_rate.png", dpi=120)
     plt.close(fig)
 
+    # kl/behavior = E_beta[log beta - log theta] = KL(beta || theta) on the step's samples; kl/sft as logged is
+    # E_beta[log sft - log theta], so kl/behavior - kl/sft = E_beta[log beta - log sft] = KL(beta || sft):
+    # how far the model that collects the data has moved from SFT.
+    for rs in runs.values():
+        for r in rs:
+            for m in r["metrics"]:
+                if "kl/sft" in m and "kl/behavior" in m:
+                    m["kl/behavior_to_sft"] = m["kl/behavior"] - m["kl/sft"]
     keys = [
-        ("score/behavior_samples", "gold score of sampled pairs"),
-        ("loss", "loss"),
-        ("kl/behavior", "kl/behavior (to the behavior model)"),
-        ("kl/sft", "kl/sft (to the SFT model)"),
+        ("score/behavior_samples", "gold score of the sampled pairs"),
+        ("loss", "loss (member mean)"),
+        ("kl/behavior", "KL(behavior || policy)"),
+        ("kl/behavior_to_sft", "KL(behavior || SFT)"),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for ax, (key, title) in zip(axes, keys):
