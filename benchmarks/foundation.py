@@ -81,7 +81,8 @@ def main() -> None:
         "# Foundation benchmarks",
         "",
         f"Command: `.venv/bin/python benchmarks/foundation.py` ({platform.processor() or platform.machine()}, "
-        f"{psutil.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}). SmolLM2-135M-Instruct, fp32.",
+        f"{psutil.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}). "
+        "SmolLM2-135M-Instruct, fp32.",
         "",
         "## Resident memory (RSS, MiB)",
         "",
@@ -90,7 +91,8 @@ def main() -> None:
     ]
     base = rows[0][2]["base"]
     for k, r, mem in rows:
-        what = "base model alone" if k == 0 else f"base + K={k} members (r={r}) + 2 snapshots (behavior rank {k * r}, sft)"
+        what = f"base + K={k} members (r={r}) + 2 snapshots (behavior rank {k * r}, sft)"
+        what = "base model alone" if k == 0 else what
         lines.append(f"| {what} | {mem['total']:.0f} | {mem['total'] - base:+.0f} |")
     lines += [
         "",
