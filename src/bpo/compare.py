@@ -64,7 +64,8 @@ def run_grid(
 def _load(folder: Path) -> dict | None:
     if not (folder / "eval.json").exists():
         return None
-    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
+    metrics = [json.loads(x) for x in lines if x.endswith("\n")]  # a line cut by a kill has no newline
     rows = [json.loads(x) for x in (folder / "eval_items.jsonl").read_text().splitlines()]
     items = {k: np.array([row[k] for row in rows], dtype=float) for k in rows[0] if k != "id"}
     by_step = {m["step"]: m for m in metrics}  # a resumed run may repeat steps: keep the last

@@ -289,6 +289,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: str | Path, obj: Any) -> None:
+    """JSON to a temp file, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
 def shuffled(records: list, seed: int) -> list:
     """A seeded permutation; the same seed always gives the same order on every machine."""
     out = list(records)

@@ -213,7 +213,7 @@ def run_eval(
     or ``http`` (a pairwise LLM judge).
     """
     from bpo.annotators import build_annotator
-    from bpo.data import load_source, write_jsonl
+    from bpo.data import load_source, write_json, write_jsonl
     from bpo.models import load_policy
     from bpo.quickstart import QuickstartTask
 
@@ -254,7 +254,5 @@ def run_eval(
         if scores:
             rows[-1].update(score=scores[0][i], against_score=scores[1][i])
     write_jsonl(out / "items.jsonl", rows)
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "eval.json")
+    write_json(out / "eval.json", result)
     return result

@@ -40,7 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from bpo.annotators import Annotation, AnnotationLog, Annotator, build_annotator
 from bpo.config import Config, ConfigError, load_config, save_config
-from bpo.data import PromptRecord, load_source
+from bpo.data import PromptRecord, load_source, write_json
 from bpo.ensemble import Ensemble
 from bpo.evaluation import mean_ci, win_rate
 from bpo.losses import build_shared_batch, dap_loss
@@ -399,7 +399,7 @@ def train(
         result = {}
         if evaluate and acc.is_main_process:
             result = evaluate_run(run, progress)
-            (out / "eval.json").write_text(json.dumps(result, indent=2))
+            write_json(out / "eval.json", result)  # its presence marks the run finished (bpo compare)
         if acc.is_main_process:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
             info = {
@@ -411,7 +411,7 @@ def train(
             }
             if torch.cuda.is_available():
                 info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
-            (out / "run.json").write_text(json.dumps(info, indent=2))
+            write_json(out / "run.json", info)
         acc.wait_for_everyone()
     if acc.is_main_process and result:
         print_result(console, result, time.time() - started)
