@@ -193,7 +193,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     def add(name: str, value: torch.Tensor) -> None:
         sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n_local
 
-    ref_name = {"behavior": "behavior", "sft": "sft", "ema": "ema"}[t.reference]
+    ref_name = t.reference  # the reference mode names the adapter that holds it
     if kept:
         # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
         prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
