@@ -65,13 +65,8 @@ def tokenize_sft(policy: Policy, records: list[PromptRecord], template: str, max
         if not r.reference:
             continue
         prompt = policy.encode_prompt(template.format(prompt=r.prompt))
-        response = tok(r.reference, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        rows.append(
-            (
-                prompt[-(max_length - len(response)) :] if len(prompt) + len(response) > max_length else prompt,
-                response[:max_length],
-            )
-        )
+        response = (tok(r.reference, add_special_tokens=False).input_ids + [tok.eos_token_id])[: max_length - 1]
+        rows.append((prompt[-(max_length - len(response)) :], response))  # keep the prompt's end
     if not rows:
         raise ValueError("SFT needs records with a reference (label) and none was found")
     return rows
