@@ -23,3 +23,25 @@ def test_bootstrap_interval_matches_the_normal_approximation():
     assert lo == pytest.approx(0.5 - 0.049, abs=0.01) and hi == pytest.approx(0.5 + 0.049, abs=0.01)
     m = mean_ci(values)
     assert m["mean"] == 0.5 and m["n"] == 400
+
+
+def test_t_quantiles_match_tables():
+    from bpo.evaluation import t_quantile_975
+
+    assert t_quantile_975(2) == 4.303
+    assert t_quantile_975(20) == pytest.approx(2.086, abs=0.002)
+    assert t_quantile_975(30) == pytest.approx(2.042, abs=0.002)
+    assert t_quantile_975(10_000) == pytest.approx(1.960, abs=0.001)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_seed_interval_by_hand():
+    from bpo.evaluation import seed_mean_ci
+
+    # seeds 1, 2, 3: mean 2, sd 1, half-width t_2 * 1 / sqrt(3) = 4.303 / 1.7321 = 2.4843
+    r = seed_mean_ci([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["sd"] == pytest.approx(1.0) and r["n"] == 3
+    assert r["ci_low"] == pytest.approx(2 - 2.4843, abs=1e-3) and r["ci_high"] == pytest.approx(2 + 2.4843, abs=1e-3)
+    one = seed_mean_ci([0.7])
+    assert one["mean"] == 0.7 and one["ci_low"] != one["ci_low"]  # nan: one seed has no spread

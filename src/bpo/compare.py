@@ -70,6 +70,7 @@ def _load(folder: Path) -> dict | None:
     items = {k: np.array([row[k] for row in rows], dtype=float) for k in rows[0] if k != "id"}
     by_step = {m["step"]: m for m in metrics}  # a resumed run may repeat steps: keep the last
     return {
+        "seed": int(folder.name.removeprefix("seed")),
         "eval": json.loads((folder / "eval.json").read_text()),
         "run": json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {},
         "metrics": [by_step[s] for s in sorted(by_step)],
@@ -77,61 +78,121 @@ def _load(folder: Path) -> dict | None:
     }
 
 
-def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
-    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``, when given)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bpo.evaluation import mean_ci, win_rate
-
+def _collect(out: Path, seeds: list[int] | None) -> dict[str, list[dict]]:
+    """Finished runs under ``out``, by method, in seed order (only ``seeds``, when given)."""
     runs: dict[str, list[dict]] = {}
     for method in METHODS:
-        for folder in sorted((out / method).glob("seed*")):
-            if seeds is not None and int(folder.name.removeprefix("seed")) not in seeds:
-                continue
-            r = _load(folder)
-            if r:
-                runs.setdefault(method, []).append(r)
-    if not runs:
-        raise ValueError(f"{out}: no finished runs to report")
+        found = [r for f in (out / method).glob("seed*") if (r := _load(f))]
+        found = sorted((r for r in found if seeds is None or r["seed"] in seeds), key=lambda r: r["seed"])
+        if found:
+            runs[method] = found
+    return runs
+
+
+def _ci(d: dict, fmt: str = "+.2f") -> str:
+    return f"[{d['ci_low']:{fmt}}, {d['ci_high']:{fmt}}]"
+
+
+def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
+    """One row per method: pooled scores and win rates, and the spread between seeds."""
+    from bpo.evaluation import mean_ci, seed_mean_ci, win_rate
+
     lines = [
-        "# Method comparison",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Every method spends the same annotation budget (B*T pairs). Win rates are greedy responses on held-out "
-        "prompts, judged by the task's judge; a tie counts one half. Intervals are 95% percentile bootstrap over "
-        "prompts, pooled over seeds (per-seed values in brackets after the pooled one).",
-        "",
-        "| method | seeds | gold score (start -> trained) | improvement | win rate vs start | win rate vs reference "
+        "| method | seeds | gold score (start -> trained) | improvement over seeds [t 95%] (per seed) "
+        "| improvement, pooled prompts | win rate vs start (per seed) | win rate vs reference "
         "| annotations | wall time / run | peak RSS |",
-        "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
+        "| --- | ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
     summary = {}
     for method, rs in runs.items():
         items = [r["items"] for r in rs]
         start = np.concatenate([i["start"] for i in items])
         trained = np.concatenate([i["trained"] for i in items])
-        imp = mean_ci(trained - start)
+        per_seed_imp = [float((i["trained"] - i["start"]).mean()) for i in items]
+        over_seeds = seed_mean_ci(per_seed_imp)
         w = win_rate(trained, start)
-        per_seed = ", ".join(f"{r['eval']['win_rate_vs_start']['win_rate']:.2f}" for r in rs)
+        w["per_seed"] = [r["eval"]["win_rate_vs_start"]["win_rate"] for r in rs]
         ref = "n/a"
         if all("reference" in i for i in items):
-            ref_scores = np.concatenate([i["reference"] for i in items])
-            wr = win_rate(trained, ref_scores)
-            ref = f"{wr['win_rate']:.2f} [{wr['ci_low']:.2f}, {wr['ci_high']:.2f}]"
+            wr = win_rate(trained, np.concatenate([i["reference"] for i in items]))
+            ref = f"{wr['win_rate']:.2f} {_ci(wr, '.2f')}"
         summary[method] = w
-        wall = np.mean([r["run"].get("wall_seconds", float("nan")) for r in rs])
+        seeds_txt = ", ".join(f"{v:+.2f}" for v in per_seed_imp)
+        spread = _ci(over_seeds) if len(rs) > 1 else "[n/a]"
+        wall = np.median([r["run"].get("wall_seconds", float("nan")) for r in rs])
         rss = max(r["run"].get("peak_rss_mib", 0) for r in rs)
         ann = np.mean([r["run"].get("annotations", float("nan")) for r in rs])
+        imp = mean_ci(trained - start)
         lines.append(
-            f"| {method} | {len(rs)} | {start.mean():.2f} -> {trained.mean():.2f} | {imp['mean']:+.2f} "
-            f"[{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] | {w['win_rate']:.2f} [{w['ci_low']:.2f}, "
-            f"{w['ci_high']:.2f}] ({per_seed}) | {ref} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
+            f"| {method} | {len(rs)} | {start.mean():.2f} -> {trained.mean():.2f} "
+            f"| {over_seeds['mean']:+.2f} {spread} ({seeds_txt}) | {imp['mean']:+.2f} {_ci(imp)} "
+            f"| {w['win_rate']:.2f} {_ci(w, '.2f')} ({', '.join(f'{v:.2f}' for v in w['per_seed'])}) "
+            f"| {ref} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
         )
+    return lines, summary
+
+
+def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
+    """Each method against ``baseline`` on the seeds both finished: same seeds, same eval prompts."""
+    from bpo.evaluation import seed_mean_ci, win_rate
+
+    base = {r["seed"]: r["items"]["trained"] for r in runs[baseline]}
+    lines = [
+        f"| method | seeds in common | gold score minus {baseline} over seeds [t 95%] (per seed) "
+        f"| seeds ahead | win rate vs {baseline}, pooled prompts |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
+    for method, rs in runs.items():
+        pairs = [(r["items"]["trained"], base[r["seed"]]) for r in rs if r["seed"] in base]
+        if method == baseline or not pairs:
+            continue
+        diffs = [float(a.mean() - b.mean()) for a, b in pairs]
+        d = seed_mean_ci(diffs)
+        w = win_rate(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]))
+        spread = _ci(d) if len(pairs) > 1 else "[n/a]"
+        lines.append(
+            f"| {method} | {len(pairs)} | {d['mean']:+.2f} {spread} ({', '.join(f'{x:+.2f}' for x in diffs)}) "
+            f"| {sum(x > 0 for x in diffs)} of {len(diffs)} | {w['win_rate']:.2f} {_ci(w, '.2f')} |"
+        )
+    return lines
+
+
+def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
+    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``, when given)."""
+    runs = _collect(out, seeds)
+    if not runs:
+        raise ValueError(f"{out}: no finished runs to report")
+    table, summary = _method_table(runs)
+    lines = [
+        "# Method comparison",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Every method spends the same annotation budget (B*T sampled pairs; identical pairs are not sent to "
+        "the annotator, so `annotations` can be lower). Scores are greedy responses on held-out prompts, "
+        "judged by the task's judge; in win rates a tie counts one half.",
+        "",
+        "Two kinds of interval: *over seeds* treats each training seed's mean as one observation (Student t, "
+        "so it includes how much a rerun differs); *pooled prompts* is a percentile bootstrap over the "
+        "prompts of all seeds together (how well the eval set pins the score down, not the seed spread).",
+        "",
+        *table,
+    ]
+    if "offline-dpo" in runs and len(runs) > 1:
+        lines += ["", "## Against offline DPO, seed by seed", "", *_head_to_head(runs, "offline-dpo")]
     lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", ""]
+    _plot_win_rates(summary, out / "win_rate.png")
+    _plot_curves(runs, out / "curves.png")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(summary)
@@ -140,13 +201,30 @@ def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
         [v - summary[m]["ci_low"] for m, v in zip(names, vals)],
         [summary[m]["ci_high"] - v for m, v in zip(names, vals)],
     ]
-    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0")
+    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0", label="pooled (95% CI over prompts)")
+    for i, m in enumerate(names):
+        ax.plot(
+            [i] * len(summary[m]["per_seed"]),
+            summary[m]["per_seed"],
+            "o",
+            color="black",
+            ms=4,
+            label="one seed" if i == 0 else None,
+        )
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("win rate vs start (95% CI)")
+    ax.set_ylabel("win rate vs start")
     ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "win_rate.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     # kl/behavior = E_beta[log beta - log theta] = KL(beta || theta) on the step's samples; kl/sft as logged is
     # E_beta[log sft - log theta], so kl/behavior - kl/sft = E_beta[log beta - log sft] = KL(beta || sft):
@@ -168,12 +246,9 @@ def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
             steps = [m["step"] for m in rs[0]["metrics"]]
             curves = [[m.get(key, np.nan) for m in r["metrics"]] for r in rs if len(r["metrics"]) == len(steps)]
             ax.plot(steps, np.nanmean(np.array(curves, dtype=float), axis=0), label=method)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(f"{title}, mean over seeds", fontsize=10)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
