@@ -185,6 +185,8 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):
     assert len({key(e) for e in b}) == len(b), "duplicate annotations"
     assert sorted(map(key, a)) == sorted(map(key, b)), "a gap or an extra annotation"
     assert sorted(a, key=key) == sorted(b, key=key)
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)), "metrics.jsonl repeats or skips a step after the resume"
 
 
 def test_annotation_log_drops_a_line_cut_by_a_kill(tmp_path):

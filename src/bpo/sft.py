@@ -20,7 +20,7 @@ from peft import LoraConfig
 from rich.progress import Progress
 
 from bpo.config import Config
-from bpo.data import PromptRecord, shuffled
+from bpo.data import PromptRecord, shuffled, write_json
 from bpo.ensemble import Ensemble
 from bpo.losses import build_batch
 from bpo.models import Policy
@@ -110,7 +110,7 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
                     progress.update(task, advance=1, description=f"member SFT {name} loss {loss.item():.3f}")
         _save_atomic(ens, name, path)
     policy.model.eval()
-    (out / "settings.json").write_text(json.dumps({"key": sft_key(cfg), "seeds": cfg.sft.seeds}))
+    write_json(out / "settings.json", {"key": sft_key(cfg), "seeds": cfg.sft.seeds})
     return paths
 
 

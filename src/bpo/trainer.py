@@ -350,6 +350,8 @@ def train(
             m: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / t.steps)) for m, o in optimizers.items()
         }
         start = load_checkpoint(run, optimizers, schedulers) if resume else 0
+        if acc.is_main_process:
+            trim_metrics(out / "metrics.jsonl", start)
         log_name = "annotations.jsonl" if acc.num_processes == 1 else f"annotations.rank{acc.process_index}.jsonl"
         log = AnnotationLog(out / log_name)
         writer = SummaryWriter(str(out / "tb")) if acc.is_main_process else None
@@ -484,6 +486,21 @@ def print_result(console: Console, r: dict, seconds: float) -> None:
             f"[bold]win rate vs reference[/] start {v0['win_rate']:.2f} [{v0['ci_low']:.2f}, {v0['ci_high']:.2f}] "
             f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
         )
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the logged steps up to ``step`` (the checkpoint resumed from).
+
+    Steps after the checkpoint are trained and logged again, so without this a resumed run's
+    metrics.jsonl would repeat them; a line cut by the kill is dropped too.
+    """
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [x for x in lines if x.endswith("\n") and json.loads(x)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
 
 
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
