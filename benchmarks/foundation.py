@@ -1,4 +1,5 @@
-"""Memory of the LoRA ensemble and speed of response-only log-probs, on SmolLM2-135M (CPU, fp32).
+"""Memory of the LoRA ensemble, speed of response-only log-probs and of the shared-prompt pair
+pass, on SmolLM2-135M (CPU, fp32).
 
 Run: .venv/bin/python benchmarks/foundation.py [--out docs/benchmarks/foundation.md]
 Each memory figure is measured in a fresh subprocess so earlier allocations do not count.
@@ -62,6 +63,44 @@ def time_logps(repeats: int) -> dict[str, float]:
     return out
 
 
+def time_pair_pass(repeats: int, prompt_len: int, response_len: int, pairs: int = 8) -> dict[str, float]:
+    """Forward + backward of one DPO step's policy log-probs under a LoRA member (K=1, r=16).
+
+    plain: each pair is two full rows (prompt + response), so the prompt runs twice.
+    shared: the prompt runs once and its KV cache (with its graph) is repeated for both responses.
+    """
+    from peft import LoraConfig
+
+    from bpo.ensemble import Ensemble
+    from bpo.losses import build_batch, build_shared_batch
+    from bpo.models import load_policy
+
+    policy = load_policy("smollm2-135m-instruct", device="cpu")
+    ens = Ensemble.create(policy.model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"), 1)
+    member = ens.members[0]
+    g = torch.Generator().manual_seed(0)
+    vocab = policy.model.config.vocab_size
+    prompts = [torch.randint(0, vocab, (prompt_len,), generator=g).tolist() for _ in range(pairs)]
+    responses = [[torch.randint(0, vocab, (response_len,), generator=g).tolist() for _ in range(2)] for _ in prompts]
+    pad = policy.tokenizer.pad_token_id
+    batches = {
+        "plain": build_batch([p for p in prompts for _ in range(2)], [r for rs in responses for r in rs], pad),
+        "shared": build_shared_batch(prompts, responses, pad),
+    }
+    out = {}
+    for name, batch in batches.items():
+        times = []
+        for i in range(repeats + 1):  # the first is a warm-up
+            t = time.perf_counter()
+            summed, _ = ens.logps(member, batch, grad=True)
+            (summed[0::2] - summed[1::2]).sum().backward()
+            if i:
+                times.append(time.perf_counter() - t)
+            ens.peft.zero_grad(set_to_none=True)
+        out[name] = statistics.median(times)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs/benchmarks/foundation.md")
@@ -77,6 +116,8 @@ def main() -> None:
         mem = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append((k, r, mem))
     t = time_logps(args.repeats)
+    shapes = [(128, 40), (512, 64)]  # about the quickstart's shape; TL;DR's longest prompts (the paper filters at 512)
+    pair = {shape: time_pair_pass(args.repeats, *shape) for shape in shapes}
     lines = [
         "# Foundation benchmarks",
         "",
@@ -104,6 +145,18 @@ def main() -> None:
         "| --- | ---: |",
         f"| response positions only | {t['response_only']:.3f} |",
         f"| every position (full logits) | {t['full_vocab']:.3f} |",
+        "",
+        f"## Policy log-probs of 8 DPO pairs, forward + backward under a LoRA member, median of {args.repeats}",
+        "",
+        "plain: 16 rows of prompt + response (each prompt runs twice); shared: each prompt runs once and its "
+        "KV cache, graph included, is repeated for the two responses (what the trainer does).",
+        "",
+        "| prompt tokens | response tokens | plain s | shared s | speed-up |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        *[
+            f"| {p} | {r} | {v['plain']:.2f} | {v['shared']:.2f} | {v['plain'] / v['shared']:.2f}x |"
+            for (p, r), v in pair.items()
+        ],
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
