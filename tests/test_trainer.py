@@ -90,7 +90,13 @@ def test_modes(tmp_path, phases, reference, loss, k):
         assert (h != prev) == (step in bounds), f"step {step}"
     for step, _, m in seen:
         assert m["phase"] == max(p for p in range(phases) if bounds[p] <= step)
-        assert all(math.isfinite(m[key]) for key in ("loss", "rewards/margins", "kl/behavior", "kl/sft"))
+        assert all(math.isfinite(m[key]) for key in ("loss", "rewards/margins", "kl/behavior", "kl/behavior_to_sft"))
+    # the behavior model is SFT until the first refresh, and for ever when F = 1
+    for step, _, m in seen:
+        if step < bounds[1]:
+            assert abs(m["kl/behavior_to_sft"]) < 1e-3, (step, m["kl/behavior_to_sft"])
+    if phases > 1 and reference == "behavior" and loss == "dpo":
+        assert abs(seen[-1][2]["kl/behavior_to_sft"]) > 1e-3  # the refreshed behavior model moved
     first_steps = [m for s, _, m in seen if s in bounds[:-1]]
     if reference == "behavior" and k == 1:
         # pi_theta == pi_beta == pi_ref at a phase start: Delta = 0

@@ -226,13 +226,12 @@ def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # kl/behavior = E_beta[log beta - log theta] = KL(beta || theta) on the step's samples; kl/sft as logged is
-    # E_beta[log sft - log theta], so kl/behavior - kl/sft = E_beta[log beta - log sft] = KL(beta || sft):
-    # how far the model that collects the data has moved from SFT.
+    # Runs before kl/behavior_to_sft was logged have kl/sft = E_beta[log sft - log theta]; with
+    # kl/behavior = E_beta[log beta - log theta], the difference is E_beta[log beta - log sft] = KL(beta || sft).
     for rs in runs.values():
         for r in rs:
             for m in r["metrics"]:
-                if "kl/sft" in m and "kl/behavior" in m:
+                if "kl/behavior_to_sft" not in m and "kl/sft" in m and "kl/behavior" in m:
                     m["kl/behavior_to_sft"] = m["kl/behavior"] - m["kl/sft"]
     keys = [
         ("score/behavior_samples", "gold score of the sampled pairs"),

@@ -214,6 +214,8 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
             behavior_sum = ref_sum if ref_name == "behavior" else ens.logps("behavior", batch)[0]
         sft_sum = ref_sum if ref_name == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
         ref = ref_sum / lengths if t.loss == "ipo" else ref_sum
+    if kept and sft_sum is not None:  # how far the data-collecting model has moved from SFT
+        add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
     for name in ens.members:
         params = ens.member_parameters(name)
         if kept:
@@ -224,8 +226,6 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
             for key, value in metrics.items():
                 add(key, value / len(ens.members))
             add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
-            if sft_sum is not None:
-                add("kl/sft", (sft_sum - summed.detach()).mean() / len(ens.members))
         if n_global == 0:
             schedulers[name].step()  # keep the schedule aligned with the step count
             continue
