@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from bpo.cli import app
 from bpo.config import load_config
 from bpo.evaluation import HTTPPairwiseJudge, read_responses, run_eval
+from bpo.quickstart import QuickstartTask, judge
 
 runner = CliRunner()
 
@@ -162,6 +163,11 @@ def test_compare_two_methods_then_resume(tmp_path):
     head_to_head = report.split("## Against offline DPO")[1]
     assert "| bpo-fT | 1 |" in head_to_head and "offline-dpo | 1 |" not in head_to_head
     assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
+    # every eval item keeps the responses that were judged, and their scores are the judge's
+    task = QuickstartTask(0)
+    for row in map(json.loads, (out / "bpo-fT" / "seed0" / "eval_items.jsonl").read_text().splitlines()):
+        for who in ("start", "trained"):
+            assert row[who] == judge(task.post(row["id"]), row[f"{who}_response"])
     cfg = load_config(out / "bpo-fT" / "seed0" / "config.yaml")
     assert cfg.train.phases == 2 == cfg.train.steps and cfg.train.reference == "behavior"
     assert load_config(out / "offline-dpo" / "seed0" / "config.yaml").train.phases == 1

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from bpo.quickstart import QuickstartTask, judge, make_post, make_posts, reference
+from bpo.quickstart import QuickstartTask, judge, judge_parts, make_post, make_posts, reference
 
 
 @pytest.fixture()
@@ -34,6 +34,12 @@ def test_judge_hand_values(post):
     long = " ".join([name] + ["word"] * 29)  # 30 words
     assert judge(post, long) == pytest.approx(1 - 0.30 - 0.2 * 5)
     assert judge(post, "") == 0.0
+    assert judge_parts(post, f"Bob and {name} {distractor}") == {
+        "facts": 1,
+        "distractors": 1,
+        "invented": 1,
+        "words": 4,
+    }
 
 
 def test_references_are_imperfect_but_true():

@@ -67,7 +67,8 @@ def _load(folder: Path) -> dict | None:
     lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
     metrics = [json.loads(x) for x in lines if x.endswith("\n")]  # a line cut by a kill has no newline
     rows = [json.loads(x) for x in (folder / "eval_items.jsonl").read_text().splitlines()]
-    items = {k: np.array([row[k] for row in rows], dtype=float) for k in rows[0] if k != "id"}
+    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float))]  # scores; not ids or responses
+    items = {k: np.array([row[k] for row in rows], dtype=float) for k in numeric}
     by_step = {m["step"]: m for m in metrics}  # a resumed run may repeat steps: keep the last
     return {
         "seed": int(folder.name.removeprefix("seed")),

@@ -203,6 +203,22 @@ def reference(post: Post, rng: random.Random) -> str:
 WORD = re.compile(r"[A-Za-z']+")
 
 
+def judge_parts(post: Post, summary: str) -> dict[str, int]:
+    """What the judge counts in a summary: facts stated, distractors, invented names, words."""
+    words = WORD.findall(summary)
+    lower = [w.lower() for w in words]
+    present = set(lower)
+    post_words = {w.lower() for w in WORD.findall(post.text)}
+    invented = {w.lower() for w in words if w[0].isupper() and w.lower() not in post_words and w.lower() not in COMMON}
+    invented |= {w for w in present if w.capitalize() in NAMES or w.capitalize() in CITIES} - post_words
+    return {
+        "facts": sum(f in present for f in post.facts.values()),
+        "distractors": sum(e in present for e in set(post.distractors)),
+        "invented": len(invented),
+        "words": len(words),
+    }
+
+
 def judge(post: Post, summary: str) -> float:
     """Gold score: +1 per key fact stated; -1 per distractor or invented name/place; length costs.
 
@@ -211,17 +227,9 @@ def judge(post: Post, summary: str) -> float:
     that is not in the post and not a common word counts as invented. Each word costs 0.01 (this
     breaks most ties between otherwise equal summaries) and each word past the budget 0.2 more.
     """
-    words = WORD.findall(summary)
-    lower = [w.lower() for w in words]
-    present = set(lower)
-    score = float(sum(f in present for f in post.facts.values()))
-    score -= sum(e in present for e in set(post.distractors))
-    post_words = {w.lower() for w in WORD.findall(post.text)}
-    invented = {w.lower() for w in words if w[0].isupper() and w.lower() not in post_words and w.lower() not in COMMON}
-    invented |= {w for w in present if w.capitalize() in NAMES or w.capitalize() in CITIES} - post_words
-    score -= len(invented)
-    score -= 0.01 * len(words) + 0.2 * max(0, len(words) - WORD_BUDGET)
-    return round(score, 4)
+    p = judge_parts(post, summary)
+    score = p["facts"] - p["distractors"] - p["invented"] - 0.01 * p["words"] - 0.2 * max(0, p["words"] - WORD_BUDGET)
+    return round(float(score), 4)
 
 
 class QuickstartTask:

@@ -40,7 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from bpo.annotators import Annotation, AnnotationLog, Annotator, build_annotator
 from bpo.config import Config, ConfigError, load_config, save_config
-from bpo.data import PromptRecord, load_source, write_json
+from bpo.data import PromptRecord, load_source, write_json, write_jsonl
 from bpo.ensemble import Ensemble
 from bpo.evaluation import mean_ci, win_rate
 from bpo.losses import build_shared_batch, dap_loss
@@ -432,7 +432,7 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
     backend = HFBackend(run.policy, run.ens)
     result: dict = {"n": len(records)}
-    scores = {}
+    scores, responses = {}, {}
     # the start model's greedy answers depend only on the SFT adapters and the eval settings:
     # runs that share them (a comparison grid) compute them once
     start_key = hashlib.sha256(
@@ -454,6 +454,7 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
             tmp.write_text(json.dumps(texts))
             os.replace(tmp, start_cache)
         scores[name] = annotator.scores(records, texts)
+        responses[f"{name}_response"] = texts
         result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
         result[f"{name}_samples"] = texts[:5]
         progress.advance(bar)
@@ -465,9 +466,8 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
     result["improvement"] = mean_ci(delta, cfg.eval.bootstrap)
     result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], cfg.eval.bootstrap)
-    with open(run.out / "eval_items.jsonl", "w") as f:
-        for i, r in enumerate(records):
-            f.write(json.dumps({"id": r.id, **{k: v[i] for k, v in scores.items()}}) + "\n")
+    items = ({"id": r.id, **{k: v[i] for k, v in (scores | responses).items()}} for i, r in enumerate(records))
+    write_jsonl(run.out / "eval_items.jsonl", items)
     return result
 
 
