@@ -160,7 +160,7 @@ def test_compare_two_methods_then_resume(tmp_path):
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
     assert "| offline-dpo | 1 |" in report and "| bpo-fT | 1 |" in report
-    head_to_head = report.split("## Against offline DPO")[1]
+    head_to_head = report.split("## Against offline DPO")[1].split("## What the trained")[0]
     assert "| bpo-fT | 1 |" in head_to_head and "offline-dpo | 1 |" not in head_to_head
     assert "| start (SFT) | - |" in report and report.count("| bpo-fT | 1 |") == 3
     assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
