@@ -176,3 +176,7 @@ def test_compare_two_methods_then_resume(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and res.output.count("done, skipped") == 2
     assert (out / "offline-dpo" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
+    only = runner.invoke(app, [*args[:-4], "--methods", "bpo-fT", "--seeds", "0", "--report-only"])
+    assert only.exit_code == 0, only.output
+    report = (out / "report.md").read_text()
+    assert "| bpo-fT | 1 |" in report and "offline-dpo |" not in report and "Against offline DPO" not in report

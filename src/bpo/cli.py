@@ -189,7 +189,7 @@ def compare(
         seed_list = [int(s) for s in seeds.split(",")]
         if not report_only:
             run_grid(config, args, methods.split(","), seed_list, out, console.print)
-        console.print(f"report: {report(out, command, seed_list)}")
+        console.print(f"report: {report(out, command, seed_list, methods.split(','))}")
     except (ConfigError, ValueError) as err:
         _fail(err)
 

@@ -81,10 +81,10 @@ def _load(folder: Path) -> dict | None:
     }
 
 
-def _collect(out: Path, seeds: list[int] | None) -> dict[str, list[dict]]:
-    """Finished runs under ``out``, by method, in seed order (only ``seeds``, when given)."""
+def _collect(out: Path, seeds: list[int] | None, methods: list[str] | None = None) -> dict[str, list[dict]]:
+    """Finished runs under ``out``, by method, in seed order (only ``seeds`` and ``methods``, when given)."""
     runs: dict[str, list[dict]] = {}
-    for method in METHODS:
+    for method in methods or METHODS:
         found = [r for f in (out / method).glob("seed*") if (r := _load(f))]
         found = sorted((r for r in found if seeds is None or r["seed"] in seeds), key=lambda r: r["seed"])
         if found:
@@ -180,13 +180,13 @@ def _breakdown(runs: dict[str, list[dict]]) -> list[str]:
                 continue
             task = QuickstartTask(r["config"].data.seed)
             parts = [judge_parts(task.post(row["id"]), row["trained_response"]) for row in r["rows"]]
-            per_seed.append({k: np.mean([p[k] for p in parts]) for k in parts[0]})
+            per_seed.append({"seed": r["seed"], **{k: np.mean([p[k] for p in parts]) for k in parts[0]}})
             if not start_parts:
                 start_parts = [judge_parts(task.post(row["id"]), row["start_response"]) for row in r["rows"]]
         if not per_seed:
             continue
         mean = {k: np.mean([p[k] for p in per_seed]) for k in per_seed[0]}
-        seeds_txt = ", ".join(f"{p['facts']:.2f} / {p['distractors']:.2f}" for p in per_seed)
+        seeds_txt = ", ".join(f"s{p['seed']}: {p['facts']:.2f} / {p['distractors']:.2f}" for p in per_seed)
         lines.append(
             f"| {method} | {len(per_seed)} | {mean['facts']:.2f} | {mean['distractors']:.2f} | "
             f"{mean['invented']:.2f} | {mean['words']:.1f} | {seeds_txt} |"
@@ -200,9 +200,9 @@ def _breakdown(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def report(out: Path, command: str, seeds: list[int] | None = None) -> Path:
-    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``, when given)."""
-    runs = _collect(out, seeds)
+def report(out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None) -> Path:
+    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``/``methods``, when given)."""
+    runs = _collect(out, seeds, methods)
     if not runs:
         raise ValueError(f"{out}: no finished runs to report")
     table, summary = _method_table(runs)
