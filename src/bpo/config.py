@@ -236,9 +236,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the YAML to a temp file and rename it: a kill never leaves a half-written config."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write to a temp file beside ``path``, then rename: a kill never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from bpo.config import DataConfig
+from bpo.config import DataConfig, write_text_atomic
 
 
 class DataError(ValueError):
@@ -280,21 +279,13 @@ def load_source(
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows to a temp file and rename it: a kill never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    """JSON lines, written atomically."""
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """JSON to a temp file, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    """JSON, written atomically: readers never see half a file."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def shuffled(records: list, seed: int) -> list:

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.tensorboard import SummaryWriter
 
 from bpo.annotators import Annotation, AnnotationLog, Annotator, build_annotator
-from bpo.config import Config, ConfigError, load_config, save_config
+from bpo.config import Config, ConfigError, load_config, save_config, write_text_atomic
 from bpo.data import PromptRecord, load_source, write_json, write_jsonl
 from bpo.ensemble import Ensemble
 from bpo.evaluation import mean_ci, win_rate
@@ -450,9 +450,7 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
         else:
             texts = [g[0].text for g in backend.generate(ids, 1, params, adapter)]
         if name == "start" and not start_cache.exists():
-            tmp = start_cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(texts))
-            os.replace(tmp, start_cache)
+            write_json(start_cache, texts)
         scores[name] = annotator.scores(records, texts)
         responses[f"{name}_response"] = texts
         result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
@@ -497,10 +495,7 @@ def trim_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [x for x in lines if x.endswith("\n") and json.loads(x)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(x for x in lines if x.endswith("\n") and json.loads(x)["step"] <= step))
 
 
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
