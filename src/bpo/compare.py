@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpo.config import load_config
+from bpo.config import load_config, write_text_atomic
 
 # method -> overrides; {T} is replaced by train.steps. Every method spends B*T annotations.
 METHODS: dict[str, list[str]] = {
@@ -61,6 +61,10 @@ def run_grid(
     return folders
 
 
+def _seed(folder: Path) -> int:
+    return int(folder.name.removeprefix("seed"))
+
+
 def _load(folder: Path) -> dict | None:
     if not (folder / "eval.json").exists():
         return None
@@ -71,7 +75,7 @@ def _load(folder: Path) -> dict | None:
     items = {k: np.array([row[k] for row in rows], dtype=float) for k in numeric}
     by_step = {m["step"]: m for m in metrics}  # a resumed run may repeat steps: keep the last
     return {
-        "seed": int(folder.name.removeprefix("seed")),
+        "seed": _seed(folder),
         "config": load_config(folder / "config.yaml"),
         "rows": rows,
         "eval": json.loads((folder / "eval.json").read_text()),
@@ -85,8 +89,8 @@ def _collect(out: Path, seeds: list[int] | None, methods: list[str] | None = Non
     """Finished runs under ``out``, by method, in seed order (only ``seeds`` and ``methods``, when given)."""
     runs: dict[str, list[dict]] = {}
     for method in methods or METHODS:
-        found = [r for f in (out / method).glob("seed*") if (r := _load(f))]
-        found = sorted((r for r in found if seeds is None or r["seed"] in seeds), key=lambda r: r["seed"])
+        folders = [f for f in (out / method).glob("seed*") if seeds is None or _seed(f) in seeds]
+        found = sorted((r for f in folders if (r := _load(f))), key=lambda r: r["seed"])
         if found:
             runs[method] = found
     return runs
@@ -235,7 +239,7 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
     _plot_win_rates(summary, out / "win_rate.png")
     _plot_curves(runs, out / "curves.png")
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 
