@@ -12,9 +12,9 @@ from bpo.models import load_policy
 K = 3
 
 
-def make_ensemble(k: int = K) -> Ensemble:
+def make_ensemble(k: int = K, dropout: float = 0.0) -> Ensemble:
     policy = load_policy("tiny-random-llama", device="cpu")
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=dropout)
     ens = Ensemble.create(policy.model, lora, k, seed=0)
     torch.manual_seed(1)
     with torch.no_grad():  # B starts at zero; give every member a distinct, non-trivial delta-W
@@ -139,3 +139,20 @@ def test_unknown_adapter_is_a_clear_error():
         ens.logps("nope", tiny_batch())
     with pytest.raises(ValueError, match="unknown merge method"):
         ens.merge("x", "svd")
+
+
+@pytest.mark.parametrize("method", ["exact", "linear"])
+def test_merged_and_snapshot_adapters_run_without_dropout(method):
+    # members SFT'd with dropout 0.5; the model is in eval mode, as during DAP training
+    ens = make_ensemble(dropout=0.5)
+    ens.peft.eval()
+    ens.merge("behavior", method)
+    ens.snapshot("behavior", "sft")
+    batch = tiny_batch()
+    for name in ("behavior", "sft"):
+        torch.testing.assert_close(ens.logps(name, batch)[0], ens.logps(name, batch)[0], atol=0, rtol=0)
+        assert ens.peft.peft_config[name].lora_dropout == 0.0  # and saved so
+    ens.peft.train()  # even in training mode (member SFT), a frozen adapter has no dropout
+    torch.testing.assert_close(ens.logps("behavior", batch)[0], ens.logps("behavior", batch)[0], atol=0, rtol=0)
+    ens.disable_dropout()  # DAP: the members lose theirs too
+    torch.testing.assert_close(ens.logps("member0", batch)[0], ens.logps("member0", batch)[0], atol=0, rtol=0)

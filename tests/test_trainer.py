@@ -1,6 +1,7 @@
 """End-to-end runs of the online loop on tiny-random-llama: the mechanics of every mode."""
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from bpo.annotators import AnnotationLog
@@ -46,18 +48,24 @@ def tiny_config(tmp_path: Path, **over) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def behavior_hash(run) -> str:
+def adapter_hash(run, adapter: str = "behavior") -> str:
     h = hashlib.sha256()
     for name, p in sorted(run.ens.peft.named_parameters()):
-        if ".behavior." in name:
+        if f".{adapter}." in name:
             h.update(p.detach().numpy().tobytes())
     return h.hexdigest()
 
 
-def run_tiny(tmp_path, **over):
+def run_tiny(tmp_path, console=None, **over):
     cfg = load_config(None, tiny_config(tmp_path, **over))
     seen = []
-    train(cfg, evaluate=False, on_step=lambda run, step, m: seen.append((step, behavior_hash(run), m)))
+
+    def record(run, step, m):
+        if cfg.train.reference == "ema":
+            m["_ema_hash"] = adapter_hash(run, "ema")
+        seen.append((step, adapter_hash(run), m))
+
+    train(cfg, evaluate=False, on_step=record, console=console)
     return cfg, seen
 
 
@@ -104,6 +112,11 @@ def test_modes(tmp_path, phases, reference, loss, k):
         for m in first_steps:
             assert m["loss"] == pytest.approx(target, abs=1e-4)
             assert abs(m["kl/behavior"]) < 1e-3
+    if reference == "ema":
+        # the paper's EMA reference moves at behavior refreshes only (step 0's update is a no-op: ema = behavior)
+        hashes = [m["_ema_hash"] for _, _, m in seen]
+        for step, (h, prev) in enumerate(zip(hashes[1:], hashes), start=1):
+            assert (h != prev) == (step in bounds[1:-1]), f"ema at step {step}"
     if reference == "sft" and k == 1:
         assert seen[0][2]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # SFT = behavior at step 0 only
         later = [m["loss"] for s, _, m in seen if s in bounds[1:-1]]
@@ -130,9 +143,18 @@ def test_identical_pairs_are_dropped_not_annotated(tmp_path):
     assert len(log.entries) == B * T - identical
 
 
-def test_linear_merge_option_runs_and_is_logged(tmp_path):
-    cfg, seen = run_tiny(tmp_path, **{"train.merge": "linear", "sft.seeds": "[0,1]"})
-    assert len(seen) == T
+def test_linear_merge_runs_without_dropout_and_is_logged(tmp_path):
+    # K = 1: the linear merge is the member itself, so with no dropout the loss at a phase start is log 2
+    # (PEFT's add_weighted_adapter copies the members' lora_dropout=0.1 into a fresh, training-mode Dropout)
+    out = io.StringIO()
+    cfg, seen = run_tiny(tmp_path, console=Console(file=out, width=200), **{"train.merge": "linear"})
+    assert cfg.lora.dropout > 0
+    for step, _, m in seen:
+        if step in phase_bounds(T, cfg.train.phases)[:-1]:
+            assert m["loss"] == pytest.approx(math.log(2), abs=1e-4), step
+            assert abs(m["kl/behavior"]) < 1e-4
+    assert "merge=linear" in out.getvalue()
+    assert load_config(Path(cfg.output_dir) / "config.yaml").train.merge == "linear"
 
 
 def cli(tmp_path, *extra):

@@ -94,6 +94,9 @@ class TrainConfig:
     phases: int = 2  # F: behavior refreshes; 1 = offline DAP, = steps for on-policy
     reference: Literal["behavior", "sft", "ema"] = "behavior"
     ema_alpha: float = 5e-3
+    # refresh: ema <- (1-alpha) ema + alpha behavior at each behavior refresh (the paper and its code);
+    # step: the same after every optimizer step, toward the current merged policy (not the paper's)
+    ema_update: Literal["refresh", "step"] = "refresh"
     loss: Literal["dpo", "ipo", "slic"] = "dpo"
     beta: float = 0.1
     label_smoothing: float = 0.0

@@ -72,6 +72,24 @@ class Ensemble:
                 for name, module in store.items():
                     module.requires_grad_(name in self.members)
 
+    def disable_dropout(self, names: Sequence[str] | None = None) -> None:
+        """Replace the LoRA dropout of ``names`` (all adapters by default) with the identity.
+
+        ``model.eval()`` is not enough: PEFT builds a new ``nn.Dropout`` (in training mode) for
+        every adapter added later, and ``add_weighted_adapter`` copies the members' dropout into
+        the merged adapter. DAP training, sampling, reference scoring and evaluation all run
+        without dropout (the paper), so a frozen adapter never gets one and the members lose
+        theirs when DAP starts.
+        """
+        wanted = set(names) if names is not None else None
+        for layer in self._layers():
+            for name in list(layer.lora_dropout):
+                if wanted is None or name in wanted:
+                    layer.lora_dropout[name] = torch.nn.Identity()
+        for name, config in self.peft.peft_config.items():
+            if wanted is None or name in wanted:
+                config.lora_dropout = 0.0
+
     def member_parameters(self, name: str) -> list[torch.nn.Parameter]:
         params = []
         for layer in self._layers():
@@ -116,6 +134,7 @@ class Ensemble:
             if into in self.peft.peft_config:
                 self.peft.delete_adapter(into)
             self.peft.base_model.add_weighted_adapter(self.members, [1.0 / k] * k, into, combination_type="linear")
+            self.peft.peft_config[into].inference_mode = True
         elif method == "exact":
             base = self.peft.peft_config[self.members[0]]
             rank = sum(self.peft.peft_config[m].r for m in self.members)
@@ -132,6 +151,7 @@ class Ensemble:
                     layer.scaling[into] = 1.0
         else:
             raise ValueError(f"unknown merge method {method!r}: use exact or linear")
+        self.disable_dropout([into])
         self._fix_trainable()
 
     def snapshot(self, source: str, into: str) -> None:
@@ -144,6 +164,7 @@ class Ensemble:
                     layer.lora_A[into].weight.copy_(layer.lora_A[source].weight)
                     layer.lora_B[into].weight.copy_(layer.lora_B[source].weight)
                     layer.scaling[into] = layer.scaling[source]
+        self.disable_dropout([into])
         self._fix_trainable()
 
     def ema_update(self, source: str, into: str, alpha: float) -> None:

@@ -112,7 +112,8 @@ def setup(cfg: Config, progress: Progress) -> Run:
             del sft_policy
         acc.wait_for_everyone()
     ens = Ensemble.from_adapters(policy.model, member_paths(cfg))
-    policy.model.eval()  # no dropout during DAP training, as in the paper
+    policy.model.eval()
+    ens.disable_dropout()  # no dropout anywhere during DAP training, as in the paper
     ens.merge("behavior", t.merge)
     ens.snapshot("behavior", "sft")
     if t.reference == "ema":
@@ -239,7 +240,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
         optimizers[name].step()
         schedulers[name].step()
         optimizers[name].zero_grad(set_to_none=True)
-    if t.reference == "ema":
+    if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
         ens.merge("current", t.merge)
         ens.ema_update("current", "ema", t.ema_alpha)
     names = sorted(sums) if acc.num_processes == 1 else sorted(_all_names(sums))
@@ -369,6 +370,8 @@ def train(
             offset = step - bounds[phase]
             if offset == 0:
                 run.ens.merge("behavior", t.merge)  # pi_beta <- pi_theta
+                if t.reference == "ema" and t.ema_update == "refresh":  # the paper: EMA moves at refreshes only
+                    run.ens.ema_update("behavior", "ema", t.ema_alpha)
             if offset == 0 or not pairs:
                 pairs = collect_phase(run, phase, log, progress)
             lo = offset * run.local_batch
