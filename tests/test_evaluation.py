@@ -6,8 +6,14 @@ from bpo.evaluation import bootstrap_ci, mean_ci, win_rate
 def test_win_rate_hand_values():
     r = win_rate([3, 2, 1, 5], [1, 2, 4, 0])
     assert (r["wins"], r["ties"], r["losses"], r["n"]) == (2, 1, 1, 4)
-    assert r["win_rate"] == pytest.approx((2 + 0.5) / 4)
+    assert r["win_rate"] == 2 / 4  # the paper's count: a tie is not a win
+    assert r["tie_rate"] == 1 / 4
+    assert r["win_rate_ties_half"] == (2 + 0.5) / 4
     assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
+    lo, hi = r["win_rate_ties_half_ci"]
+    assert lo <= r["win_rate_ties_half"] <= hi
+    all_ties = win_rate([1, 1, 1], [1, 1, 1])
+    assert all_ties["win_rate"] == 0.0 and all_ties["win_rate_ties_half"] == 0.5 and all_ties["ci_high"] == 0.0
     with pytest.raises(ValueError, match="paired"):
         win_rate([1], [1, 2])
 
@@ -45,3 +51,19 @@ def test_seed_interval_by_hand():
     assert r["ci_low"] == pytest.approx(2 - 2.4843, abs=1e-3) and r["ci_high"] == pytest.approx(2 + 2.4843, abs=1e-3)
     one = seed_mean_ci([0.7])
     assert one["mean"] == 0.7 and one["ci_low"] != one["ci_low"]  # nan: one seed has no spread
+
+
+def test_prompt_bootstrap_resamples_a_prompt_with_all_its_seeds():
+    import numpy as np
+
+    from bpo.evaluation import pooled_win_rate, prompt_bootstrap_ci
+
+    values = np.array([0.0, 1.0] * 20)
+    # three seeds that agree on every prompt carry no more information than one seed
+    same = np.tile(values, (3, 1))
+    assert prompt_bootstrap_ci(same) == bootstrap_ci(values)
+    naive_lo, naive_hi = bootstrap_ci(same.ravel())  # prompts of different seeds taken as independent
+    lo, hi = prompt_bootstrap_ci(same)
+    assert hi - lo > 1.5 * (naive_hi - naive_lo)
+    w = pooled_win_rate(same, np.full_like(same, 0.5))
+    assert w["win_rate"] == 0.5 and (w["ci_low"], w["ci_high"]) == bootstrap_ci(values)

@@ -165,7 +165,8 @@ def eval_(
         r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
         console.print(
             f"win rate vs {against}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-            f"({r['wins']} wins, {r['ties']} ties, {r['losses']} losses, n={r['n']}, judge {r['judge']})"
+            f"({r['wins']} wins, {r['ties']} ties, {r['losses']} losses, n={r['n']}; ties as half "
+            f"{r['win_rate_ties_half']:.3f}; judge {r['judge']})"
         )
     except (ConfigError, ValueError, RuntimeError) as err:
         _fail(err)

@@ -100,28 +100,34 @@ def _ci(d: dict, fmt: str = "+.2f") -> str:
     return f"[{d['ci_low']:{fmt}}, {d['ci_high']:{fmt}}]"
 
 
+def _by_seed(rs: list[dict], key: str) -> np.ndarray:
+    """[seeds, prompts] array of one eval-item field; every seed must have judged the same prompts."""
+    ids = {tuple(row["id"] for row in r["rows"]) for r in rs}
+    if len(ids) > 1:
+        raise ValueError("the seeds of one method were evaluated on different prompts; pooled intervals need the same")
+    return np.stack([r["items"][key] for r in rs])
+
+
 def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
     """One row per method: pooled scores and win rates, and the spread between seeds."""
-    from bpo.evaluation import mean_ci, seed_mean_ci, win_rate
+    from bpo.evaluation import mean_ci, pooled_win_rate, prompt_bootstrap_ci, seed_mean_ci, win_rate
 
     lines = [
         "| method | seeds | gold score (start -> trained) | improvement over seeds [t 95%] (per seed) "
-        "| improvement, pooled prompts | win rate vs start (per seed) | win rate vs reference "
+        "| improvement, pooled prompts | win rate vs start (per seed) | ties vs start | win rate vs reference "
         "| annotations | wall time / run | peak RSS |",
-        "| --- | ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+        "| --- | ---: | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     summary = {}
     for method, rs in runs.items():
-        items = [r["items"] for r in rs]
-        start = np.concatenate([i["start"] for i in items])
-        trained = np.concatenate([i["trained"] for i in items])
-        per_seed_imp = [float((i["trained"] - i["start"]).mean()) for i in items]
+        start, trained = _by_seed(rs, "start"), _by_seed(rs, "trained")
+        per_seed_imp = [float(x) for x in (trained - start).mean(axis=1)]
         over_seeds = seed_mean_ci(per_seed_imp)
-        w = win_rate(trained, start)
-        w["per_seed"] = [r["eval"]["win_rate_vs_start"]["win_rate"] for r in rs]
+        w = pooled_win_rate(trained, start)
+        w["per_seed"] = [win_rate(a, b)["win_rate"] for a, b in zip(trained, start)]
         ref = "n/a"
-        if all("reference" in i for i in items):
-            wr = win_rate(trained, np.concatenate([i["reference"] for i in items]))
+        if all("reference" in r["items"] for r in rs):
+            wr = pooled_win_rate(trained, _by_seed(rs, "reference"))
             ref = f"{wr['win_rate']:.2f} {_ci(wr, '.2f')}"
         summary[method] = w
         seeds_txt = ", ".join(f"{v:+.2f}" for v in per_seed_imp)
@@ -129,25 +135,26 @@ def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dic
         wall = np.median([r["run"].get("wall_seconds", float("nan")) for r in rs])
         rss = max(r["run"].get("peak_rss_mib", 0) for r in rs)
         ann = np.mean([r["run"].get("annotations", float("nan")) for r in rs])
-        imp = mean_ci(trained - start)
+        lo, hi = prompt_bootstrap_ci(trained - start)
+        imp = {**mean_ci((trained - start).ravel()), "ci_low": lo, "ci_high": hi}
         lines.append(
             f"| {method} | {len(rs)} | {start.mean():.2f} -> {trained.mean():.2f} "
             f"| {over_seeds['mean']:+.2f} {spread} ({seeds_txt}) | {imp['mean']:+.2f} {_ci(imp)} "
             f"| {w['win_rate']:.2f} {_ci(w, '.2f')} ({', '.join(f'{v:.2f}' for v in w['per_seed'])}) "
-            f"| {ref} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
+            f"| {w['tie_rate']:.2f} | {ref} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
         )
     return lines, summary
 
 
 def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
     """Each method against ``baseline`` on the seeds both finished: same seeds, same eval prompts."""
-    from bpo.evaluation import seed_mean_ci, win_rate
+    from bpo.evaluation import pooled_win_rate, seed_mean_ci
 
     base = {r["seed"]: r["items"]["trained"] for r in runs[baseline]}
     lines = [
         f"| method | seeds in common | gold score minus {baseline} over seeds [t 95%] (per seed) "
-        f"| seeds ahead | win rate vs {baseline}, pooled prompts |",
-        "| --- | ---: | --- | ---: | --- |",
+        f"| seeds ahead | win rate vs {baseline}, pooled prompts | ties |",
+        "| --- | ---: | --- | ---: | --- | ---: |",
     ]
     for method, rs in runs.items():
         pairs = [(r["items"]["trained"], base[r["seed"]]) for r in rs if r["seed"] in base]
@@ -155,11 +162,12 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
             continue
         diffs = [float(a.mean() - b.mean()) for a, b in pairs]
         d = seed_mean_ci(diffs)
-        w = win_rate(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]))
+        w = pooled_win_rate(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
         spread = _ci(d) if len(pairs) > 1 else "[n/a]"
         lines.append(
             f"| {method} | {len(pairs)} | {d['mean']:+.2f} {spread} ({', '.join(f'{x:+.2f}' for x in diffs)}) "
-            f"| {sum(x > 0 for x in diffs)} of {len(diffs)} | {w['win_rate']:.2f} {_ci(w, '.2f')} |"
+            f"| {sum(x > 0 for x in diffs)} of {len(diffs)} | {w['win_rate']:.2f} {_ci(w, '.2f')} "
+            f"| {w['tie_rate']:.2f} |"
         )
     return lines
 
@@ -217,11 +225,14 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
         "",
         "Every method spends the same annotation budget (B*T sampled pairs; identical pairs are not sent to "
         "the annotator, so `annotations` can be lower). Scores are greedy responses on held-out prompts, "
-        "judged by the task's judge; in win rates a tie counts one half.",
+        "judged by the task's judge. A win rate counts wins only (a strictly higher score, the paper's "
+        "metric); ties are not wins. `ties` is the share of tied prompts; ties-as-half = win rate + ties / 2.",
         "",
         "Two kinds of interval: *over seeds* treats each training seed's mean as one observation (Student t, "
-        "so it includes how much a rerun differs); *pooled prompts* is a percentile bootstrap over the "
-        "prompts of all seeds together (how well the eval set pins the score down, not the seed spread).",
+        "so it includes how much a rerun differs); *pooled prompts* is a percentile bootstrap that resamples "
+        "eval prompts with all their seeds together (every seed answers the same prompts from the same start "
+        "responses, so a prompt's seeds are not independent; how well the eval set pins the score down, "
+        "not the seed spread).",
         "",
         *table,
     ]

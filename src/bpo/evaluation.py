@@ -1,7 +1,9 @@
 """Scores, win rates and percentile-bootstrap intervals.
 
-Win rate follows the paper: a win is a strictly higher judge score; ties are reported apart
-and count one half in ``win_rate`` (so 0.5 means no difference).
+``win_rate`` is the paper's number: the share of all items where the system's score is strictly
+higher (a tie is not a win). Ties are counted apart (``ties``, ``tie_rate``), and the common
+ties-count-one-half figure is kept under its own name (``win_rate_ties_half``, where 0.5 means
+no difference), each with its own bootstrap interval.
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ def bootstrap_ci(values: Sequence[float], n: int = 2000, seed: int = 0, level: f
 def mean_ci(values: Sequence[float], n: int = 2000, seed: int = 0) -> dict[str, float]:
     lo, hi = bootstrap_ci(values, n, seed)
     return {"mean": float(np.mean(values)), "ci_low": lo, "ci_high": hi, "n": len(values)}
+
+
+def prompt_bootstrap_ci(by_seed: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the grand mean of a [seeds, prompts] array, resampling prompts.
+
+    Every seed of a comparison answers the same eval prompts, starting from the same start
+    responses, so values of one prompt are not independent across seeds: a prompt is resampled
+    with all its seeds together (a cluster bootstrap). Pooling seeds' prompts as if independent
+    would make the interval too narrow.
+    """
+    x = np.asarray(by_seed, dtype=float)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"prompt_bootstrap_ci needs a [seeds, prompts] array, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.shape[1], size=(n, x.shape[1]))
+    means = x[:, idx].mean(axis=(0, 2))
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def pooled_win_rate(scores: np.ndarray, against: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
+    """:func:`win_rate` over all seeds' prompts ([seeds, prompts] arrays), intervals by prompt clusters."""
+    a, b = np.asarray(scores, dtype=float), np.asarray(against, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"pooled_win_rate needs paired arrays, got {a.shape} and {b.shape}")
+    out = win_rate(a.ravel(), b.ravel(), n, seed)
+    out["ci_low"], out["ci_high"] = prompt_bootstrap_ci((a > b).astype(float), n, seed)
+    out["win_rate_ties_half_ci"] = list(prompt_bootstrap_ci((a > b) + 0.5 * (a == b), n, seed))
+    return out
 
 
 # Two-sided 95% Student-t quantiles for 1..10 degrees of freedom; beyond that the Cornish-Fisher
@@ -69,18 +100,38 @@ def win_rate(scores: Sequence[float], against: Sequence[float], n: int = 2000, s
     """Win rate of ``scores`` over ``against`` (paired, per prompt) with its 95% interval."""
     if len(scores) != len(against):
         raise ValueError(f"win_rate needs paired scores, got {len(scores)} and {len(against)}")
-    a, b = np.asarray(scores, dtype=float), np.asarray(against, dtype=float)
-    outcome = (a > b).astype(float) + 0.5 * (a == b)
-    lo, hi = bootstrap_ci(outcome, n, seed)
-    return {
-        "win_rate": float(outcome.mean()),
+    return summarize(outcomes_from_scores(scores, against), n_boot=n, seed=seed)
+
+
+def outcomes_from_scores(scores: Sequence[float], against: Sequence[float]) -> list[float]:
+    """Per-item outcome: 1 a strictly higher score, 0 a strictly lower one, 0.5 a tie."""
+    return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(scores, against)]
+
+
+def summarize(outcomes: Sequence[float], judge: str | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Win-rate fields from per-item outcomes (1 win, 0.5 tie, 0 loss); the one place they are counted.
+
+    ``win_rate`` counts wins only (the paper); ``win_rate_ties_half`` counts a tie as half a win.
+    """
+    x = np.asarray(outcomes, dtype=float)
+    wins = (x == 1.0).astype(float)
+    lo, hi = bootstrap_ci(wins, n_boot, seed)
+    half_lo, half_hi = bootstrap_ci(x, n_boot, seed)
+    out = {
+        "win_rate": float(wins.mean()) if len(x) else float("nan"),
         "ci_low": lo,
         "ci_high": hi,
-        "wins": int((a > b).sum()),
-        "ties": int((a == b).sum()),
-        "losses": int((a < b).sum()),
-        "n": len(a),
+        "wins": int((x == 1.0).sum()),
+        "ties": int((x == 0.5).sum()),
+        "losses": int((x == 0.0).sum()),
+        "n": len(x),
+        "tie_rate": float((x == 0.5).mean()) if len(x) else float("nan"),
+        "win_rate_ties_half": float(x.mean()) if len(x) else float("nan"),
+        "win_rate_ties_half_ci": [half_lo, half_hi],
     }
+    if judge is not None:
+        out["judge"] = judge
+    return out
 
 
 # --------------------------------------------------------------------------- judges
@@ -169,26 +220,6 @@ class HTTPPairwiseJudge:
         a_votes = (first == "A") + (second == "B")
         b_votes = (first == "B") + (second == "A")
         return 1.0 if a_votes == 2 else 0.0 if b_votes == 2 else 0.5
-
-
-def outcomes_from_scores(scores: Sequence[float], against: Sequence[float]) -> list[float]:
-    return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(scores, against)]
-
-
-def summarize(outcomes: Sequence[float], judge: str, n_boot: int = 2000) -> dict:
-    """The eval.json fields from per-item outcomes (1 win, 0.5 tie, 0 loss)."""
-    x = np.asarray(outcomes, dtype=float)
-    lo, hi = bootstrap_ci(x, n_boot)
-    return {
-        "win_rate": float(x.mean()) if len(x) else float("nan"),
-        "ci_low": lo,
-        "ci_high": hi,
-        "wins": int((x == 1).sum()),
-        "ties": int((x == 0.5).sum()),
-        "losses": int((x == 0).sum()),
-        "n": len(x),
-        "judge": judge,
-    }
 
 
 def read_responses(path: str | Path, n: int) -> list[str]:

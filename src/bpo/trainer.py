@@ -479,13 +479,15 @@ def print_result(console: Console, r: dict, seconds: float) -> None:
         f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] -> trained {tr['mean']:.2f} [{tr['ci_low']:.2f}, {tr['ci_high']:.2f}]"
         f"\n[bold]improvement[/] {imp['mean']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] (95% bootstrap)"
         f"\n[bold]win rate vs start[/] {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
-        f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)\n[dim]total {seconds / 60:.1f} min[/]"
+        f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses; a tie is not a win, "
+        f"ties as half {w['win_rate_ties_half']:.2f})\n[dim]total {seconds / 60:.1f} min[/]"
     )
     if "win_rate_vs_reference" in r:
         v, v0 = r["win_rate_vs_reference"], r["start_win_rate_vs_reference"]
         console.print(
             f"[bold]win rate vs reference[/] start {v0['win_rate']:.2f} [{v0['ci_low']:.2f}, {v0['ci_high']:.2f}] "
-            f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+            f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
+            f"({v['wins']} wins, {v['ties']} ties, {v['losses']} losses)"
         )
 
 
