@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,9 @@ class ScoreAnnotator:
     def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
         a = self.scores(prompts, [x for x, _ in pairs])
         b = self.scores(prompts, [y for _, y in pairs])
+        for p, sa, sb in zip(prompts, a, b):
+            if not (math.isfinite(sa) and math.isfinite(sb)):  # NaN > x is False: it would silently pick 0
+                raise ValueError(f"annotator {self.name} gave a non-finite score ({sa}, {sb}) for prompt {p.id}")
         return [Judgement(None if sa == sb else int(sb > sa), (sa, sb)) for sa, sb in zip(a, b)]
 
 

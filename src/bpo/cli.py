@@ -53,13 +53,13 @@ def train(
     """Member SFT (cached), BPO training and a final evaluation."""
     from bpo.data import DataError
     from bpo.models import ModelLoadError
-    from bpo.trainer import resume_config
+    from bpo.trainer import NonFiniteError, resume_config
     from bpo.trainer import train as run_train
 
     try:
         cfg = resume_config(resume, list(args or [])) if resume else _config(args)
         run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
-    except (ConfigError, DataError, ModelLoadError) as err:
+    except (ConfigError, DataError, ModelLoadError, NonFiniteError) as err:
         _fail(err)
 
 

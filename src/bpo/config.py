@@ -7,6 +7,7 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -58,13 +59,13 @@ class DataConfig:
 
 @dataclass
 class SamplingConfig:
-    """Decoding settings (``bpo.sampling.SamplingParams`` is this class); the paper samples at
-    temperature 1.0, top-k 50, 128 new tokens."""
+    """Decoding settings (``bpo.sampling.SamplingParams`` is this class); the defaults are the
+    paper's public code: temperature 1.0, top-p 0.95, top-k off (it allows 128 new tokens)."""
 
     max_new_tokens: int = 48
     temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 0.95
     do_sample: bool = True  # training always samples; False is greedy (evaluation)
     batch_size: int = 64  # prompts per generate call during phase collection (independent of B)
 
@@ -102,6 +103,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     lr: float = 5e-4
     grad_clip: float = 1.0
+    weight_decay: float = 0.0  # the paper's code: transformers.AdamW, weight decay 0 (torch's default is 0.01)
+    adam_eps: float = 1e-6  # the paper's code: transformers.AdamW, eps 1e-6 (torch's default is 1e-8)
     merge: Literal["exact", "linear"] = "exact"
     reference_from_sampler: bool = True  # BPO: reuse the sampler's log-probs as reference log-probs
     log_kl_sft: bool = True  # one extra no-grad forward per step when the reference is not SFT
@@ -131,15 +134,58 @@ class Config:
     device: str = ""  # empty: cuda when available, else cpu
 
     def validate(self) -> None:
-        t = self.train
-        if t.steps < 1 or t.batch_size < 1:
-            raise ConfigError("train.steps and train.batch_size must be at least 1")
-        if not 1 <= t.phases <= t.steps:
-            raise ConfigError(f"train.phases (F={t.phases}) must be between 1 and train.steps (T={t.steps})")
-        if not self.sft.seeds:
-            raise ConfigError("sft.seeds must name at least one seed (one ensemble member per seed)")
-        if t.beta <= 0:
-            raise ConfigError("train.beta must be positive")
+        """Refuse numbers that cannot give a meaningful run, before anything is loaded."""
+        t, sm, sft, lora, d, e = self.train, self.sampling, self.sft, self.lora, self.data, self.eval
+
+        def need(ok: bool, key: str, rule: str, value: Any) -> None:
+            if not ok:
+                raise ConfigError(f"{key} = {value!r}: must be {rule}")
+
+        def positive(value: float) -> bool:
+            return math.isfinite(value) and value > 0
+
+        for key, value in (
+            ("train.steps", t.steps),
+            ("train.batch_size", t.batch_size),
+            ("sampling.max_new_tokens", sm.max_new_tokens),
+            ("sampling.batch_size", sm.batch_size),
+            ("sft.epochs", sft.epochs),
+            ("sft.batch_size", sft.batch_size),
+            ("lora.r", lora.r),
+            ("data.sft_examples", d.sft_examples),
+            ("data.eval_examples", d.eval_examples),
+            ("eval.max_new_tokens", e.max_new_tokens),
+            ("eval.batch_size", e.batch_size),
+            ("eval.bootstrap", e.bootstrap),
+            ("annotator.batch_size", self.annotator.batch_size),
+            ("annotator.max_length", self.annotator.max_length),
+        ):
+            need(value >= 1, key, "at least 1", value)
+        need(1 <= t.phases <= t.steps, "train.phases", f"between 1 and train.steps (T={t.steps})", t.phases)
+        for key, value in (
+            ("train.beta", t.beta),
+            ("train.lr", t.lr),
+            ("train.grad_clip", t.grad_clip),
+            ("train.adam_eps", t.adam_eps),
+            ("sampling.temperature", sm.temperature),
+            ("sft.lr", sft.lr),
+            ("lora.alpha", lora.alpha),
+        ):
+            need(positive(value), key, "a positive finite number", value)
+        wd = t.weight_decay
+        need(math.isfinite(wd) and wd >= 0, "train.weight_decay", ">= 0 and finite", wd)
+        need(0 < t.ema_alpha <= 1, "train.ema_alpha", "in (0, 1]", t.ema_alpha)
+        need(0 <= t.label_smoothing < 0.5, "train.label_smoothing", "in [0, 0.5)", t.label_smoothing)
+        need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
+        need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
+        need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
+        need(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)", lora.dropout)
+        need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)
+        need(len(sft.seeds) >= 1, "sft.seeds", "at least one seed (one ensemble member per seed)", sft.seeds)
+        need(len(set(sft.seeds)) == len(sft.seeds), "sft.seeds", "distinct (each seed is one member)", sft.seeds)
+        for key in ("max_prompt_tokens", "max_response_tokens"):
+            value = getattr(d, key)
+            need(value is None or value >= 1, f"data.{key}", "empty (no limit) or at least 1", value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

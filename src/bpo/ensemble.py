@@ -192,6 +192,9 @@ class Ensemble:
         if "default" in names:  # PEFT writes "default" to folder itself, not folder/default
             raise ValueError("adapter name 'default' is reserved")
         for name in names:
+            bad = [n for n, p in self.peft.named_parameters() if f".{name}." in n and not torch.isfinite(p).all()]
+            if bad:  # a NaN adapter must never reach disk, where it would be evaluated or resumed from
+                raise ValueError(f"adapter {name!r} has non-finite weights ({bad[0]}); not saved")
             self.peft.save_pretrained(str(folder), selected_adapters=[name])
 
     def load_state(self, folder: str | Path, names: Sequence[str]) -> None:

@@ -105,6 +105,9 @@ def win_rate(scores: Sequence[float], against: Sequence[float], n: int = 2000, s
 
 def outcomes_from_scores(scores: Sequence[float], against: Sequence[float]) -> list[float]:
     """Per-item outcome: 1 a strictly higher score, 0 a strictly lower one, 0.5 a tie."""
+    bad = [i for i, (a, b) in enumerate(zip(scores, against)) if not (np.isfinite(a) and np.isfinite(b))]
+    if bad:  # a NaN compares as neither higher nor lower: it would pass for a tie
+        raise ValueError(f"non-finite judge score at item {bad[0]} ({scores[bad[0]]} vs {against[bad[0]]})")
     return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(scores, against)]
 
 

@@ -50,6 +50,10 @@ from bpo.sampling import HFBackend, SamplingParams, identical
 from bpo.sft import member_paths, run_sft, sft_dir, sft_done, sft_key
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or gradient norm became NaN or infinite; the step is not applied and nothing is saved."""
+
+
 @dataclass
 class Run:
     """What the loop works on; built by :func:`setup`, so tests can drive pieces of it."""
@@ -223,7 +227,8 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
             summed, mean = ens.logps(name, batch, grad=True)
             pol = mean if t.loss == "ipo" else summed
             losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
-            (losses.sum() / n_global).backward()
+            loss = losses.sum() / n_global
+            loss.backward()
             for key, value in metrics.items():
                 add(key, value / len(ens.members))
             add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
@@ -236,6 +241,12 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
             if acc.num_processes > 1:
                 dist.all_reduce(p.grad)
         norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
+        bad = float(bool(kept) and not torch.isfinite(loss).item())
+        bad_loss = _all_sum(acc, torch.tensor(bad, device=device)).item()
+        if bad_loss or not torch.isfinite(norm):
+            what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
+            raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
         add("grad_norm", norm / len(ens.members))
         optimizers[name].step()
         schedulers[name].step()
@@ -346,7 +357,10 @@ def train(
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-        optimizers = {m: torch.optim.AdamW(run.ens.member_parameters(m), lr=t.lr) for m in run.ens.members}
+        optimizers = {  # the paper's code: transformers.AdamW, weight decay 0, eps 1e-6 (the defaults)
+            m: torch.optim.AdamW(run.ens.member_parameters(m), lr=t.lr, weight_decay=t.weight_decay, eps=t.adam_eps)
+            for m in run.ens.members
+        }
         schedulers = {  # linear decay to zero over T steps, no warm-up (the paper)
             m: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / t.steps)) for m, o in optimizers.items()
         }
@@ -376,7 +390,15 @@ def train(
                 pairs = collect_phase(run, phase, log, progress)
             lo = offset * run.local_batch
             step_pairs = [pairs[i] for i in range(lo, lo + run.local_batch) if i in pairs]
-            metrics = train_step(run, step_pairs, optimizers, schedulers)
+            try:
+                metrics = train_step(run, step_pairs, optimizers, schedulers)
+            except NonFiniteError as err:
+                latest = out / "checkpoints" / "latest"
+                kept = f"checkpoints/{latest.read_text().strip()}" if latest.exists() else "none (no checkpoint yet)"
+                raise NonFiniteError(
+                    f"step {step + 1} of run {out}: {err}; nothing of this step was saved, the last good checkpoint "
+                    f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
+                ) from None
             metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
             metrics["annotations/used"] = _all_sum(acc, torch.tensor(float(len(log.entries)))).item()
             metrics["pairs/identical"] = _all_sum(acc, torch.tensor(float(run.identical))).item()
