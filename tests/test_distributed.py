@@ -8,6 +8,8 @@ import sys
 import torch
 from test_trainer import adapters, tiny_config
 
+from bpo.ledger import AnnotationLog
+
 TOLERANCE = 1e-4  # absolute, on LoRA weights of size ~0.1: float reduction order and padding differ
 
 
@@ -48,8 +50,8 @@ def test_two_processes_match_one(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     run_two = tmp_path / "two" / "run"
     assert (run_two / "annotations.rank0.jsonl").exists() and (run_two / "annotations.rank1.jsonl").exists()
-    n1 = len((tmp_path / "one" / "run" / "annotations.jsonl").read_text().splitlines())
-    n2 = sum(len((run_two / f"annotations.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1))
+    n1 = len(AnnotationLog(tmp_path / "one" / "run" / "annotations.jsonl").entries)
+    n2 = sum(len(AnnotationLog(run_two / f"annotations.rank{r}.jsonl").entries) for r in (0, 1))
     assert n1 == n2  # keyed sampling: the same pairs, only split between processes
     want, got = adapters(tmp_path / "one" / "run" / "final"), adapters(run_two / "final")
     assert want.keys() == got.keys() and want

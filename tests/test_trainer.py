@@ -16,8 +16,8 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from bpo.annotators import AnnotationLog
 from bpo.config import load_config
+from bpo.ledger import AnnotationLog
 from bpo.trainer import phase_bounds, train
 
 T, B = 6, 4
@@ -122,26 +122,47 @@ def test_modes(tmp_path, phases, reference, loss, k):
         assert seen[0][2]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # SFT = behavior at step 0 only
         later = [m["loss"] for s, _, m in seen if s in bounds[1:-1]]
         assert all(abs(v - math.log(2)) > 1e-4 for v in later)
-    # the budget: every prompt used once, annotations = B*T - identical pairs, no duplicates
+    # the budget: every prompt used once and in the ledger; annotations = B*T - identical pairs, no duplicates
     log = AnnotationLog(Path(cfg.output_dir) / "annotations.jsonl")
     keys = [(e.phase, e.index) for e in log.entries]
-    assert len(keys) == len(set(keys))
-    assert len(log.entries) + seen[-1][2]["pairs/identical"] == B * T
-    assert seen[-1][2]["annotations/used"] == len(log.entries)
-    assert all(e.tokens[0] != e.tokens[1] for e in log.entries)
+    assert len(keys) == len(set(keys)) == B * T
+    identical = [e for e in log.entries if e.identical]
+    assert seen[-1][2]["pairs/identical"] == len(identical)
+    assert seen[-1][2]["annotations/used"] == B * T - len(identical) == log.judged
+    assert all((e.tokens[0] == e.tokens[1]) == e.identical for e in log.entries)
+    assert all(e.choice is None and e.scores is None for e in identical)
     assert len({e.prompt_id for e in log.entries}) == len(log.entries)
     final = Path(cfg.output_dir) / "final"
     assert (final / "behavior" / "adapter_config.json").exists()
     assert len(list(final.glob("member*"))) == k
 
 
-def test_identical_pairs_are_dropped_not_annotated(tmp_path):
+def test_identical_pairs_are_recorded_not_annotated(tmp_path):
     # near-greedy sampling: most pairs are identical
     cfg, seen = run_tiny(tmp_path, **{"sampling.temperature": 0.01, "sampling.max_new_tokens": 4})
     log = AnnotationLog(Path(cfg.output_dir) / "annotations.jsonl")
     identical = seen[-1][2]["pairs/identical"]
     assert identical > 0
-    assert len(log.entries) == B * T - identical
+    assert len(log.entries) == B * T and log.identical_pairs == identical
+    assert seen[-1][2]["annotations/used"] == B * T - identical
+
+
+def test_a_phase_of_identical_pairs_is_collected_once(tmp_path, monkeypatch):
+    from bpo.sampling import HFBackend
+
+    calls = []
+    generate = HFBackend.generate
+
+    def counting(self, prompt_ids, *args, **kwargs):
+        calls.append(len(prompt_ids))
+        return generate(self, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(HFBackend, "generate", counting)
+    # temperature ~0: every pair is identical, so no step has a pair to train on
+    cfg, seen = run_tiny(tmp_path, **{"sampling.temperature": 1e-6, "sampling.max_new_tokens": 3})
+    assert seen[-1][2]["pairs/identical"] == B * T and seen[-1][2]["annotations/used"] == 0
+    assert sum(calls) == B * T  # each prompt sampled once: no phase re-collected at every step
+    assert [m["pairs/kept"] for _, _, m in seen] == [0] * T
 
 
 def test_linear_merge_runs_without_dropout_and_is_logged(tmp_path):
@@ -210,6 +231,8 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):
         torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0, msg=key)
     a = [json.loads(x) for x in (ref_dir / "run" / "annotations.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (run_dir / "run" / "annotations.jsonl").read_text().splitlines()]
+    assert "ledger" in a[0] and a[0] == b[0]  # the header: what produced the judgements
+    a, b = a[1:], b[1:]
     key = lambda e: (e["phase"], e["index"])  # noqa: E731
     assert len({key(e) for e in b}) == len(b), "duplicate annotations"
     assert sorted(map(key, a)) == sorted(map(key, b)), "a gap or an extra annotation"
@@ -219,7 +242,7 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_annotation_log_drops_a_line_cut_by_a_kill(tmp_path):
-    from bpo.annotators import Annotation
+    from bpo.ledger import Annotation
 
     log = AnnotationLog(tmp_path / "a.jsonl")
     log.append([Annotation(0, i, f"p{i}", ["a", "b"], [[1], [2]], 0) for i in range(3)])

@@ -2,20 +2,16 @@
 
 One protocol (:class:`Annotator`): prompts and response pairs in, a :class:`Judgement` per pair
 out. Scorers (reward model, exact judge, any Python callable) prefer the higher score; equal
-scores are a tie (``choice`` None) and the trainer skips the pair. Every judgement is appended
-to an :class:`AnnotationLog` before training uses it: the log is the annotation budget's ledger
-and what a resumed run reads instead of asking again.
+scores are a tie (``choice`` None) and the trainer skips the pair. Every judgement is written
+to the ledger (:mod:`bpo.ledger`) before training uses it.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -116,59 +112,3 @@ def build_annotator(cfg: AnnotatorConfig, task: QuickstartTask) -> Annotator:
     if cfg.kind == "reward_model":
         return RewardModelAnnotator(cfg.model, cfg.batch_size, cfg.max_length)
     return ScoreAnnotator(load_callable(cfg.callable), f"callable:{cfg.callable}")
-
-
-# --------------------------------------------------------------------------- the log
-
-
-@dataclass
-class Annotation:
-    """One logged pair. ``tokens``/``behavior_logps`` let a resumed run train without re-sampling."""
-
-    phase: int
-    index: int  # position among the phase's prompts
-    prompt_id: str
-    responses: list[str]
-    tokens: list[list[int]]
-    choice: int | None
-    scores: list[float] | None = None
-    rationale: str | None = None
-    behavior_logps: list[float | None] | None = field(default=None, repr=False)  # summed, under the sampler
-
-
-class AnnotationLog:
-    """Append-only JSONL. Lines are written and fsync'd per batch; a line cut by a kill is dropped on open."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries: list[Annotation] = list(self._read())
-
-    def _read(self) -> Iterator[Annotation]:
-        if not self.path.exists():
-            return
-        good = 0
-        with open(self.path, "rb") as f:
-            data = f.read()
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # a partial last line: the kill came mid-write
-            try:
-                entry = Annotation(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as err:
-                raise ValueError(f"{self.path}: corrupt annotation at byte {good}: {err}") from err
-            good += len(line)
-            yield entry
-        if good != len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-
-    def append(self, entries: Sequence[Annotation]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(asdict(e)) + "\n" for e in entries))
-            f.flush()
-            os.fsync(f.fileno())
-        self.entries += entries
-
-    def phase(self, phase: int) -> dict[int, Annotation]:
-        return {e.index: e for e in self.entries if e.phase == phase}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from bpo.config import PRESETS, Config, ConfigError, load_config
 
@@ -30,7 +31,8 @@ def _config(args: list[str] | None) -> Config:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}")
+    """One line, ``error: <what, where, how to fix>``, exit 2: never wrapped, never read as markup."""
+    console.print(Text.assemble(("error:", "red"), f" {err}"), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -51,15 +53,29 @@ def train(
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the final evaluation"),
 ) -> None:
     """Member SFT (cached), BPO training and a final evaluation."""
+    from bpo.checkpoint import CheckpointError
     from bpo.data import DataError
+    from bpo.io import FolderInUseError
+    from bpo.ledger import LedgerError
     from bpo.models import ModelLoadError
-    from bpo.trainer import NonFiniteError, resume_config
+    from bpo.trainer import Interrupted, NonFiniteError, resume_config
     from bpo.trainer import train as run_train
 
     try:
         cfg = resume_config(resume, list(args or [])) if resume else _config(args)
         run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
-    except (ConfigError, DataError, ModelLoadError, NonFiniteError) as err:
+    except Interrupted as err:
+        console.print(Text(str(err)), soft_wrap=True)
+        raise typer.Exit(130) from None
+    except (
+        ConfigError,
+        DataError,
+        ModelLoadError,
+        NonFiniteError,
+        LedgerError,
+        CheckpointError,
+        FolderInUseError,
+    ) as err:
         _fail(err)
 
 
@@ -95,7 +111,8 @@ def generate(
     """Responses of the base model or an adapter to a file of prompts."""
     from peft import PeftModel
 
-    from bpo.data import load_prompts, write_jsonl
+    from bpo.data import load_prompts
+    from bpo.io import write_jsonl
     from bpo.models import load_policy
     from bpo.sampling import HFBackend
 
@@ -124,7 +141,8 @@ def annotate(
 ) -> None:
     """Judge a file of response pairs with the configured annotator (reward model or callable)."""
     from bpo.annotators import build_annotator
-    from bpo.data import PromptRecord, load_preferences, write_jsonl
+    from bpo.data import PromptRecord, load_preferences
+    from bpo.io import write_jsonl
     from bpo.quickstart import QuickstartTask
 
     try:

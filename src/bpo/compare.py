@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpo.config import load_config, write_text_atomic
+from bpo.config import load_config
+from bpo.io import read_jsonl, write_text_atomic
 
 # method -> overrides; {T} is replaced by train.steps. Every method spends B*T annotations.
 METHODS: dict[str, list[str]] = {
@@ -68,8 +69,7 @@ def _seed(folder: Path) -> int:
 def _load(folder: Path) -> dict | None:
     if not (folder / "eval.json").exists():
         return None
-    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
-    metrics = [json.loads(x) for x in lines if x.endswith("\n")]  # a line cut by a kill has no newline
+    metrics = read_jsonl(folder / "metrics.jsonl")
     rows = [json.loads(x) for x in (folder / "eval_items.jsonl").read_text().splitlines()]
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float))]  # scores; not ids or responses
     items = {k: np.array([row[k] for row in rows], dtype=float) for k in numeric}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from bpo.io import write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -283,14 +284,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(cfg, nested, f"override {item!r}")
     cfg.validate()
     return cfg
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write to a temp file beside ``path``, then rename: a kill never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from bpo.config import DataConfig, write_text_atomic
+from bpo.config import DataConfig
 
 
 class DataError(ValueError):
@@ -276,16 +276,6 @@ def load_source(
     if role != "eval":
         records = shuffled(records, cfg.seed)
     return records[:n]
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """JSON lines, written atomically."""
-    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """JSON, written atomically: readers never see half a file."""
-    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def shuffled(records: list, seed: int) -> list:

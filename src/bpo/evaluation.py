@@ -278,7 +278,8 @@ def run_eval(
     or ``http`` (a pairwise LLM judge).
     """
     from bpo.annotators import build_annotator
-    from bpo.data import load_source, write_json, write_jsonl
+    from bpo.data import load_source
+    from bpo.io import write_json, write_jsonl
     from bpo.models import load_policy
     from bpo.quickstart import QuickstartTask
 

@@ -20,8 +20,9 @@ from peft import LoraConfig
 from rich.progress import Progress
 
 from bpo.config import Config
-from bpo.data import PromptRecord, shuffled, write_json
+from bpo.data import PromptRecord, shuffled
 from bpo.ensemble import Ensemble
+from bpo.io import write_json
 from bpo.losses import build_batch
 from bpo.models import Policy
 

@@ -22,10 +22,7 @@ import hashlib
 import json
 import math
 import os
-import random
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,13 +33,25 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
 
-from bpo.annotators import Annotation, AnnotationLog, Annotator, build_annotator
-from bpo.config import Config, ConfigError, load_config, save_config, write_text_atomic
-from bpo.data import PromptRecord, load_source, write_json, write_jsonl
+from bpo.annotators import Annotator, build_annotator
+from bpo.checkpoint import (
+    clean_leftovers,
+    find_checkpoint,
+    has_checkpoint,
+    restore,
+    save_checkpoint,
+    save_final,
+    trim_metrics,
+)
+from bpo.config import Config, ConfigError, load_config, save_config
+from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
 from bpo.evaluation import mean_ci, win_rate
+from bpo.io import FolderLock, append_lines, write_json, write_jsonl
+from bpo.ledger import Annotation, AnnotationLog
 from bpo.losses import build_shared_batch, dap_loss
 from bpo.models import Policy, load_policy
 from bpo.quickstart import QuickstartTask
@@ -67,7 +76,6 @@ class Run:
     prompt_ids: list[list[int]]
     out: Path
     local_batch: int
-    identical: int = 0  # identical pairs dropped (never annotated) by this process, this session
 
     def __post_init__(self) -> None:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
@@ -91,8 +99,8 @@ def _local_shard(records: list[PromptRecord], b: int, rank: int, world: int) -> 
     return [r for i, r in enumerate(records) if (i % b) % world == rank]
 
 
-def setup(cfg: Config, progress: Progress) -> Run:
-    acc = Accelerator(cpu=cfg.device == "cpu")
+def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Run:
+    acc = acc or Accelerator(cpu=cfg.device == "cpu")
     t = cfg.train
     if t.batch_size % acc.num_processes:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {acc.num_processes} processes")
@@ -154,22 +162,25 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
         keys = [f"{t.seed}:{r.id}" for r in records]
         groups = backend.generate([run.prompt_ids[start + j] for j in chunk], 2, params, "behavior", True, keys)
         keep = [(j, r, g) for j, r, g in zip(chunk, records, groups) if not identical(g)]
-        run.identical += len(chunk) - len(keep)
-        judgements = run.annotator.annotate([r for _, r, _ in keep], [(g[0].text, g[1].text) for _, _, g in keep])
-        entries = [
-            Annotation(
-                phase=phase,
-                index=j,
-                prompt_id=r.id,
-                responses=[g[0].text, g[1].text],
-                tokens=[g[0].token_ids, g[1].token_ids],
-                choice=jd.choice,
-                scores=list(jd.scores) if jd.scores else None,
-                rationale=jd.rationale,
-                behavior_logps=[g[0].logp, g[1].logp],
+        judged = run.annotator.annotate([r for _, r, _ in keep], [(g[0].text, g[1].text) for _, _, g in keep])
+        verdicts = {j: jd for (j, _, _), jd in zip(keep, judged)}
+        entries = []
+        for j, r, g in zip(chunk, records, groups):
+            jd = verdicts.get(j)  # None: an identical pair, recorded so a resume neither samples nor counts it again
+            entries.append(
+                Annotation(
+                    phase=phase,
+                    index=j,
+                    prompt_id=r.id,
+                    responses=[g[0].text, g[1].text],
+                    tokens=[g[0].token_ids, g[1].token_ids],
+                    choice=jd.choice if jd else None,
+                    scores=list(jd.scores) if jd and jd.scores else None,
+                    rationale=jd.rationale if jd else None,
+                    behavior_logps=[g[0].logp, g[1].logp],
+                    identical=jd is None,
+                )
             )
-            for (j, r, g), jd in zip(keep, judgements)
-        ]
         log.append(entries)
         progress.advance(bar, len(chunk))
     return log.phase(phase)
@@ -264,7 +275,8 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
         out["score/behavior_samples"] = (score[0] / score[1]).item()
     out["pairs/kept"] = n_global
-    out["pairs/ties"] = _all_sum(acc, torch.tensor(float(len(pairs) - len(kept)), device=device)).item()
+    ties = sum(a.choice is None and not a.identical for a in pairs)
+    out["pairs/ties"] = _all_sum(acc, torch.tensor(float(ties), device=device)).item()
     out["lr"] = lr
     return out
 
@@ -275,63 +287,151 @@ def _all_names(sums: dict[str, torch.Tensor]) -> list[str]:
     return sorted({n for names in gathered for n in names})
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _adapters(cfg: Config) -> list[str]:
-    return ["behavior", "sft"] + (["ema"] if cfg.train.reference == "ema" else [])
-
-
-def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict) -> None:
-    """Everything needed to continue at ``next_step``, written to a temp folder and renamed."""
-    if run.acc.is_main_process:
-        root = run.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        run.ens.save(tmp / "adapters", run.ens.members + _adapters(run.cfg))
-        torch.save(
-            {
-                "next_step": next_step,
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                "world_size": run.acc.num_processes,
-            },
-            tmp / "trainer_state.pt",
-        )
-        final = root / f"step-{next_step:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = root / "latest.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, root / "latest")
-        for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
-            shutil.rmtree(old)
-    run.acc.wait_for_everyone()
-
-
-def load_checkpoint(run: Run, optimizers: dict, schedulers: dict) -> int:
-    root = run.out / "checkpoints"
-    if not (root / "latest").exists():
-        return 0
-    folder = root / (root / "latest").read_text().strip()
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
-    if state["world_size"] != run.acc.num_processes:
-        raise ConfigError(
-            f"{folder}: saved by {state['world_size']} processes; resume with the same number of processes"
-        )
-    run.ens.load_state(folder / "adapters", run.ens.members + _adapters(run.cfg))
-    for k, o in optimizers.items():
-        o.load_state_dict(state["optimizers"][k])
-    for k, s in schedulers.items():
-        s.load_state_dict(state["schedulers"][k])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    return state["next_step"]
-
-
 # ----------------------------------------------------------------------------- the loop
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C during training; the message says how to continue."""
+
+
+def ledger_settings(cfg: Config, processes: int) -> dict:
+    """What decides which pairs a run samples and how they are judged: the ledger's header.
+
+    Everything that changes a sample or a judgement is here (model, SFT, data order, sampling,
+    annotator, the training that moves the behavior model, the process layout); what only says
+    where things go or how often to save is not.
+    """
+    d = cfg.to_dict()
+    return {
+        "model": d["model"],
+        "lora": d["lora"],
+        "sft": d["sft"],
+        "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
+        "sampling": {k: v for k, v in d["sampling"].items() if k != "batch_size"},  # keyed: batch-invariant
+        "annotator": d["annotator"],
+        "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft")},
+        "device": d["device"],
+        "processes": processes,
+    }
+
+
+@dataclass
+class Loop:
+    """The loop's state besides the model: optimizers, schedules, ledger, logs, where to start."""
+
+    optimizers: dict
+    schedulers: dict
+    log: AnnotationLog
+    writer: SummaryWriter | None
+    start: int
+    done: int = 0  # steps completed (this session or before the resume)
+
+
+def ledger_path(out: Path, acc: Accelerator) -> Path:
+    return out / ("annotations.jsonl" if acc.num_processes == 1 else f"annotations.rank{acc.process_index}.jsonl")
+
+
+def open_ledger(cfg: Config, acc: Accelerator, resume: bool, say) -> tuple[AnnotationLog, tuple | None]:
+    """The ledger and the checkpoint to continue from, both checked before anything is loaded."""
+    out = Path(cfg.output_dir)
+    AnnotationLog(ledger_path(out, acc))  # first its lines: a duplicated or deleted one is named as such
+    found = find_checkpoint(out, acc.num_processes, say) if resume else None  # then the prefix the checkpoint saw
+    log = AnnotationLog(ledger_path(out, acc), ledger_settings(cfg, acc.num_processes), legacy_ok=resume)
+    return log, found
+
+
+def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console) -> Loop:
+    """Optimizers and schedules, restored from the checkpoint when there is one, and the metric writers."""
+    t, out, acc = run.cfg.train, run.out, run.acc
+    if acc.is_main_process:
+        save_config(run.cfg, out / "config.yaml")
+    optimizers = {  # the paper's code: transformers.AdamW, weight decay 0, eps 1e-6 (the defaults)
+        m: torch.optim.AdamW(run.ens.member_parameters(m), lr=t.lr, weight_decay=t.weight_decay, eps=t.adam_eps)
+        for m in run.ens.members
+    }
+    schedulers = {  # linear decay to zero over T steps, no warm-up (the paper)
+        m: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / t.steps)) for m, o in optimizers.items()
+    }
+    start = restore(run, found, optimizers, schedulers)
+    if acc.is_main_process:
+        trim_metrics(out / "metrics.jsonl", start)
+    writer = SummaryWriter(str(out / "tb")) if acc.is_main_process else None
+    if acc.is_main_process and start == 0:
+        console.print(
+            f"[bold]bpo[/] {t.loss.upper()} reference={t.reference} F={t.phases} T={t.steps} "
+            f"B={t.batch_size} K={len(run.ens.members)} merge={t.merge} (exact = mean of members' "
+            f"delta-W; linear = PEFT linear, the paper's code) processes={acc.num_processes}"
+        )
+    return Loop(optimizers, schedulers, log, writer, start, start)
+
+
+def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) -> None:
+    """Steps ``loop.start`` .. T-1: refresh and collect at phase starts, one update per step, checkpoints."""
+    t, acc, log = run.cfg.train, run.acc, loop.log
+    bounds = phase_bounds(t.steps, t.phases)
+    pairs: dict[int, Annotation] = {}
+    bar = progress.add_task("training", total=t.steps, completed=loop.start)
+    for step in range(loop.start, t.steps):
+        phase = max(p for p in range(t.phases) if bounds[p] <= step)
+        offset = step - bounds[phase]
+        if offset == 0:
+            run.ens.merge("behavior", t.merge)  # pi_beta <- pi_theta
+            if t.reference == "ema" and t.ema_update == "refresh":  # the paper: EMA moves at refreshes only
+                run.ens.ema_update("behavior", "ema", t.ema_alpha)
+        if not pairs or offset == 0:
+            pairs = collect_phase(run, phase, log, progress)
+        lo = offset * run.local_batch
+        step_pairs = [pairs[i] for i in range(lo, lo + run.local_batch) if i in pairs]
+        try:
+            metrics = train_step(run, step_pairs, loop.optimizers, loop.schedulers)
+        except NonFiniteError as err:
+            latest = run.out / "checkpoints" / "latest"
+            kept = f"checkpoints/{latest.read_text().strip()}" if latest.exists() else "none (no checkpoint yet)"
+            raise NonFiniteError(
+                f"step {step + 1} of run {run.out}: {err}; nothing of this step was saved, the last good checkpoint "
+                f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
+            ) from None
+        metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
+        metrics["annotations/used"] = _all_sum(acc, torch.tensor(float(log.judged))).item()
+        metrics["pairs/identical"] = _all_sum(acc, torch.tensor(float(log.identical_pairs))).item()
+        if acc.is_main_process:
+            append_lines(run.out / "metrics.jsonl", [json.dumps(metrics)])
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not math.isnan(value):
+                    loop.writer.add_scalar(key, value, step + 1)
+            progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
+        loop.done = step + 1
+        if on_step:
+            on_step(run, step, metrics)
+        end_of_phase = step + 1 == bounds[phase + 1]
+        if end_of_phase or (t.save_every and (step + 1) % t.save_every == 0):
+            save_checkpoint(run, step + 1, loop.optimizers, loop.schedulers)
+
+
+def finish(run: Run, loop: Loop, progress: Progress, evaluate: bool, resume: bool, started: float) -> dict:
+    """Final merge and save, the evaluation, and run.json (its presence marks the run finished)."""
+    run.ens.merge("behavior", run.cfg.train.merge)
+    save_final(run)
+    result = {}
+    if run.acc.is_main_process:
+        loop.writer.close()
+        if evaluate:
+            result = evaluate_run(run, progress)
+            write_json(run.out / "eval.json", result)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        info = {
+            "wall_seconds": round(time.time() - started, 1),
+            "peak_rss_mib": round(peak),
+            "annotations": loop.log.judged,
+            "identical_pairs": loop.log.identical_pairs,
+            "steps": run.cfg.train.steps,
+            "resumed": resume,
+        }
+        if torch.cuda.is_available():
+            info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        write_json(run.out / "run.json", info)
+    run.acc.wait_for_everyone()
+    return result
 
 
 def train(
@@ -346,100 +446,44 @@ def train(
     ``on_step(run, step, metrics)`` is called after every step (logging, inspection, tests).
     """
     console = console or Console()
-    t = cfg.train
     out = Path(cfg.output_dir)
-    if not resume and (out / "checkpoints" / "latest").exists():
+    if not resume and has_checkpoint(out):
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
+    if resume and (out / "run.json").exists():
+        console.print(f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help")
+        return {}
     started = time.time()
-    with progress_bar(console) as progress:
-        run = setup(cfg, progress)
-        acc = run.acc
-        if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
-        optimizers = {  # the paper's code: transformers.AdamW, weight decay 0, eps 1e-6 (the defaults)
-            m: torch.optim.AdamW(run.ens.member_parameters(m), lr=t.lr, weight_decay=t.weight_decay, eps=t.adam_eps)
-            for m in run.ens.members
-        }
-        schedulers = {  # linear decay to zero over T steps, no warm-up (the paper)
-            m: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / t.steps)) for m, o in optimizers.items()
-        }
-        start = load_checkpoint(run, optimizers, schedulers) if resume else 0
-        if acc.is_main_process:
-            trim_metrics(out / "metrics.jsonl", start)
-        log_name = "annotations.jsonl" if acc.num_processes == 1 else f"annotations.rank{acc.process_index}.jsonl"
-        log = AnnotationLog(out / log_name)
-        writer = SummaryWriter(str(out / "tb")) if acc.is_main_process else None
-        bounds = phase_bounds(t.steps, t.phases)
-        pairs: dict[int, Annotation] = {}
-        bar = progress.add_task("training", total=t.steps, completed=start)
-        if acc.is_main_process and start == 0:
-            console.print(
-                f"[bold]bpo[/] {t.loss.upper()} reference={t.reference} F={t.phases} T={t.steps} "
-                f"B={t.batch_size} K={len(run.ens.members)} merge={t.merge} (exact = mean of members' "
-                f"delta-W; linear = PEFT linear, the paper's code) processes={acc.num_processes}"
-            )
-        for step in range(start, t.steps):
-            phase = max(p for p in range(t.phases) if bounds[p] <= step)
-            offset = step - bounds[phase]
-            if offset == 0:
-                run.ens.merge("behavior", t.merge)  # pi_beta <- pi_theta
-                if t.reference == "ema" and t.ema_update == "refresh":  # the paper: EMA moves at refreshes only
-                    run.ens.ema_update("behavior", "ema", t.ema_alpha)
-            if offset == 0 or not pairs:
-                pairs = collect_phase(run, phase, log, progress)
-            lo = offset * run.local_batch
-            step_pairs = [pairs[i] for i in range(lo, lo + run.local_batch) if i in pairs]
+    acc = Accelerator(cpu=cfg.device == "cpu")
+    lock = None
+    if acc.is_main_process:  # one writer per run folder; the kernel drops the lock if this process dies
+        try:
+            lock = FolderLock(out)
+        except OSError as err:
+            raise ConfigError(
+                f"output_dir {out} cannot be created or locked ({err}); choose a writable folder"
+            ) from None
+        clean_leftovers(out)
+    try:
+        say = (
+            (lambda msg: console.print(Text(msg, style="yellow"), soft_wrap=True))
+            if acc.is_main_process
+            else (lambda m: None)
+        )
+        log, found = open_ledger(cfg, acc, resume, say)
+        with progress_bar(console) as progress:
+            run = setup(cfg, progress, acc)
+            loop = prepare(run, log, found, console)
             try:
-                metrics = train_step(run, step_pairs, optimizers, schedulers)
-            except NonFiniteError as err:
-                latest = out / "checkpoints" / "latest"
-                kept = f"checkpoints/{latest.read_text().strip()}" if latest.exists() else "none (no checkpoint yet)"
-                raise NonFiniteError(
-                    f"step {step + 1} of run {out}: {err}; nothing of this step was saved, the last good checkpoint "
-                    f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
+                fit(run, loop, progress, started, on_step)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted at step {loop.done + 1} of {cfg.train.steps}; "
+                    f"continue with `bpo train --resume {out}`"
                 ) from None
-            metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
-            metrics["annotations/used"] = _all_sum(acc, torch.tensor(float(len(log.entries)))).item()
-            metrics["pairs/identical"] = _all_sum(acc, torch.tensor(float(run.identical))).item()
-            if acc.is_main_process:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                for key, value in metrics.items():
-                    if isinstance(value, (int, float)) and not math.isnan(value):
-                        writer.add_scalar(key, value, step + 1)
-                progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
-            if on_step:
-                on_step(run, step, metrics)
-            end_of_phase = step + 1 == bounds[phase + 1]
-            if end_of_phase or (t.save_every and (step + 1) % t.save_every == 0):
-                save_checkpoint(run, step + 1, optimizers, schedulers)
-        run.ens.merge("behavior", t.merge)
-        if acc.is_main_process:
-            final = out / "final"
-            tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-            run.ens.save(tmp, ["behavior", "sft", *run.ens.members])  # sft: the start, to compare against
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            writer.close()
-        result = {}
-        if evaluate and acc.is_main_process:
-            result = evaluate_run(run, progress)
-            write_json(out / "eval.json", result)  # its presence marks the run finished (bpo compare)
-        if acc.is_main_process:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-            info = {
-                "wall_seconds": round(time.time() - started, 1),
-                "peak_rss_mib": round(peak),
-                "annotations": len(log.entries),
-                "steps": t.steps,
-                "resumed": resume,
-            }
-            if torch.cuda.is_available():
-                info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
-            write_json(out / "run.json", info)
-        acc.wait_for_everyone()
+            result = finish(run, loop, progress, evaluate, resume, started)
+    finally:
+        if lock:
+            lock.release()
     if acc.is_main_process and result:
         print_result(console, result, time.time() - started)
     return result
@@ -511,18 +555,6 @@ def print_result(console: Console, r: dict, seconds: float) -> None:
             f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
             f"({v['wins']} wins, {v['ties']} ties, {v['losses']} losses)"
         )
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Keep the logged steps up to ``step`` (the checkpoint resumed from).
-
-    Steps after the checkpoint are trained and logged again, so without this a resumed run's
-    metrics.jsonl would repeat them; a line cut by the kill is dropped too.
-    """
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    write_text_atomic(path, "".join(x for x in lines if x.endswith("\n") and json.loads(x)["step"] <= step))
 
 
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:

@@ -1,0 +1,183 @@
+"""Checkpoints of a run: save, verify, load, fall back, and the metrics log they own.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNN`` with the adapters (PEFT format), the
+optimizer/scheduler/RNG state and a ``manifest.json`` (size and SHA-256 of every file), written
+to a temp folder, renamed, and only then pointed to by ``checkpoints/latest``. The manifest is
+written last, so a folder without one is unfinished. Loading verifies the manifest and falls back
+to the newest intact checkpoint, saying so; the ledger prefix the checkpoint saw is checked too,
+so judgements that were paid for and trained on cannot silently change or vanish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_text_atomic
+from bpo.ledger import check_prefix, digest
+
+if TYPE_CHECKING:
+    from bpo.trainer import Run
+
+KEEP = 2  # checkpoints kept: the newest and one to fall back to
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint can be resumed from; the message says why and what to do."""
+
+
+def frozen_adapters(reference: str) -> list[str]:
+    """The frozen adapters a run keeps beside its members."""
+    return ["behavior", "sft"] + (["ema"] if reference == "ema" else [])
+
+
+def ledger_files(out: Path) -> list[Path]:
+    return sorted(out.glob("annotations*.jsonl"))
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _hash(p)} for p in files}
+    write_json(folder / "manifest.json", manifest)
+
+
+def verify(folder: Path) -> str | None:
+    """None when every file the manifest lists is there with its size and hash; else what is wrong."""
+    if not folder.is_dir():
+        return "missing"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        return "no manifest (unfinished)"
+    except json.JSONDecodeError:
+        return "damaged manifest"
+    for name, want in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['size']} were written"
+        if _hash(path) != want["sha256"]:
+            return f"{name} does not match its hash"
+    return None
+
+
+def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict) -> None:
+    """Everything needed to continue at ``next_step``: temp folder, manifest, rename, pointer."""
+    if run.acc.is_main_process:
+        root = run.out / "checkpoints"
+        tmp = temp_dir(root, ".tmp-")
+        run.ens.save(tmp / "adapters", run.ens.members + frozen_adapters(run.cfg.train.reference))
+        torch.save(
+            {
+                "next_step": next_step,
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "world_size": run.acc.num_processes,
+                # every process has reached this step, so every ledger holds what training used
+                "ledgers": {p.name: digest(p) for p in ledger_files(run.out)},
+            },
+            tmp / "trainer_state.pt",
+        )
+        write_manifest(tmp)  # last: a folder without a manifest is unfinished
+        final = root / f"step-{next_step:06d}"
+        replace_dir(tmp, final)
+        write_text_atomic(root / "latest", final.name)
+        for old in sorted(root.glob("step-*"))[:-KEEP]:
+            remove_leftovers(root, [old.name])
+    run.acc.wait_for_everyone()
+
+
+def has_checkpoint(out: Path) -> bool:
+    root = out / "checkpoints"
+    return (root / "latest").exists() or any(root.glob("step-*"))
+
+
+def find_checkpoint(out: Path, processes: int, say: Callable[[str], None] = print) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint and its trainer state (None: there is none yet).
+
+    Runs before the model is loaded: a damaged newest checkpoint is skipped (and said so), a
+    checkpoint whose ledger lines changed or vanished since it was written is refused.
+    """
+    root = out / "checkpoints"
+    pointer = (root / "latest").read_text().strip() if (root / "latest").exists() else ""
+    candidates = sorted(root.glob("step-*"), reverse=True)
+    if pointer and root / pointer in candidates:
+        candidates.remove(root / pointer)
+        candidates.insert(0, root / pointer)
+    if not candidates:
+        return None
+    skipped = []
+    for folder in candidates:
+        problem = verify(folder)
+        if problem is None:
+            break
+        skipped.append(f"{folder.name}: {problem}")
+    else:
+        raise CheckpointError(
+            f"no intact checkpoint in {root} ({'; '.join(skipped)}); start a new run in another output_dir"
+        )
+    if skipped:
+        say(f"warning: skipped damaged checkpoint(s) ({'; '.join(skipped)}); resuming from {folder.name}")
+    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    if state["world_size"] != processes:
+        raise CheckpointError(
+            f"{folder}: saved by {state['world_size']} processes; resume with the same number of processes"
+        )
+    for name, recorded in state.get("ledgers", {}).items():
+        check_prefix(out / name, recorded, f"checkpoint {folder.name}")
+    return folder, state
+
+
+def restore(run: Run, found: tuple[Path, dict] | None, optimizers: dict, schedulers: dict) -> int:
+    """Load a checkpoint found by :func:`find_checkpoint`; returns the step to continue at (0: none)."""
+    if found is None:
+        return 0
+    folder, state = found
+    run.ens.load_state(folder / "adapters", run.ens.members + frozen_adapters(run.cfg.train.reference))
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    for k, s in schedulers.items():
+        s.load_state_dict(state["schedulers"][k])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    return state["next_step"]
+
+
+def save_final(run: Run) -> None:
+    """The trained ensemble in ``final/``: behavior (the merged model), sft (the start) and the members."""
+    if run.acc.is_main_process:
+        tmp = temp_dir(run.out, ".final-")
+        run.ens.save(tmp, ["behavior", "sft", *run.ens.members])
+        replace_dir(tmp, run.out / "final")
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Temp folders a killed run left behind (its checkpoint or final save was cut short)."""
+    return remove_leftovers(out / "checkpoints", [".tmp-*", "*.tmp"]) + remove_leftovers(out, [".final-*", "*.tmp"])
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the logged steps up to ``step`` (the checkpoint resumed from).
+
+    Steps after the checkpoint are trained and logged again, so without this a resumed run's
+    metrics.jsonl would repeat them; a line cut by the kill is dropped too.
+    """
+    if path.exists():
+        rows = [r for r in read_jsonl(path) if r["step"] <= step]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,174 @@
+"""The annotation ledger: every sampled pair and its judgement, on disk before training uses it.
+
+Annotations are what a run pays for, so the ledger is the budget's account and the only copy of
+what was bought. It is an append-only JSONL file: a header line saying what produced it (the
+settings that determine which pairs are sampled and how they are judged), then one line per pair,
+fsync'd per batch. A resumed run reads it instead of asking again. Identical pairs (never sent to
+the annotator) are recorded too, so a resume neither samples them again nor miscounts them.
+
+What the ledger refuses, rather than training on it silently: a header from other settings (a new
+run in an old folder, another annotator or seed), two lines for one pair, a gap inside a phase
+(a deleted line), and, checked against the checkpoint, lines changed or lost since it was saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bpo.io import append_lines, complete_lines
+
+FORMAT = 1
+
+
+class LedgerError(ValueError):
+    """The ledger does not belong to this run or was damaged; the message says what and how to fix."""
+
+
+@dataclass
+class Annotation:
+    """One logged pair. ``tokens``/``behavior_logps`` let a resumed run train without re-sampling."""
+
+    phase: int
+    index: int  # position among the phase's prompts (this process's shard)
+    prompt_id: str
+    responses: list[str]
+    tokens: list[list[int]]
+    choice: int | None  # preferred response; None: a tie, or an identical pair
+    scores: list[float] | None = None
+    rationale: str | None = None
+    behavior_logps: list[float | None] | None = field(default=None, repr=False)  # summed, under the sampler
+    identical: bool = False  # both responses the same tokens: not annotated, not trained on
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class AnnotationLog:
+    """Append-only JSONL ledger. A line cut by a kill is dropped on open (it was never used).
+
+    ``settings`` (when given) must match the header of an existing ledger; a new ledger gets them
+    as its header. ``legacy_ok`` accepts a ledger written before headers existed (``--resume`` of
+    an old run).
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None, legacy_ok: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.header, self.entries = self._read()
+        self._check_keys()
+        if settings is None:
+            return
+        settings = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
+        if self.header is None:
+            if self.entries and not legacy_ok:
+                raise LedgerError(
+                    f"{self.path} holds {len(self.entries)} judgements but no header saying what produced them; "
+                    "a new run cannot trust them: use another output_dir (or --resume the run that wrote it)"
+                )
+            if not self.entries:
+                self.header = {"ledger": FORMAT, "fingerprint": fingerprint(settings), "settings": settings}
+                self.path.write_text(json.dumps(self.header) + "\n")  # an empty file, or only a torn line
+        elif self.header["settings"] != settings:
+            old, new = _flat(self.header["settings"]), _flat(settings)
+            keys = sorted(old.keys() | new.keys())
+            diffs = [f"{k}: {old.get(k)!r} in the ledger, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+            raise LedgerError(
+                f"{self.path} was written by other settings ({'; '.join(diffs[:4])}"
+                f"{'; ...' if len(diffs) > 4 else ''}): its {len(self.entries)} judgements are not this run's. "
+                "Use another output_dir, or restore those settings to reuse them"
+            )
+
+    def _read(self) -> tuple[dict[str, Any] | None, list[Annotation]]:
+        if not self.path.exists():
+            return None, []
+        data = self.path.read_bytes()
+        lines = complete_lines(data)
+        header, entries, offset = None, [], 0
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                if number == 1 and "ledger" in row:
+                    header = row
+                else:
+                    entries.append(Annotation(**row))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise LedgerError(
+                    f"{self.path}:{number}: damaged line ({err}); the ledger cannot be trusted: restore it from a "
+                    "backup or start the run in another output_dir"
+                ) from None
+            offset += len(line)
+        if offset != len(data):  # a partial last line: the kill came mid-write, before training used it
+            with open(self.path, "r+b") as f:
+                f.truncate(offset)
+        return header, entries
+
+    def _check_keys(self) -> None:
+        """One line per pair, and each phase's pairs a contiguous run 0..n-1 (collection goes in order)."""
+        seen: dict[int, list[int]] = {}
+        for e in self.entries:
+            seen.setdefault(e.phase, []).append(e.index)
+        for phase, indices in seen.items():
+            if len(set(indices)) != len(indices):
+                dup = next(i for i in indices if indices.count(i) > 1)
+                raise LedgerError(
+                    f"{self.path}: pair {dup} of phase {phase} appears twice; a duplicated line would be trained on "
+                    "twice: remove the copy (or restore the ledger from a backup)"
+                )
+            if sorted(indices) != list(range(len(indices))):
+                gap = next(i for i in range(len(indices)) if i not in set(indices))
+                raise LedgerError(
+                    f"{self.path}: pair {gap} of phase {phase} is missing while later pairs are there (a deleted "
+                    "line?); restore the ledger from a backup"
+                )
+
+    def append(self, entries: Sequence[Annotation]) -> None:
+        append_lines(self.path, [json.dumps(asdict(e)) for e in entries])
+        self.entries += entries
+
+    def phase(self, phase: int) -> dict[int, Annotation]:
+        return {e.index: e for e in self.entries if e.phase == phase}
+
+    @property
+    def judged(self) -> int:
+        """Pairs sent to the annotator (the budget spent); identical pairs are not."""
+        return sum(not e.identical for e in self.entries)
+
+    @property
+    def identical_pairs(self) -> int:
+        return sum(e.identical for e in self.entries)
+
+
+def digest(path: Path) -> dict[str, Any]:
+    """Lines and hash of a ledger as it is now: a checkpoint records it, a resume checks the prefix."""
+    lines = complete_lines(path.read_bytes()) if path.exists() else []
+    return {"lines": len(lines), "sha256": hashlib.sha256(b"".join(lines)).hexdigest()}
+
+
+def check_prefix(path: Path, recorded: dict[str, Any], where: str) -> None:
+    """The ledger still starts with the lines the checkpoint saw; they were paid for and trained on."""
+    if recorded["lines"] == 0:
+        return
+    if not path.exists():
+        raise LedgerError(
+            f"{path} is missing, but {where} recorded {recorded['lines']} lines in it: those judgements were paid "
+            "for; restore the file from a backup (bpo will not buy them again silently)"
+        )
+    lines = complete_lines(path.read_bytes())[: recorded["lines"]]
+    if len(lines) < recorded["lines"] or hashlib.sha256(b"".join(lines)).hexdigest() != recorded["sha256"]:
+        raise LedgerError(
+            f"{path} differs from what {where} recorded (its first {recorded['lines']} lines were changed or "
+            "lost); restore the ledger from a backup or start the run in another output_dir"
+        )

@@ -1,0 +1,291 @@
+"""Faults: every one is either recovered exactly or refused with one line, and nothing paid for is lost.
+
+Each test damages a real run of tiny-random-llama the way a crash, a full disk, a careless user
+or a second process would, then checks the property: the resumed run equals an uninterrupted
+one bit for bit, or the refusal names what is wrong before any work.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer import adapters, tiny_config
+
+from bpo.config import load_config
+from bpo.io import FolderInUseError, FolderLock
+from bpo.ledger import AnnotationLog, LedgerError
+from bpo.trainer import train
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+OVER = {"train.steps": 8, "train.phases": 2, "train.save_every": 2, "sampling.max_new_tokens": 16}
+
+
+def args(folder: Path, **over) -> list[str]:
+    return tiny_config(folder, **{**OVER, **over})
+
+
+def cfg_of(folder: Path, **over):
+    return load_config("quickstart", args(folder, **over))  # as `bpo train` with no config name
+
+
+def snapshot(run: Path) -> dict:
+    """What must be identical between an interrupted-and-resumed run and an uninterrupted one."""
+    ledger = [json.loads(x) for x in (run / "annotations.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        m.pop("time")
+    return {"adapters": adapters(run / "final"), "ledger": ledger, "metrics": metrics}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert got["adapters"].keys() == want["adapters"].keys() and want["adapters"]
+    for key, value in want["adapters"].items():
+        assert torch.equal(got["adapters"][key], value), key
+    assert got["ledger"] == want["ledger"]
+    assert got["metrics"] == want["metrics"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One uninterrupted run, in a subprocess like the runs it is compared with."""
+    folder = tmp_path_factory.mktemp("reference")
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(folder, sft_dir=folder / "sft")]
+    subprocess.run(cmd, check=True, env=ENV, capture_output=True)
+    return {"snapshot": snapshot(folder / "run"), "sft": folder / "sft"}
+
+
+STOP = """
+import sys
+from bpo.config import load_config
+from bpo.trainer import Interrupted, train
+
+def stop(run, step, metrics):
+    if step + 1 == int(sys.argv[1]):
+        raise KeyboardInterrupt
+
+try:
+    train(load_config("quickstart", sys.argv[2:]), evaluate=False, on_step=stop)
+except Interrupted as err:
+    print(err)
+"""
+
+
+def stopped_run(tmp_path: Path, sft: Path, at_step: int) -> Path:
+    """A run stopped (as if killed) after ``at_step`` steps, with its checkpoints on disk.
+
+    In a subprocess like the reference (same threads, so the same bits).
+    """
+    res = subprocess.run(
+        [sys.executable, "-c", STOP, str(at_step), *args(tmp_path, sft_dir=sft)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert f"interrupted at step {at_step + 1} of 8; continue with `bpo train --resume" in res.stdout, res.stderr[
+        -3000:
+    ]
+    return tmp_path / "run"
+
+
+def resume(run: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--resume", str(run), "--no-eval"]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+
+
+# ----------------------------------------------------------------------------- random SIGKILLs
+
+
+def test_random_sigkills_resume_bit_identically(tmp_path, reference):
+    """Five runs, each SIGKILLed at random moments (some twice), resumed to the uninterrupted result."""
+    rng = random.Random(2026)
+    for trial in range(5):
+        folder = tmp_path / f"trial{trial}"
+        cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(folder, sft_dir=reference["sft"])]
+        kills = 0
+        while True:
+            proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if kills < 2 and rng.random() < 0.8:
+                time.sleep(rng.uniform(3.0, 12.0))  # start-up is ~3 s; a run is ~10 s
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+            err = proc.communicate()[1].decode()
+            if proc.returncode == 0:
+                break
+            assert proc.returncode == -signal.SIGKILL, err[-2000:]
+            if (folder / "run" / "checkpoints").exists():
+                cmd = [sys.executable, "-m", "bpo.cli", "train", "--resume", str(folder / "run"), "--no-eval"]
+        assert_same(snapshot(folder / "run"), reference["snapshot"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated trainer state": lambda c: _truncate(c / "step-000006" / "trainer_state.pt"),
+    "flipped adapter bytes": lambda c: _flip(c / "step-000006" / "adapters" / "member0" / "adapter_model.safetensors"),
+    "truncated adapter": lambda c: _truncate(c / "step-000006" / "adapters" / "behavior" / "adapter_model.safetensors"),
+    "empty latest": lambda c: (c / "latest").write_text(""),
+    "missing folder": lambda c: __import__("shutil").rmtree(c / "step-000006"),
+    "no manifest (cut before the end)": lambda c: (c / "step-000006" / "manifest.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, damage):
+    run = stopped_run(tmp_path, reference["sft"], at_step=7)
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000004", "step-000006"]
+    DAMAGE[damage](checkpoints)
+    res = resume(run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if damage not in ("empty latest", "missing folder"):
+        assert "skipped damaged checkpoint(s) (step-000006" in res.stderr and "resuming from step-000004" in res.stderr
+    assert_same(snapshot(run), reference["snapshot"])
+
+
+def test_no_intact_checkpoint_is_a_one_line_error(tmp_path, reference):
+    run = stopped_run(tmp_path, reference["sft"], at_step=5)
+    for folder in (run / "checkpoints").glob("step-*"):
+        _truncate(folder / "trainer_state.pt")
+    res = resume(run)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: no intact checkpoint in") and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- the ledger
+
+
+def _ledger_lines(run: Path) -> list[str]:
+    return (run / "annotations.jsonl").read_text().splitlines(keepends=True)
+
+
+def _change_first_judgement(lines: list[str]) -> list[str]:
+    first = next(i for i, x in enumerate(lines) if '"choice": 0' in x)
+    return lines[:first] + [lines[first].replace('"choice": 0', '"choice": 1')] + lines[first + 1 :]
+
+
+LEDGER_DAMAGE = {  # line 0 is the header
+    "a duplicated line": (lambda ls: ls[:3] + [ls[2]] + ls[3:], "appears twice"),
+    "a deleted line": (lambda ls: ls[:2] + ls[3:], "is missing while later pairs are there"),
+    "a changed judgement": (_change_first_judgement, "differs from what checkpoint"),
+    "the whole ledger": (None, "is missing, but checkpoint"),
+}
+
+
+@pytest.mark.parametrize("damage", list(LEDGER_DAMAGE))
+def test_a_damaged_ledger_is_refused_not_trained_on(tmp_path, reference, damage):
+    run = stopped_run(tmp_path, reference["sft"], at_step=5)
+    edit, message = LEDGER_DAMAGE[damage]
+    if edit is None:
+        (run / "annotations.jsonl").unlink()
+    else:
+        (run / "annotations.jsonl").write_text("".join(edit(_ledger_lines(run))))
+    before = (run / "metrics.jsonl").read_text()
+    res = resume(run)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in res.stderr
+    assert (run / "metrics.jsonl").read_text() == before  # nothing trained
+
+
+def test_a_new_run_with_other_settings_refuses_the_old_ledger(tmp_path, reference):
+    run = stopped_run(tmp_path, reference["sft"], at_step=1)
+    assert not (run / "checkpoints").exists()  # a ledger without a checkpoint: the next run is a fresh start
+    cfg = cfg_of(tmp_path, sft_dir=reference["sft"], **{"train.seed": 7, "annotator.kind": "callable"})
+    with pytest.raises(LedgerError, match=r"annotator\.kind: 'quickstart' in the ledger, 'callable' now.*train\.seed"):
+        train(cfg, evaluate=False)
+
+
+def test_a_new_run_with_the_same_settings_reuses_the_judgements(tmp_path, reference, monkeypatch):
+    run = stopped_run(tmp_path, reference["sft"], at_step=1)
+    bought = AnnotationLog(run / "annotations.jsonl").judged
+    assert not (run / "checkpoints").exists()
+    calls = []
+    from bpo.annotators import ScoreAnnotator
+
+    original = ScoreAnnotator.annotate
+    monkeypatch.setattr(ScoreAnnotator, "annotate", lambda self, p, q: calls.append(len(q)) or original(self, p, q))
+    train(cfg_of(tmp_path, sft_dir=reference["sft"]), evaluate=False)
+    assert bought > 0 and sum(calls) == reference_judged(reference) - bought  # phase 1's pairs are not bought again
+
+
+def reference_judged(reference: dict) -> int:
+    return sum(1 for e in reference["snapshot"]["ledger"][1:] if not e["identical"])
+
+
+# ----------------------------------------------------------------------------- one writer, leftovers, finished runs
+
+
+def test_a_second_process_on_the_run_folder_is_refused_naming_the_holder(tmp_path, reference):
+    cfg = cfg_of(tmp_path, sft_dir=reference["sft"])
+    with FolderLock(cfg.output_dir):
+        with pytest.raises(FolderInUseError, match=rf"run folder {cfg.output_dir} is in use by pid {os.getpid()}"):
+            train(cfg, evaluate=False)
+    assert not (Path(cfg.output_dir) / "annotations.jsonl").exists()
+
+
+def test_two_processes_started_together_write_once(tmp_path, reference):
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=reference["sft"])]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(p.wait(), p.stderr.read().decode()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "is in use by pid" in refused.strip().splitlines()[-1]
+    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])  # every judgement once, every step once
+
+
+def test_leftover_temp_folders_are_removed_on_the_next_start(tmp_path, reference):
+    run = stopped_run(tmp_path, reference["sft"], at_step=5)
+    leftovers = [run / "checkpoints" / ".tmp-abc", run / ".final-xyz"]
+    for folder in leftovers:
+        (folder / "adapters").mkdir(parents=True)
+    (run / "eval.json.tmp").write_text("{")
+    assert resume(run).returncode == 0
+    assert not any(p.exists() for p in leftovers) and not (run / "eval.json.tmp").exists()
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, reference):
+    run = stopped_run(tmp_path, reference["sft"], at_step=7)
+    assert resume(run).returncode == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "run.json", run / "metrics.jsonl", run / "final")}
+    res = resume(run)
+    assert res.returncode == 0 and "is finished" in res.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, reference):
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=reference["sft"])]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ") and last.endswith(
+        f"continue with `bpo train --resume {tmp_path / 'run'}`"
+    )
+    assert resume(tmp_path / "run").returncode == 0
+    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])
