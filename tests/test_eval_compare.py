@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from bpo.cli import app
 from bpo.config import load_config
-from bpo.evaluation import HTTPPairwiseJudge, read_responses, run_eval
+from bpo.evaluation import read_responses, run_eval
+from bpo.judges import HTTPPairwiseJudge
 from bpo.quickstart import QuickstartTask, judge
 
 runner = CliRunner()
@@ -66,7 +67,7 @@ def test_http_judge_both_orders_retries_and_cache(tmp_path, judge_url):
 
 def test_http_judge_unreachable_is_a_clear_error(tmp_path):
     j = HTTPPairwiseJudge("http://127.0.0.1:9/v1", "fake", tmp_path / "c.jsonl", retries=1, backoff=0.01)
-    with pytest.raises(RuntimeError, match="unreachable after 2 tries"):
+    with pytest.raises(RuntimeError, match=r"judge http://127.0.0.1:9/v1/chat/completions failed after 2 tries"):
         j.compare("p", "a", "b")
 
 

@@ -64,7 +64,8 @@ def reference(tmp_path_factory) -> dict:
 STOP = """
 import sys
 from bpo.config import load_config
-from bpo.trainer import Interrupted, train
+from bpo.errors import Interrupted
+from bpo.trainer import train
 
 def stop(run, step, metrics):
     if step + 1 == int(sys.argv[1]):

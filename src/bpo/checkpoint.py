@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bpo.errors import BpoError
 from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_text_atomic
 from bpo.ledger import check_prefix, digest
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 KEEP = 2  # checkpoints kept: the newest and one to fall back to
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BpoError, RuntimeError):
     """No checkpoint can be resumed from; the message says why and what to do."""
 
 
@@ -81,7 +82,8 @@ def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict
     if run.acc.is_main_process:
         root = run.out / "checkpoints"
         tmp = temp_dir(root, ".tmp-")
-        run.ens.save(tmp / "adapters", run.ens.members + frozen_adapters(run.cfg.train.reference))
+        names = run.ens.members + frozen_adapters(run.cfg.train.reference)
+        run.ens.save(tmp / "adapters", names, base_model=run.cfg.model.name)
         torch.save(
             {
                 "next_step": next_step,
@@ -163,7 +165,7 @@ def save_final(run: Run) -> None:
     """The trained ensemble in ``final/``: behavior (the merged model), sft (the start) and the members."""
     if run.acc.is_main_process:
         tmp = temp_dir(run.out, ".final-")
-        run.ens.save(tmp, ["behavior", "sft", *run.ens.members])
+        run.ens.save(tmp, ["behavior", "sft", *run.ens.members], base_model=run.cfg.model.name)
         replace_dir(tmp, run.out / "final")
 
 

@@ -6,9 +6,11 @@ Every command takes an optional config (a YAML path or a preset name) followed b
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bpo.config import PRESETS, Config, ConfigError, load_config
+from bpo.errors import BpoError, Interrupted
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
 
@@ -32,8 +35,28 @@ def _config(args: list[str] | None) -> Config:
 
 def _fail(err: Exception) -> None:
     """One line, ``error: <what, where, how to fix>``, exit 2: never wrapped, never read as markup."""
-    console.print(Text.assemble(("error:", "red"), f" {err}"), soft_wrap=True)
+    console.print(Text.assemble(("error:", "red"), " " + " ".join(str(err).split())), soft_wrap=True)
     raise typer.Exit(2)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Run a command so that every error a user can fix is one ``error:`` line and exit 2.
+
+    ``BpoError`` is bpo's own; ``ValueError`` and ``OSError`` come from the libraries underneath
+    (a bad path, a malformed file). Ctrl-C says how to continue and exits 130.
+    """
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except Interrupted as err:
+            console.print(Text(str(err)), soft_wrap=True)
+            raise typer.Exit(130) from None
+        except (BpoError, ValueError, OSError) as err:
+            _fail(err)
+
+    return run
 
 
 @app.callback(invoke_without_command=True)
@@ -47,39 +70,22 @@ def main(ctx: typer.Context) -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True})
+@user_errors
 def train(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
     resume: str = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the final evaluation"),
 ) -> None:
     """Member SFT (cached), BPO training and a final evaluation."""
-    from bpo.checkpoint import CheckpointError
-    from bpo.data import DataError
-    from bpo.io import FolderInUseError
-    from bpo.ledger import LedgerError
-    from bpo.models import ModelLoadError
-    from bpo.trainer import Interrupted, NonFiniteError, resume_config
+    from bpo.trainer import resume_config
     from bpo.trainer import train as run_train
 
-    try:
-        cfg = resume_config(resume, list(args or [])) if resume else _config(args)
-        run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
-    except Interrupted as err:
-        console.print(Text(str(err)), soft_wrap=True)
-        raise typer.Exit(130) from None
-    except (
-        ConfigError,
-        DataError,
-        ModelLoadError,
-        NonFiniteError,
-        LedgerError,
-        CheckpointError,
-        FolderInUseError,
-    ) as err:
-        _fail(err)
+    cfg = resume_config(resume, list(args or [])) if resume else _config(args)
+    run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
 
 
 @app.command()
+@user_errors
 def sft(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]")) -> None:
     """Train the K member SFT adapters only (they are cached for `bpo train`)."""
     from bpo.data import load_source
@@ -88,18 +94,17 @@ def sft(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value
     from bpo.sft import run_sft
     from bpo.trainer import progress_bar
 
-    try:
-        cfg = _config(args)
-        policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
-        records = load_source(cfg.data, "sft", cfg.data.sft_examples, QuickstartTask(cfg.data.seed), policy.tokenizer)
-        with progress_bar(console) as progress:
-            paths = run_sft(cfg, policy, records, progress)
-        console.print("SFT adapters: " + ", ".join(str(p) for p in paths))
-    except (ConfigError, ValueError) as err:
-        _fail(err)
+    cfg = _config(args)
+    cfg.check_sources(("sft",), task_judge=False)
+    policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
+    records = load_source(cfg.data, "sft", cfg.data.sft_examples, QuickstartTask(cfg.data.seed), policy.tokenizer)
+    with progress_bar(console) as progress:
+        paths = run_sft(cfg, policy, records, progress)
+    console.print("SFT adapters: " + ", ".join(str(p) for p in paths))
 
 
 @app.command()
+@user_errors
 def generate(
     prompts: Path = typer.Option(..., help="jsonl/csv of prompts (data.prompt_field)"),
     out: Path = typer.Option(..., help="where to write one JSON line per prompt"),
@@ -113,27 +118,29 @@ def generate(
 
     from bpo.data import load_prompts
     from bpo.io import write_jsonl
-    from bpo.models import load_policy
+    from bpo.models import check_adapter, load_policy
     from bpo.sampling import HFBackend
 
-    try:
-        cfg = _config(args)
-        policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
-        if adapter:
-            policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
-        records = load_prompts(prompts, cfg.data.prompt_field, None, skip_bad=cfg.data.skip_bad_rows)
-        ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-        params = replace(cfg.sampling, do_sample=sample)
-        groups = HFBackend(policy).generate(ids, n, params, None, keys=[r.id for r in records])
-        write_jsonl(
-            out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
-        )
-        console.print(f"wrote {len(records)} rows to {out}")
-    except (ConfigError, ValueError) as err:
-        _fail(err)
+    cfg = _config(args)
+    if adapter:
+        check_adapter(adapter, cfg.model.name)
+    records = load_prompts(prompts, cfg.data.prompt_field, None, id_field="id", skip_bad=cfg.data.skip_bad_rows)
+    if not records:
+        raise ConfigError(f"--prompts {prompts}: no prompts in the file")
+    policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
+    if adapter:
+        policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
+    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+    params = replace(cfg.sampling, do_sample=sample)
+    groups = HFBackend(policy).generate(ids, n, params, None, keys=[r.id for r in records])
+    write_jsonl(
+        out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
+    )
+    console.print(f"wrote {len(records)} rows to {out}")
 
 
 @app.command()
+@user_errors
 def annotate(
     pairs: Path = typer.Option(..., help="jsonl with prompt and two responses (fields prompt, chosen, rejected)"),
     out: Path = typer.Option(..., help="where to write the judgements (jsonl)"),
@@ -145,25 +152,23 @@ def annotate(
     from bpo.io import write_jsonl
     from bpo.quickstart import QuickstartTask
 
-    try:
-        cfg = _config(args)
-        if cfg.annotator.kind == "quickstart":
-            raise ConfigError(
-                "annotate needs annotator.kind=reward_model or callable (the quickstart judge "
-                "only knows its own generated posts)"
-            )
-        rows = load_preferences(pairs, skip_bad=cfg.data.skip_bad_rows)
-        annotator = build_annotator(cfg.annotator, QuickstartTask(cfg.data.seed))
-        records = [PromptRecord(r.id, r.prompt) for r in rows]
-        judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
-        write_jsonl(out, ({"id": r.id, "choice": j.choice, "scores": j.scores} for r, j in zip(rows, judged)))
-        agree = sum(j.choice == 0 for j in judged) / max(len(judged), 1)
-        console.print(f"wrote {len(judged)} judgements to {out}; the first response preferred in {agree:.1%}")
-    except (ConfigError, ValueError) as err:
-        _fail(err)
+    cfg = _config(args)
+    if cfg.annotator.kind == "quickstart":
+        raise ConfigError(
+            "annotate needs annotator.kind=reward_model or callable (the quickstart judge "
+            "only knows its own generated posts)"
+        )
+    rows = load_preferences(pairs, skip_bad=cfg.data.skip_bad_rows)
+    annotator = build_annotator(cfg.annotator, QuickstartTask(cfg.data.seed))
+    records = [PromptRecord(r.id, r.prompt) for r in rows]
+    judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
+    write_jsonl(out, ({"id": r.id, "choice": j.choice, "scores": j.scores} for r, j in zip(rows, judged)))
+    agree = sum(j.choice == 0 for j in judged) / max(len(judged), 1)
+    console.print(f"wrote {len(judged)} judgements to {out}; the first response preferred in {agree:.1%}")
 
 
 @app.command(name="eval")
+@user_errors
 def eval_(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...] (data.eval names the prompts)"),
     out: Path = typer.Option(..., help="folder for eval.json and items.jsonl"),
@@ -178,19 +183,19 @@ def eval_(
     """Win rate (95% bootstrap interval, ties apart) of an adapter or a responses file."""
     from bpo.evaluation import run_eval
 
-    try:
-        cfg = _config(args)
-        r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
-        console.print(
-            f"win rate vs {against}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-            f"({r['wins']} wins, {r['ties']} ties, {r['losses']} losses, n={r['n']}; ties as half "
-            f"{r['win_rate_ties_half']:.3f}; judge {r['judge']})"
-        )
-    except (ConfigError, ValueError, RuntimeError) as err:
-        _fail(err)
+    cfg = _config(args)
+    r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
+    console.print(
+        f"win rate vs {against}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+        f"({r['wins']} wins, {r['ties']} ties, {r['losses']} losses, n={r['n']}; ties as half "
+        f"{r['win_rate_ties_half']:.3f}; judge {r['judge']})"
+    )
+    if r["invalid"]:
+        console.print(f"warning: {r['invalid']} items left out: the judge's answer named neither response")
 
 
 @app.command()
+@user_errors
 def compare(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...] shared by every run"),
     out: Path = typer.Option(Path("runs/compare"), help="folder of the grid: OUT/<method>/seed<k>"),
@@ -204,13 +209,10 @@ def compare(
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else "quickstart"
     command = " ".join(["bpo compare", config, *args, f"--out {out}", f"--methods {methods}", f"--seeds {seeds}"])
-    try:
-        seed_list = [int(s) for s in seeds.split(",")]
-        if not report_only:
-            run_grid(config, args, methods.split(","), seed_list, out, console.print)
-        console.print(f"report: {report(out, command, seed_list, methods.split(','))}")
-    except (ConfigError, ValueError) as err:
-        _fail(err)
+    seed_list = [int(s) for s in seeds.split(",")]
+    if not report_only:
+        run_grid(config, args, methods.split(","), seed_list, out, console.print)
+    console.print(f"report: {report(out, command, seed_list, methods.split(','))}")
 
 
 @app.command()

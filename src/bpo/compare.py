@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from bpo.config import load_config
+from bpo.errors import BpoError
 from bpo.io import read_jsonl, write_text_atomic
+
+
+class GridError(BpoError, RuntimeError):
+    """A run of the grid failed; the message carries its own error line."""
+
 
 # method -> overrides; {T} is replaced by train.steps. Every method spends B*T annotations.
 METHODS: dict[str, list[str]] = {
@@ -58,7 +64,17 @@ def run_grid(
             cmd += ["--resume", str(folder), *args[1:]] if (folder / "checkpoints" / "latest").exists() else args
             log(f"{method} seed {seed}: running")
             with open(out / "compare.log", "a") as f:
-                subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
+                f.flush()
+                offset = f.tell()
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ}).returncode
+            if code:  # say why here, not only in the log
+                lines = (out / "compare.log").read_bytes()[offset:].decode(errors="replace").splitlines()
+                cause = next((x for x in reversed(lines) if x.startswith("error:")), None)
+                cause = cause or next((x for x in reversed(lines) if x.strip()), "no output")
+                raise GridError(
+                    f"{method} seed {seed} failed (exit {code}): {cause.removeprefix('error: ')} "
+                    f"(its output: {out / 'compare.log'}; rerun the same command to resume the grid)"
+                )
     return folders
 
 

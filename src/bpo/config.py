@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 import yaml
 
+from bpo.errors import BpoError
 from bpo.io import write_text_atomic
 
 
-class ConfigError(ValueError):
+class ConfigError(BpoError, ValueError):
     """A config file or override is wrong; the message says where and what."""
 
 
@@ -118,6 +119,8 @@ class EvalConfig:
     max_new_tokens: int = 48
     batch_size: int = 32
     bootstrap: int = 2000
+    judge_timeout: float = 60.0  # seconds per HTTP judge request
+    judge_retries: int = 5  # retries of a transient judge fault (and of an unreadable answer)
 
 
 @dataclass
@@ -177,6 +180,8 @@ class Config:
         need(math.isfinite(wd) and wd >= 0, "train.weight_decay", ">= 0 and finite", wd)
         need(0 < t.ema_alpha <= 1, "train.ema_alpha", "in (0, 1]", t.ema_alpha)
         need(0 <= t.label_smoothing < 0.5, "train.label_smoothing", "in [0, 0.5)", t.label_smoothing)
+        need(positive(e.judge_timeout), "eval.judge_timeout", "a positive finite number of seconds", e.judge_timeout)
+        need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
         need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
@@ -187,6 +192,26 @@ class Config:
         for key in ("max_prompt_tokens", "max_response_tokens"):
             value = getattr(d, key)
             need(value is None or value >= 1, f"data.{key}", "empty (no limit) or at least 1", value)
+
+    def check_sources(self, roles: tuple[str, ...] = ("train", "sft", "eval"), task_judge: bool = True) -> None:
+        """Data files exist, and the quickstart judge is asked only about quickstart posts.
+
+        Checked before a model is loaded: a missing ``data.eval`` would otherwise surface after
+        training, and the quickstart judge would score any other prompt as nonsense.
+        """
+        for role in roles:
+            spec = getattr(self.data, role)
+            if spec != "quickstart" and not spec.startswith("hub:") and not Path(spec).exists():
+                raise ConfigError(
+                    f"data.{role} = {spec!r}: no such file (use a jsonl/csv path, hub:NAME:SPLIT or quickstart)"
+                )
+        if task_judge and self.annotator.kind == "quickstart":
+            other = [f"data.{r} = {getattr(self.data, r)!r}" for r in roles if getattr(self.data, r) != "quickstart"]
+            if other:
+                raise ConfigError(
+                    f"the quickstart judge scores only the embedded task's posts, but {', '.join(other)}: set "
+                    "annotator.kind=reward_model annotator.model=DIR, or annotator.kind=callable annotator.callable=..."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

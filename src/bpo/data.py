@@ -19,9 +19,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from bpo.config import DataConfig
+from bpo.errors import BpoError
 
 
-class DataError(ValueError):
+class DataError(BpoError, ValueError):
     """A record could not be read; the message names file, row and field."""
 
 

@@ -186,8 +186,12 @@ class Ensemble:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, folder: str | Path, names: Sequence[str] | None = None) -> None:
-        """Each adapter in ``folder/<name>`` in standard PEFT format (loadable by PeftModel.from_pretrained)."""
+    def save(self, folder: str | Path, names: Sequence[str] | None = None, base_model: str | None = None) -> None:
+        """Each adapter in ``folder/<name>`` in standard PEFT format (loadable by PeftModel.from_pretrained).
+
+        ``base_model`` is recorded as the adapter's ``base_model_name_or_path``, so a reader can
+        refuse to apply it to another model.
+        """
         names = list(names or self.adapters)
         if "default" in names:  # PEFT writes "default" to folder itself, not folder/default
             raise ValueError("adapter name 'default' is reserved")
@@ -195,6 +199,8 @@ class Ensemble:
             bad = [n for n, p in self.peft.named_parameters() if f".{name}." in n and not torch.isfinite(p).all()]
             if bad:  # a NaN adapter must never reach disk, where it would be evaluated or resumed from
                 raise ValueError(f"adapter {name!r} has non-finite weights ({bad[0]}); not saved")
+            if base_model is not None:
+                self.peft.peft_config[name].base_model_name_or_path = base_model
             self.peft.save_pretrained(str(folder), selected_adapters=[name])
 
     def load_state(self, folder: str | Path, names: Sequence[str]) -> None:

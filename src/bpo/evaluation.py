@@ -8,12 +8,6 @@ no difference), each with its own bootstrap interval.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,94 +131,6 @@ def summarize(outcomes: Sequence[float], judge: str | None = None, n_boot: int =
     return out
 
 
-# --------------------------------------------------------------------------- judges
-
-
-class HTTPPairwiseJudge:
-    """A pairwise LLM judge behind an OpenAI-compatible ``/chat/completions`` endpoint.
-
-    Each pair is asked in both orders (A/B, then B/A) to cancel position bias: a response wins
-    only when the judge prefers it both times; a split verdict is a tie. Answers are cached in a
-    JSONL file keyed by (model, prompt, first, second), so a rerun asks nothing it asked before.
-    Transient failures (connection errors, HTTP 429 and 5xx) are retried with exponential backoff.
-    """
-
-    TEMPLATE = (
-        "Which of the two responses below answers the user's request better? Reply with exactly one "
-        "letter: A or B.\n\n### Request\n{prompt}\n\n### Response A\n{a}\n\n### Response B\n{b}\n"
-    )
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        cache: str | Path,
-        api_key: str | None = None,
-        retries: int = 5,
-        backoff: float = 1.0,
-        timeout: float = 60.0,
-    ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key = model, api_key
-        self.retries, self.backoff, self.timeout = retries, backoff, timeout
-        self.cache_path = Path(cache)
-        self.cache: dict[str, str] = {}
-        if self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.cache[row["key"]] = row["answer"]
-        self.name = f"http:{model}"
-        self.requests = 0  # made by this instance (cache hits excluded)
-
-    def _ask(self, prompt: str, first: str, second: str) -> str:
-        key = hashlib.sha256(json.dumps([self.model, prompt, first, second]).encode()).hexdigest()
-        if key in self.cache:
-            return self.cache[key]
-        body = json.dumps(
-            {
-                "model": self.model,
-                "temperature": 0,
-                "max_tokens": 4,
-                "messages": [{"role": "user", "content": self.TEMPLATE.format(prompt=prompt, a=first, b=second)}],
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.retries + 1):
-            try:
-                self.requests += 1
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    text = json.loads(resp.read())["choices"][0]["message"]["content"]
-                break
-            except urllib.error.HTTPError as err:
-                if err.code != 429 and err.code < 500 or attempt == self.retries:
-                    raise RuntimeError(f"judge {self.url} answered HTTP {err.code}: {err.read()[:200]!r}") from err
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.retries:
-                    raise RuntimeError(f"judge {self.url} unreachable after {self.retries + 1} tries: {err}") from err
-            time.sleep(self.backoff * 2**attempt)
-        answer = text.strip().upper()[:1]
-        answer = answer if answer in ("A", "B") else "?"
-        self.cache[key] = answer
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_path, "a") as f:
-            f.write(json.dumps({"key": key, "answer": answer}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return answer
-
-    def compare(self, prompt: str, a: str, b: str) -> float:
-        """1 when ``a`` wins in both orders, 0 when ``b`` does, 0.5 otherwise."""
-        first = self._ask(prompt, a, b)  # a is A
-        second = self._ask(prompt, b, a)  # a is B
-        a_votes = (first == "A") + (second == "B")
-        b_votes = (first == "B") + (second == "A")
-        return 1.0 if a_votes == 2 else 0.0 if b_votes == 2 else 0.5
-
-
 def read_responses(path: str | Path, n: int) -> list[str]:
     """External responses aligned with the prompts: JSONL (``response`` or ``responses[0]``) or one per line."""
     from bpo.data import iter_rows
@@ -259,6 +165,35 @@ def generate_greedy(cfg, records, adapter: str | None) -> list[str]:
     return [g[0].text for g in HFBackend(policy).generate(ids, 1, params, None)]
 
 
+def check_eval_args(cfg, out: Path, adapter, responses, against: str, judge: str, judge_url, judge_model) -> None:
+    """Everything about a ``bpo eval`` call that can be wrong, checked before a model is loaded."""
+    from bpo.config import ConfigError
+    from bpo.models import check_adapter
+
+    if judge not in ("task", "http"):
+        raise ConfigError(f"--judge {judge!r}: use task (the config's annotator as scorer) or http (a pairwise LLM)")
+    if judge == "http" and (not judge_url or not judge_model):
+        raise ConfigError("--judge http needs --judge-url and --judge-model")
+    cfg.check_sources(("eval",), task_judge=judge == "task")
+    if adapter and responses:
+        raise ConfigError("give --adapter or --responses, not both")
+    if responses and not Path(responses).exists():
+        raise ConfigError(f"--responses {responses}: no such file")
+    for folder in [adapter] + ([against] if against not in ("reference", "base") and Path(against).is_dir() else []):
+        if folder:
+            check_adapter(folder, cfg.model.name)
+    if against not in ("reference", "base") and not Path(against).exists():
+        raise ConfigError(f"--against {against!r}: not reference, base, an adapter folder or a responses file")
+    if (out / "checkpoints").exists() or (out / "config.yaml").exists():
+        raise ConfigError(
+            f"--out {out} is a training run folder; bpo eval would replace its eval.json: use --out {out}/eval-NAME"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create it ({err.strerror})") from None
+
+
 def run_eval(
     cfg,
     out: Path,
@@ -283,15 +218,19 @@ def run_eval(
     from bpo.models import load_policy
     from bpo.quickstart import QuickstartTask
 
+    check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
     task = QuickstartTask(cfg.data.seed)
     needs_tokenizer = cfg.data.max_prompt_tokens or cfg.data.max_response_tokens
     tokenizer = load_policy(cfg.model.name, "cpu").tokenizer if needs_tokenizer else None  # only for length filters
     records = load_source(cfg.data, "eval", cfg.data.eval_examples, task, tokenizer)
-    mine = read_responses(responses, len(records)) if responses else generate_greedy(cfg, records, adapter)
-    if against == "reference":
+    if not records:
+        raise ValueError(f"data.eval {cfg.data.eval!r} gave no prompts to evaluate on")
+    if against == "reference":  # before any generation: a missing reference would waste it
         missing = [r.id for r in records if r.reference is None]
         if missing:
             raise ValueError(f"against=reference needs a reference for every prompt; {missing[0]} has none")
+    mine = read_responses(responses, len(records)) if responses else generate_greedy(cfg, records, adapter)
+    if against == "reference":
         other = [r.reference for r in records]
     elif against == "base":
         other = generate_greedy(cfg, records, None)
@@ -300,9 +239,12 @@ def run_eval(
     else:
         other = read_responses(against, len(records))
     if judge == "http":
-        if not judge_url or not judge_model:
-            raise ValueError("judge=http needs --judge-url and --judge-model")
-        j = HTTPPairwiseJudge(judge_url, judge_model, out / "judge_cache.jsonl", api_key)
+        from bpo.judges import HTTPPairwiseJudge
+
+        e = cfg.eval
+        j = HTTPPairwiseJudge(
+            judge_url, judge_model, out / "judge_cache.jsonl", api_key, e.judge_retries, timeout=e.judge_timeout
+        )
         outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
         scores = None
         name = j.name
@@ -311,9 +253,10 @@ def run_eval(
         scores = (annotator.scores(records, mine), annotator.scores(records, other))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
-    result = summarize(outcomes, name, cfg.eval.bootstrap)
-    result.update(against=against, system=adapter or responses or "base", config=cfg.to_dict())
-    out.mkdir(parents=True, exist_ok=True)
+    valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable
+    result = summarize(valid, name, cfg.eval.bootstrap)
+    result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
+    result["config"] = cfg.to_dict()
     rows = []
     for i, r in enumerate(records):
         rows.append({"id": r.id, "response": mine[i], "against": other[i], "outcome": outcomes[i]})

@@ -18,8 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bpo.errors import BpoError
 
-class FolderInUseError(RuntimeError):
+
+class FolderInUseError(BpoError, RuntimeError):
     """Another process holds the folder's lock; the message names it."""
 
 

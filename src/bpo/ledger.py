@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpo.errors import BpoError
 from bpo.io import append_lines, complete_lines
 
 FORMAT = 1
 
 
-class LedgerError(ValueError):
+class LedgerError(BpoError, ValueError):
     """The ledger does not belong to this run or was damaged; the message says what and how to fix."""
 
 

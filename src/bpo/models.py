@@ -9,6 +9,7 @@ text the model sees (chat template or plain text).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -26,10 +27,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from bpo.errors import BpoError
+
 OFFLINE_MODELS = ("smollm2-135m-instruct", "gemma3-270m", "tiny-random-llama")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(BpoError, RuntimeError):
     """A model could not be loaded; the message says what to do instead."""
 
 
@@ -109,14 +112,28 @@ def load_policy(
     return Policy(model=model, tokenizer=tokenizer, use_chat_template=use_template)
 
 
+def check_adapter(folder: str | Path, model_name: str) -> None:
+    """``folder`` is a PEFT adapter made for ``model_name`` (bpo records the base it trained on)."""
+    config = Path(folder) / "adapter_config.json"
+    if not config.exists():
+        raise ModelLoadError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    base = json.loads(config.read_text()).get("base_model_name_or_path") or ""
+    if base and base != model_name:
+        raise ModelLoadError(
+            f"adapter {folder} was trained on base model {base!r}, but model.name is {model_name!r}: "
+            f"pass model.name={base}"
+        )
+
+
 def _from_pretrained(name: str, torch_dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     local = Path(name).expanduser()
     try:
         model = AutoModelForCausalLM.from_pretrained(local if local.exists() else name, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(local if local.exists() else name)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder with a config transformers does not know
         if local.exists():
-            raise ModelLoadError(f"cannot load a causal LM from folder {local}: {err}") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(f"cannot load a causal LM from folder {local}: {first}") from None
         raise ModelLoadError(
             f"cannot load model {name!r}: it is neither a local folder, a built-in offline name "
             f"({', '.join(OFFLINE_MODELS)}), nor reachable on the Hugging Face Hub from here "

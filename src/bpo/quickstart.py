@@ -256,4 +256,13 @@ class QuickstartTask:
         return self._posts[record_id]
 
     def score(self, record: PromptRecord, response: str) -> float:
-        return judge(self.post(record.id), response)
+        try:
+            post = self.post(record.id)
+        except (ValueError, IndexError):
+            post = None
+        if post is None or to_prompt(post) != record.prompt:  # another task's record: its score would be nonsense
+            raise ValueError(
+                f"the quickstart judge scores only the embedded task's posts; record {record.id!r} is not one "
+                "(use annotator.kind=reward_model or callable for your own data)"
+            )
+        return judge(post, response)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,7 +20,7 @@ from rich.progress import Progress
 from bpo.config import Config
 from bpo.data import PromptRecord, shuffled
 from bpo.ensemble import Ensemble
-from bpo.io import write_json
+from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, write_json
 from bpo.losses import build_batch
 from bpo.models import Policy
 
@@ -79,7 +77,8 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
     k = len(cfg.sft.seeds)
     ens = Ensemble.create(policy.model, lora_config(cfg), k, seed=cfg.sft.seeds[0])
     out = sft_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "SFT cache", wait=True)  # runs sharing the cache (a compare grid) train it once
+    remove_leftovers(out, [".member*-*"])  # a save cut short by a kill
     paths = member_paths(cfg)
     steps_per_epoch = math.ceil(len(rows) / cfg.sft.batch_size)
     total = steps_per_epoch * cfg.sft.epochs
@@ -109,18 +108,17 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
                 opt.zero_grad()
                 if progress:
                     progress.update(task, advance=1, description=f"member SFT {name} loss {loss.item():.3f}")
-        _save_atomic(ens, name, path)
+        _save_atomic(ens, name, path, cfg.model.name)
     policy.model.eval()
     write_json(out / "settings.json", {"key": sft_key(cfg), "seeds": cfg.sft.seeds})
+    lock.release()
     return paths
 
 
-def _save_atomic(ens: Ensemble, name: str, path: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+def _save_atomic(ens: Ensemble, name: str, path: Path, base_model: str) -> None:
+    tmp = temp_dir(path.parent, f".{name}-")
     try:
-        ens.save(tmp, [name])
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp / name, path)
+        ens.save(tmp, [name], base_model=base_model)
+        replace_dir(tmp / name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,6 +49,7 @@ from bpo.checkpoint import (
 from bpo.config import Config, ConfigError, load_config, save_config
 from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
+from bpo.errors import BpoError, Interrupted
 from bpo.evaluation import mean_ci, win_rate
 from bpo.io import FolderLock, append_lines, write_json, write_jsonl
 from bpo.ledger import Annotation, AnnotationLog
@@ -59,7 +60,7 @@ from bpo.sampling import HFBackend, SamplingParams, identical
 from bpo.sft import member_paths, run_sft, sft_dir, sft_done, sft_key
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(BpoError, RuntimeError):
     """A loss or gradient norm became NaN or infinite; the step is not applied and nothing is saved."""
 
 
@@ -290,10 +291,6 @@ def _all_names(sums: dict[str, torch.Tensor]) -> list[str]:
 # ----------------------------------------------------------------------------- the loop
 
 
-class Interrupted(RuntimeError):
-    """Ctrl-C during training; the message says how to continue."""
-
-
 def ledger_settings(cfg: Config, processes: int) -> dict:
     """What decides which pairs a run samples and how they are judged: the ledger's header.
 
@@ -447,6 +444,7 @@ def train(
     """
     console = console or Console()
     out = Path(cfg.output_dir)
+    cfg.check_sources()
     if not resume and has_checkpoint(out):
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
     if resume and (out / "run.json").exists():

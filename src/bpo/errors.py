@@ -1,0 +1,12 @@
+"""The one base class of the errors a user can fix; the CLI prints each as one ``error:`` line.
+
+Anything else is a bug in bpo and keeps its traceback.
+"""
+
+
+class BpoError(Exception):
+    """A fault the user can fix; the message says what, where and how."""
+
+
+class Interrupted(BpoError):
+    """Ctrl-C during a run; the message says how to continue (the CLI exits 130)."""

@@ -1,0 +1,141 @@
+"""The HTTP judge against a local OpenAI-compatible server that injects each fault on demand."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from bpo.judges import HTTPPairwiseJudge, JudgeError, parse_verdict
+
+
+class Server(BaseHTTPRequestHandler):
+    """Prefers the longer response. ``faults`` is a queue: each request takes the next one, if any."""
+
+    faults: list[str] = []
+    requests = 0
+
+    def do_POST(self):  # noqa: N802
+        Server.requests += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        fault = Server.faults.pop(0) if Server.faults else None
+        if fault in ("503", "429"):
+            return self._send(int(fault), b'{"error": "busy"}')
+        if fault == "401":  # an error body that echoes what it was sent, key included
+            return self._send(401, json.dumps({"error": "bad key", "headers": dict(self.headers)}).encode())
+        if fault == "short":  # promises more bytes than it sends: IncompleteRead
+            self.send_response(200)
+            self.send_header("Content-Length", "500")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [')
+            return
+        if fault == "html":
+            return self._send(200, b"<html>gateway says hi</html>")
+        if fault == "nochoices":
+            return self._send(200, b'{"object": "error", "message": "overloaded"}')
+        text = body["messages"][0]["content"]
+        a = text.split("### Response A\n")[1].split("\n\n### Response B")[0]
+        b = text.split("### Response B\n")[1].rstrip("\n")
+        answer = fault[len("say:") :] if fault and fault.startswith("say:") else ("A" if len(a) >= len(b) else "B")
+        self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode())
+
+    def _send(self, code: int, payload: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def url():
+    Server.faults, Server.requests = [], 0
+    server = HTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def judge(url, tmp_path, **kw) -> HTTPPairwiseJudge:
+    return HTTPPairwiseJudge(url, "fake", tmp_path / "cache.jsonl", backoff=0.001, **{"retries": 3, **kw})
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("A", "A"),
+        ("B.", "B"),
+        ("(B)", "B"),
+        ("Response A is better.", "A"),
+        ("**B**", "B"),
+        ("The answer is B", "B"),
+        ('{"winner": "A"}', "A"),
+        ('{"choice": "Response B"}', "B"),
+        ("I prefer response B because it is shorter.", "B"),
+        ("B, since A misses the point", "B"),
+        ("I cannot decide.", None),
+        ("Both A and B are fine", None),
+        ("", None),
+        ('{"winner": "tie"}', None),
+    ],
+)
+def test_verdicts_parse(text, want):
+    assert parse_verdict(text) == want
+
+
+@pytest.mark.parametrize("fault", ["503", "429", "short", "html", "nochoices"])
+def test_each_transient_fault_is_retried(url, tmp_path, fault):
+    Server.faults = [fault, fault]
+    j = judge(url, tmp_path)
+    assert j.compare("p", "a longer answer", "short") == 1.0
+    assert Server.requests == 4 and j.requests == 4  # two faults, then one answer per order
+
+
+@pytest.mark.parametrize("fault, last", [("html", "JSONDecodeError"), ("503", "HTTP 503"), ("short", "IncompleteRead")])
+def test_a_persistent_fault_ends_in_one_line_naming_the_judge(url, tmp_path, fault, last):
+    Server.faults = [fault] * 10
+    with pytest.raises(JudgeError) as err:
+        judge(url, tmp_path, retries=2).compare("p", "a", "b")
+    message = str(err.value)
+    assert message.startswith(f"judge {url}/chat/completions failed after 3 tries (last: {last}")
+    assert "\n" not in message and Server.requests == 3
+
+
+def test_a_refusal_is_not_retried_and_its_body_is_not_echoed(url, tmp_path):
+    Server.faults = ["401"]
+    with pytest.raises(JudgeError, match=r"answered HTTP 401 Unauthorized; check the URL, model and API key") as err:
+        judge(url, tmp_path, api_key="sk-secret-123").compare("p", "a", "b")
+    assert "sk-secret" not in str(err.value) and "Authorization" not in str(err.value)
+    assert Server.requests == 1
+
+
+def test_an_unreadable_answer_is_asked_again_then_counted_invalid_never_cached(url, tmp_path):
+    Server.faults = ["say:I cannot decide"] * 4  # every try of the first question (retries=3)
+    j = judge(url, tmp_path)
+    assert j.compare("p", "a longer answer", "short") is None
+    assert j.invalid == 1 and Server.requests == 5  # 4 tries of the first order, 1 of the second
+    cached = [json.loads(x) for x in (tmp_path / "cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 1  # only the readable answer (the second order)
+    again = judge(url, tmp_path)
+    assert again.compare("p", "a longer answer", "short") == 1.0 and again.requests == 1  # asks the missing one only
+
+
+def test_the_cache_survives_a_torn_line_and_is_keyed_by_url(url, tmp_path):
+    j = judge(url, tmp_path)
+    assert j.compare("p", "a longer answer", "short") == 1.0
+    with open(tmp_path / "cache.jsonl", "a") as f:
+        f.write('{"key": "abc", "ans')  # a kill mid-append
+    again = judge(url, tmp_path)
+    assert again.compare("p", "a longer answer", "short") == 1.0 and again.requests == 0
+    other = judge(url.replace("127.0.0.1", "localhost"), tmp_path)  # another endpoint: its own answers
+    assert other.compare("p", "a longer answer", "short") == 1.0 and other.requests == 2
+
+
+def test_timeout_and_retries_are_settings():
+    from bpo.config import load_config
+
+    cfg = load_config("quickstart", ["eval.judge_timeout=5", "eval.judge_retries=0"])
+    assert (cfg.eval.judge_timeout, cfg.eval.judge_retries) == (5.0, 0)
