@@ -38,6 +38,7 @@ def run_grid(
     config: str, overrides: list[str], methods: list[str], seeds: list[int], out: Path, log=print
 ) -> list[Path]:
     base = load_config(config, overrides)
+    base.check_sources()  # every run would meet a missing file: say so before the first starts
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
