@@ -7,22 +7,32 @@ from bpo.sampling import Completion, HFBackend, SamplingParams, identical
 
 
 def test_sampling_shapes_eos_and_own_logps(tiny):
+    eos = tiny.tokenizer.eos_token_id
+    head = tiny.model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():  # an EOS bias: about 1 step in 12 ends a sample, so samples reach EOS within 24 tokens
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[eos] = 3.1
+    tiny.model.lm_head = biased
+    gen = torch.Generator().manual_seed(0)
     ens = Ensemble.create(tiny.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), 1)
     with torch.no_grad():
         for p in ens.member_parameters("member0"):
-            p.normal_(0, 0.1)
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)  # seeded: the test does not depend on test order
     ens.merge("behavior")
     prompts = [tiny.encode_prompt(t) for t in ["hello there", "a much longer prompt than the first", "x"]]
     params = SamplingParams(max_new_tokens=24, batch_size=2)
     torch.manual_seed(0)
     groups = HFBackend(tiny, ens).generate(prompts, 3, params, adapter="behavior", return_logps=True)
     assert [len(g) for g in groups] == [3, 3, 3]
-    eos = tiny.tokenizer.eos_token_id
     flat = [c for g in groups for c in g]
     for c in flat:
         assert 1 <= len(c.token_ids) <= 24
         assert c.finished == (c.token_ids[-1] == eos) and eos not in c.token_ids[:-1]
+        assert c.finished or len(c.token_ids) == 24  # a sample stops at EOS or at the token limit, nowhere else
         assert len(c.token_logps) == len(c.token_ids)
+    assert sum(c.finished for c in flat) >= 3  # EOS is reached, and the log-prob of the EOS token is counted
     # the sampler's own log-probs are the behavior model's teacher-forced log-probs
     batch = build_batch(
         [p for p in prompts for _ in range(3)], [c.token_ids for c in flat], tiny.tokenizer.pad_token_id
@@ -79,3 +89,25 @@ def test_keyed_gumbel_samples_the_softmax():
         assert torch.isinf(out).sum(-1).eq(3).all()  # one token left per row: HF's greedy step takes it
         freq = torch.bincount(out.argmax(-1), minlength=4) / 4000
         torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.03, rtol=0)
+
+
+def test_keyed_sampling_with_temperature_and_top_p_samples_the_warped_softmax():
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from bpo.sampling import _KeyedGumbel
+
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.05]]))
+    temperature, top_p = 0.7, 0.8
+    probs = torch.softmax(logits[0] / temperature, -1)
+    keep = torch.cumsum(probs, 0) - probs < top_p  # the nucleus: smallest prefix with mass >= top_p
+    want = torch.where(keep, probs, 0.0) / probs[keep].sum()
+    n = 20000
+    scores = logits.expand(n, 5).clone()
+    ids = torch.zeros((n, 0), dtype=torch.long)
+    for warp in (TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p), _KeyedGumbel(torch.arange(n), 0)):
+        scores = warp(ids, scores)
+    freq = torch.bincount(scores.argmax(-1), minlength=5) / n
+    assert keep.tolist() == [True, True, True, False, False]  # the test exercises a cut
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+    chi2 = (((freq - want) ** 2 / want.clamp(min=1e-9))[keep] * n).sum()
+    assert chi2 < 13.8  # chi-square, 2 degrees of freedom, p = 0.001

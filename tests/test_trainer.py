@@ -70,28 +70,32 @@ def run_tiny(tmp_path, console=None, **over):
 
 
 MODES = [
-    # (F, reference, loss, K)
-    (1, "behavior", "dpo", 1),
-    (2, "behavior", "dpo", 1),
-    (T, "behavior", "dpo", 1),
-    (1, "sft", "dpo", 1),
-    (2, "sft", "dpo", 1),
-    (T, "sft", "dpo", 1),
-    (2, "behavior", "ipo", 1),
-    (2, "behavior", "slic", 1),
-    (2, "behavior", "dpo", 3),
-    (2, "sft", "ipo", 3),
-    (3, "ema", "dpo", 1),
+    # (F, reference, loss, K, T)
+    (1, "behavior", "dpo", 1, T),
+    (2, "behavior", "dpo", 1, T),
+    (T, "behavior", "dpo", 1, T),
+    (1, "sft", "dpo", 1, T),
+    (2, "sft", "dpo", 1, T),
+    (T, "sft", "dpo", 1, T),
+    (2, "behavior", "ipo", 1, T),
+    (2, "behavior", "slic", 1, T),
+    (2, "behavior", "dpo", 3, T),
+    (2, "sft", "ipo", 3, T),
+    (3, "ema", "dpo", 1, T),
+    (3, "behavior", "dpo", 1, 7),  # F does not divide T: phases of 2, 2 and 3 steps
+    (3, "ema", "dpo", 1, 7),
 ]
 
 
-@pytest.mark.parametrize("phases, reference, loss, k", MODES)
-def test_modes(tmp_path, phases, reference, loss, k):
+@pytest.mark.parametrize("phases, reference, loss, k, steps", MODES)
+def test_modes(tmp_path, phases, reference, loss, k, steps):
     seeds = "[" + ",".join(str(i) for i in range(k)) + "]"
-    cfg, seen = run_tiny(
-        tmp_path, **{"train.phases": phases, "train.reference": reference, "train.loss": loss, "sft.seeds": seeds}
-    )
+    over = {"train.phases": phases, "train.reference": reference, "train.loss": loss, "sft.seeds": seeds}
+    cfg, seen = run_tiny(tmp_path, **over, **{"train.steps": steps})
+    T = steps  # noqa: N806
     bounds = phase_bounds(T, phases)
+    if T == 7:
+        assert bounds == [0, 2, 4, 7]
     assert [s for s, _, _ in seen] == list(range(T))
     # the behavior adapter changes exactly at phase boundaries and nowhere else
     for (step, h, _), (_, prev, _) in zip(seen[1:], seen):
