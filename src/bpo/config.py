@@ -108,7 +108,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # the paper's code: transformers.AdamW, weight decay 0 (torch's default is 0.01)
     adam_eps: float = 1e-6  # the paper's code: transformers.AdamW, eps 1e-6 (torch's default is 1e-8)
     merge: Literal["exact", "linear"] = "exact"
-    reference_from_sampler: bool = True  # BPO: reuse the sampler's log-probs as reference log-probs
+    # BPO: reuse the sampler's log-probs as the reference log-probs (no extra forward). Used in fp32
+    # only: in bf16/fp16 they differ from the teacher-forced pass, which is then run instead
+    reference_from_sampler: bool = True
     log_kl_sft: bool = True  # one extra no-grad forward per step when the reference is not SFT
     save_every: int = 0  # checkpoint every N steps (0: only at phase boundaries and the end)
     seed: int = 0

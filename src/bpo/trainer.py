@@ -53,7 +53,7 @@ from bpo.errors import BpoError, Interrupted
 from bpo.evaluation import mean_ci, win_rate
 from bpo.io import FolderLock, append_lines, write_json, write_jsonl
 from bpo.ledger import Annotation, AnnotationLog
-from bpo.losses import build_shared_batch, dap_loss
+from bpo.losses import SharedPromptBatch, build_shared_batch, dap_loss
 from bpo.models import Policy, load_policy
 from bpo.quickstart import QuickstartTask
 from bpo.sampling import HFBackend, SamplingParams, identical
@@ -197,6 +197,36 @@ def _all_sum(acc: Accelerator, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def reference_logps(
+    run: Run, kept: list[Annotation], batch: SharedPromptBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Summed log-probs of each row under the reference, the behavior model and (when logged) SFT.
+
+    The reference mode names the adapter that holds it (behavior: BPO; sft: online DAP; ema).
+    In BPO the reference is the behavior model, whose log-probs the sampler already returned;
+    they are reused when the model runs in fp32, where they equal the teacher-forced pass. In
+    bf16/fp16 the batched decode with a KV cache rounds differently from the teacher-forced pass
+    (the loss at a phase start is then not log 2), so the reference is computed by a forward pass.
+    """
+    t, ens = run.cfg.train, run.ens
+    logged = [a.behavior_logps for a in kept]
+    sampled = None
+    if all(x and None not in x for x in logged):
+        rows = [x[i] for a, x in zip(kept, logged) for i in (a.choice, 1 - a.choice)]
+        sampled = torch.tensor(rows, device=batch.prompt_ids.device)
+    exact = run.policy.model.dtype == torch.float32
+    if t.reference == "behavior" and t.reference_from_sampler and exact and sampled is not None:
+        ref = sampled
+    else:
+        ref = ens.logps(t.reference, batch)[0]
+    if t.reference == "behavior":
+        behavior = ref
+    else:  # only for the KL metrics: the sampler's numbers are close enough there
+        behavior = sampled if sampled is not None else ens.logps("behavior", batch)[0]
+    sft = ref if t.reference == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
+    return ref, behavior, sft
+
+
 def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: dict) -> dict[str, float]:
     """One DAP update of every member on this step's pairs; returns global mean metrics."""
     t, ens, acc = run.cfg.train, run.ens, run.acc
@@ -210,29 +240,15 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     def add(name: str, value: torch.Tensor) -> None:
         sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n_local
 
-    ref_name = t.reference  # the reference mode names the adapter that holds it
     if kept:
         # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
         prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
         responses = [[a.tokens[a.choice], a.tokens[1 - a.choice]] for a in kept]
         batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
-        lengths = batch.response_mask.sum(-1).float()
-        logged = [a.behavior_logps for a in kept]
-        behavior_sum = None
-        if all(x and None not in x for x in logged):
-            behavior_sum = torch.tensor(
-                [x[i] for a, x in zip(kept, logged) for i in (a.choice, 1 - a.choice)], device=device
-            )
-        if ref_name == "behavior" and t.reference_from_sampler and behavior_sum is not None:
-            ref_sum = behavior_sum
-        else:
-            ref_sum = ens.logps(ref_name, batch)[0]
-        if behavior_sum is None:
-            behavior_sum = ref_sum if ref_name == "behavior" else ens.logps("behavior", batch)[0]
-        sft_sum = ref_sum if ref_name == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
-        ref = ref_sum / lengths if t.loss == "ipo" else ref_sum
-    if kept and sft_sum is not None:  # how far the data-collecting model has moved from SFT
-        add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
+        ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
+        ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
+        if sft_sum is not None:  # how far the data-collecting model has moved from SFT
+            add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
     for name in ens.members:
         params = ens.member_parameters(name)
         if kept:
