@@ -290,3 +290,32 @@ def test_ctrl_c_says_how_to_continue(tmp_path, reference):
     )
     assert resume(tmp_path / "run").returncode == 0
     assert_same(snapshot(tmp_path / "run"), reference["snapshot"])
+
+
+def test_a_run_from_an_older_bpo_resumes_as_it_started(tmp_path, reference):
+    """Checkpoints without a manifest, a ledger without a header, a config without the newer settings."""
+    import yaml
+
+    from bpo.trainer import resume_config
+
+    run = stopped_run(tmp_path, reference["sft"], at_step=5)
+    for folder in (run / "checkpoints").glob("step-*"):
+        (folder / "manifest.json").unlink()
+        state = torch.load(folder / "trainer_state.pt", weights_only=False)
+        del state["ledgers"]
+        torch.save(state, folder / "trainer_state.pt")
+    ledger = run / "annotations.jsonl"
+    ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[1:]))  # no header line
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("weight_decay", "adam_eps", "ema_update"):
+        del saved["train"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = resume_config(run)  # the values the older bpo used, not today's defaults
+    assert (cfg.train.weight_decay, cfg.train.adam_eps, cfg.train.ema_update) == (0.01, 1e-8, "step")
+    res = resume(run)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "written by an older bpo (no manifest): resuming from it unverified" in res.stderr
+    got = snapshot(run)
+    assert got["adapters"].keys() == reference["snapshot"]["adapters"].keys()
+    for key, value in reference["snapshot"]["adapters"].items():
+        assert torch.equal(got["adapters"][key], value), key

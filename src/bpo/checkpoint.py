@@ -63,7 +63,7 @@ def verify(folder: Path) -> str | None:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except FileNotFoundError:
-        return "no manifest (unfinished)"
+        return "no manifest"
     except json.JSONDecodeError:
         return "damaged manifest"
     for name, want in manifest.items():
@@ -127,6 +127,15 @@ def find_checkpoint(out: Path, processes: int, say: Callable[[str], None] = prin
     skipped = []
     for folder in candidates:
         problem = verify(folder)
+        state = None
+        if problem is None or problem.startswith("no manifest"):
+            try:
+                state = torch.load(folder / "trainer_state.pt", weights_only=False)
+            except Exception as err:  # a truncated or garbled file: torch raises several types
+                problem = f"trainer_state.pt cannot be read ({type(err).__name__})"
+        if state is not None and problem is not None and "ledgers" not in state:
+            say(f"warning: {folder.name} was written by an older bpo (no manifest): resuming from it unverified")
+            problem = None
         if problem is None:
             break
         skipped.append(f"{folder.name}: {problem}")
@@ -136,7 +145,6 @@ def find_checkpoint(out: Path, processes: int, say: Callable[[str], None] = prin
         )
     if skipped:
         say(f"warning: skipped damaged checkpoint(s) ({'; '.join(skipped)}); resuming from {folder.name}")
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
     if state["world_size"] != processes:
         raise CheckpointError(
             f"{folder}: saved by {state['world_size']} processes; resume with the same number of processes"
