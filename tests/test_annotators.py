@@ -93,3 +93,20 @@ def test_annotate_cli(tmp_path, tiny_rm):
     assert len(rows) == 3 and all(r["choice"] in (0, 1, None) for r in rows)
     bad = CliRunner().invoke(app, ["annotate", "--pairs", str(pairs), "--out", str(out)])
     assert bad.exit_code == 2 and "annotator.kind=reward_model or callable" in bad.output
+
+
+def test_a_non_finite_score_is_refused_not_taken_for_a_choice():
+    ann = ScoreAnnotator(lambda record, response: float("nan") if response == "bad" else 1.0, "nan-scorer")
+    with pytest.raises(ValueError, match=r"annotator nan-scorer gave a non-finite score \(nan, 1.0\) for prompt a"):
+        ann.annotate([PromptRecord("a", "p")], [("bad", "good")])
+
+
+def test_the_quickstart_judge_refuses_records_that_are_not_its_posts():
+    from bpo.quickstart import QuickstartTask
+
+    task = QuickstartTask(0)
+    post = task.prompts("eval", 2)[1]
+    assert isinstance(task.score(post, "anything"), float)
+    for record in (PromptRecord("test-12", "Summarize this thread"), PromptRecord("mine", post.prompt)):
+        with pytest.raises(ValueError, match="scores only the embedded task's posts"):
+            task.score(record, "a summary")

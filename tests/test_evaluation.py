@@ -67,3 +67,8 @@ def test_prompt_bootstrap_resamples_a_prompt_with_all_its_seeds():
     assert hi - lo > 1.5 * (naive_hi - naive_lo)
     w = pooled_win_rate(same, np.full_like(same, 0.5))
     assert w["win_rate"] == 0.5 and (w["ci_low"], w["ci_high"]) == bootstrap_ci(values)
+
+
+def test_a_non_finite_judge_score_is_an_error_not_a_tie():
+    with pytest.raises(ValueError, match="non-finite judge score at item 1"):
+        win_rate([1.0, float("nan")], [0.0, 0.0])

@@ -319,3 +319,15 @@ def test_a_run_from_an_older_bpo_resumes_as_it_started(tmp_path, reference):
     assert got["adapters"].keys() == reference["snapshot"]["adapters"].keys()
     for key, value in reference["snapshot"]["adapters"].items():
         assert torch.equal(got["adapters"][key], value), key
+
+
+def test_sft_leftovers_are_removed_and_the_cache_reused(tmp_path):
+    from typer.testing import CliRunner
+
+    from bpo.cli import app
+
+    sft = tmp_path / "sft"
+    (sft / ".member0-x1y2").mkdir(parents=True)  # a member save cut short by a kill
+    over = [f"sft_dir={sft}", "model.name=tiny-random-llama", "device=cpu", "sft.seeds=[0]", "data.sft_examples=4"]
+    assert CliRunner().invoke(app, ["sft", "quickstart", *over, "sft.epochs=1", "lora.r=4"]).exit_code == 0
+    assert not (sft / ".member0-x1y2").exists() and (sft / "member0" / "adapter_model.safetensors").exists()
