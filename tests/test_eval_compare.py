@@ -2,9 +2,10 @@
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
+from test_judges import Server
 from test_trainer import tiny_config
 from typer.testing import CliRunner
 
@@ -17,37 +18,11 @@ from bpo.quickstart import QuickstartTask, judge
 runner = CliRunner()
 
 
-class FakeJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint on loopback: prefers the longer response; fails the first call."""
-
-    calls = 0
-
-    def do_POST(self):  # noqa: N802
-        FakeJudge.calls += 1
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if FakeJudge.calls == 1:
-            self.send_response(503)
-            self.end_headers()
-            return
-        text = body["messages"][0]["content"]
-        a = text.split("### Response A\n")[1].split("\n\n### Response B")[0]
-        b = text.split("### Response B\n")[1].rstrip("\n")
-        answer = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "A"  # ties: position bias on purpose
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def judge_url():
-    FakeJudge.calls = 0
-    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
+    """The fault-injecting judge of test_judges (prefers the longer response), failing its first call."""
+    Server.faults, Server.requests = ["503"], 0
+    server = HTTPServer(("127.0.0.1", 0), Server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/v1"
@@ -60,7 +35,7 @@ def test_http_judge_both_orders_retries_and_cache(tmp_path, judge_url):
     assert j.compare("p", "short", "a longer answer") == 0.0
     assert j.compare("p", "same", "size") == 0.5  # the judge always says A on ties: both orders cancel it
     # 4 distinct questions (the swapped pair reuses the first pair's two answers) + the retried 503
-    assert FakeJudge.calls == 5
+    assert Server.requests == 5
     again = HTTPPairwiseJudge(judge_url, "fake", tmp_path / "cache.jsonl")
     assert again.compare("p", "a longer answer", "short") == 1.0 and again.requests == 0
 
