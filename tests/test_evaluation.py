@@ -1,6 +1,6 @@
 import pytest
 
-from bpo.evaluation import bootstrap_ci, mean_ci, win_rate
+from bpo.stats import bootstrap_ci, mean_ci, win_rate
 
 
 def test_win_rate_hand_values():
@@ -32,7 +32,7 @@ def test_bootstrap_interval_matches_the_normal_approximation():
 
 
 def test_t_quantiles_match_tables():
-    from bpo.evaluation import t_quantile_975
+    from bpo.stats import t_quantile_975
 
     assert t_quantile_975(2) == 4.303
     assert t_quantile_975(20) == pytest.approx(2.086, abs=0.002)
@@ -43,7 +43,7 @@ def test_t_quantiles_match_tables():
 
 
 def test_seed_interval_by_hand():
-    from bpo.evaluation import seed_mean_ci
+    from bpo.stats import seed_mean_ci
 
     # seeds 1, 2, 3: mean 2, sd 1, half-width t_2 * 1 / sqrt(3) = 4.303 / 1.7321 = 2.4843
     r = seed_mean_ci([1.0, 2.0, 3.0])
@@ -56,7 +56,7 @@ def test_seed_interval_by_hand():
 def test_prompt_bootstrap_resamples_a_prompt_with_all_its_seeds():
     import numpy as np
 
-    from bpo.evaluation import pooled_win_rate, prompt_bootstrap_ci
+    from bpo.stats import pooled_win_rate, prompt_bootstrap_ci
 
     values = np.array([0.0, 1.0] * 20)
     # three seeds that agree on every prompt carry no more information than one seed

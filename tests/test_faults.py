@@ -296,7 +296,7 @@ def test_a_run_from_an_older_bpo_resumes_as_it_started(tmp_path, reference):
     """Checkpoints without a manifest, a ledger without a header, a config without the newer settings."""
     import yaml
 
-    from bpo.trainer import resume_config
+    from bpo.config import resume_config
 
     run = stopped_run(tmp_path, reference["sft"], at_step=5)
     for folder in (run / "checkpoints").glob("step-*"):

@@ -77,7 +77,7 @@ def train(
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the final evaluation"),
 ) -> None:
     """Member SFT (cached), BPO training and a final evaluation."""
-    from bpo.trainer import resume_config
+    from bpo.config import resume_config
     from bpo.trainer import train as run_train
 
     cfg = resume_config(resume, list(args or [])) if resume else _config(args)
@@ -90,9 +90,9 @@ def sft(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value
     """Train the K member SFT adapters only (they are cached for `bpo train`)."""
     from bpo.data import load_source
     from bpo.models import load_policy
+    from bpo.progress import progress_bar
     from bpo.quickstart import QuickstartTask
     from bpo.sft import run_sft
-    from bpo.trainer import progress_bar
 
     cfg = _config(args)
     cfg.check_sources(("sft",), task_judge=False)

@@ -127,7 +127,7 @@ def _by_seed(rs: list[dict], key: str) -> np.ndarray:
 
 def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
     """One row per method: pooled scores and win rates, and the spread between seeds."""
-    from bpo.evaluation import mean_ci, pooled_win_rate, prompt_bootstrap_ci, seed_mean_ci, win_rate
+    from bpo.stats import mean_ci, pooled_win_rate, prompt_bootstrap_ci, seed_mean_ci, win_rate
 
     lines = [
         "| method | seeds | gold score (start -> trained) | improvement over seeds [t 95%] (per seed) "
@@ -165,7 +165,7 @@ def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dic
 
 def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
     """Each method against ``baseline`` on the seeds both finished: same seeds, same eval prompts."""
-    from bpo.evaluation import pooled_win_rate, seed_mean_ci
+    from bpo.stats import pooled_win_rate, seed_mean_ci
 
     base = {r["seed"]: r["items"]["trained"] for r in runs[baseline]}
     lines = [

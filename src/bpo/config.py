@@ -315,3 +315,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# Settings added after runs were already written, with the value those runs used: a run saved by
+# an older bpo resumes exactly as it started, not with today's defaults.
+BEFORE_THEY_EXISTED = {"train.weight_decay": 0.01, "train.adam_eps": 1e-8, "train.ema_update": "step"}
+
+
+def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(folder) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{folder}: no config.yaml; is this a bpo run folder?")
+    saved = yaml.safe_load(path.read_text()) or {}
+    older = [
+        f"{k}={v}" for k, v in BEFORE_THEY_EXISTED.items() if k.split(".")[1] not in saved.get(k.split(".")[0], {})
+    ]
+    return load_config(path, older + list(overrides or []))

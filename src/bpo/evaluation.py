@@ -1,139 +1,111 @@
-"""Scores, win rates and percentile-bootstrap intervals.
+"""Evaluation: greedy responses of a trained run or an adapter, judged, with win rates.
 
-``win_rate`` is the paper's number: the share of all items where the system's score is strictly
-higher (a tie is not a win). Ties are counted apart (``ties``, ``tie_rate``), and the common
-ties-count-one-half figure is kept under its own name (``win_rate_ties_half``, where 0.5 means
-no difference), each with its own bootstrap interval.
+``evaluate_run`` is the end of ``bpo train`` (start vs trained, on the run's own annotator);
+``run_eval`` is ``bpo eval`` (any system against the reference, the base, another adapter or a
+file, with the task's scorer or an HTTP judge). Both generate through :func:`greedy`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from rich.console import Console
+from rich.progress import Progress
 
+from bpo.data import load_source
+from bpo.io import write_json, write_jsonl
+from bpo.quickstart import QuickstartTask
+from bpo.sft import sft_dir, sft_key
+from bpo.stats import mean_ci, outcomes_from_scores, summarize, win_rate
 
-def bootstrap_ci(values: Sequence[float], n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def mean_ci(values: Sequence[float], n: int = 2000, seed: int = 0) -> dict[str, float]:
-    lo, hi = bootstrap_ci(values, n, seed)
-    return {"mean": float(np.mean(values)), "ci_low": lo, "ci_high": hi, "n": len(values)}
+if TYPE_CHECKING:
+    from bpo.ensemble import Ensemble
+    from bpo.models import Policy
+    from bpo.trainer import Run
 
 
-def prompt_bootstrap_ci(by_seed: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of the grand mean of a [seeds, prompts] array, resampling prompts.
+def greedy(policy: Policy, records, cfg, ensemble: Ensemble | None = None, adapter: str | None = None) -> list[str]:
+    """Greedy responses to ``records`` under ``adapter`` of ``ensemble`` (or the policy as it is)."""
+    from bpo.sampling import HFBackend, SamplingParams
 
-    Every seed of a comparison answers the same eval prompts, starting from the same start
-    responses, so values of one prompt are not independent across seeds: a prompt is resampled
-    with all its seeds together (a cluster bootstrap). Pooling seeds' prompts as if independent
-    would make the interval too narrow.
+    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+    params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
+    return [g[0].text for g in HFBackend(policy, ensemble).generate(ids, 1, params, adapter)]
+
+
+def evaluate_run(run: Run, progress: Progress) -> dict:
+    """Greedy responses of the start (SFT ensemble) and the trained ensemble on held-out prompts.
+
+    Scored by the run's annotator: the paper evaluates with the annotator's judge (its RM).
     """
-    x = np.asarray(by_seed, dtype=float)
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"prompt_bootstrap_ci needs a [seeds, prompts] array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.shape[1], size=(n, x.shape[1]))
-    means = x[:, idx].mean(axis=(0, 2))
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
+    cfg = run.cfg
+    records = load_source(cfg.data, "eval", cfg.data.eval_examples, QuickstartTask(cfg.data.seed), run.policy.tokenizer)
+    annotator = run.annotator
+    if not hasattr(annotator, "scores"):
+        return {}
+    result: dict = {"n": len(records)}
+    scores, responses = {}, {}
+    # the start model's greedy answers depend only on the SFT adapters and the eval settings:
+    # runs that share them (a comparison grid) compute them once
+    start_key = hashlib.sha256(
+        json.dumps(
+            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, cfg.eval.__dict__],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:12]
+    start_cache = sft_dir(cfg) / f"eval-start-{start_key}.json"
+    for name, adapter in (("start", "sft"), ("trained", "behavior")):
+        bar = progress.add_task(f"eval {name}", total=1)
+        if name == "start" and start_cache.exists():
+            texts = json.loads(start_cache.read_text())
+        else:
+            texts = greedy(run.policy, records, cfg, run.ens, adapter)
+        if name == "start" and not start_cache.exists():
+            write_json(start_cache, texts)
+        scores[name] = annotator.scores(records, texts)
+        responses[f"{name}_response"] = texts
+        result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
+        result[f"{name}_samples"] = texts[:5]
+        progress.advance(bar)
+    if all(r.reference is not None for r in records):  # the paper's metric: beat the human reference
+        scores["reference"] = annotator.scores(records, [r.reference for r in records])
+        result["reference"] = mean_ci(scores["reference"], cfg.eval.bootstrap)
+        result["win_rate_vs_reference"] = win_rate(scores["trained"], scores["reference"], cfg.eval.bootstrap)
+        result["start_win_rate_vs_reference"] = win_rate(scores["start"], scores["reference"], cfg.eval.bootstrap)
+    delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
+    result["improvement"] = mean_ci(delta, cfg.eval.bootstrap)
+    result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], cfg.eval.bootstrap)
+    items = ({"id": r.id, **{k: v[i] for k, v in (scores | responses).items()}} for i, r in enumerate(records))
+    write_jsonl(run.out / "eval_items.jsonl", items)
+    return result
 
 
-def pooled_win_rate(scores: np.ndarray, against: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
-    """:func:`win_rate` over all seeds' prompts ([seeds, prompts] arrays), intervals by prompt clusters."""
-    a, b = np.asarray(scores, dtype=float), np.asarray(against, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"pooled_win_rate needs paired arrays, got {a.shape} and {b.shape}")
-    out = win_rate(a.ravel(), b.ravel(), n, seed)
-    out["ci_low"], out["ci_high"] = prompt_bootstrap_ci((a > b).astype(float), n, seed)
-    out["win_rate_ties_half_ci"] = list(prompt_bootstrap_ci((a > b) + 0.5 * (a == b), n, seed))
-    return out
-
-
-# Two-sided 95% Student-t quantiles for 1..10 degrees of freedom; beyond that the Cornish-Fisher
-# expansion below is within 0.002 of the exact value (t_20 = 2.086, t_30 = 2.042).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (no scipy needed)."""
-    if df < 1:
-        raise ValueError(f"t quantile needs df >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def seed_mean_ci(per_seed: Sequence[float]) -> dict[str, float]:
-    """Mean over training seeds with a 95% Student-t interval.
-
-    A bootstrap over prompts measures how well the eval set pins down one run; it does not see
-    how much a second training run would differ. Treating each seed's mean as one observation
-    does, and with a handful of seeds the t quantile (4.30 at 3 seeds) keeps the interval honest.
-    """
-    x = np.asarray(per_seed, dtype=float)
-    out = {"mean": float(x.mean()) if len(x) else float("nan"), "n": len(x)}
-    if len(x) < 2:
-        return {**out, "sd": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
-    sd = float(x.std(ddof=1))
-    half = t_quantile_975(len(x) - 1) * sd / np.sqrt(len(x))
-    return {**out, "sd": sd, "ci_low": out["mean"] - half, "ci_high": out["mean"] + half}
-
-
-def win_rate(scores: Sequence[float], against: Sequence[float], n: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Win rate of ``scores`` over ``against`` (paired, per prompt) with its 95% interval."""
-    if len(scores) != len(against):
-        raise ValueError(f"win_rate needs paired scores, got {len(scores)} and {len(against)}")
-    return summarize(outcomes_from_scores(scores, against), n_boot=n, seed=seed)
-
-
-def outcomes_from_scores(scores: Sequence[float], against: Sequence[float]) -> list[float]:
-    """Per-item outcome: 1 a strictly higher score, 0 a strictly lower one, 0.5 a tie."""
-    bad = [i for i, (a, b) in enumerate(zip(scores, against)) if not (np.isfinite(a) and np.isfinite(b))]
-    if bad:  # a NaN compares as neither higher nor lower: it would pass for a tie
-        raise ValueError(f"non-finite judge score at item {bad[0]} ({scores[bad[0]]} vs {against[bad[0]]})")
-    return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(scores, against)]
-
-
-def summarize(outcomes: Sequence[float], judge: str | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Win-rate fields from per-item outcomes (1 win, 0.5 tie, 0 loss); the one place they are counted.
-
-    ``win_rate`` counts wins only (the paper); ``win_rate_ties_half`` counts a tie as half a win.
-    """
-    x = np.asarray(outcomes, dtype=float)
-    wins = (x == 1.0).astype(float)
-    lo, hi = bootstrap_ci(wins, n_boot, seed)
-    half_lo, half_hi = bootstrap_ci(x, n_boot, seed)
-    out = {
-        "win_rate": float(wins.mean()) if len(x) else float("nan"),
-        "ci_low": lo,
-        "ci_high": hi,
-        "wins": int((x == 1.0).sum()),
-        "ties": int((x == 0.5).sum()),
-        "losses": int((x == 0.0).sum()),
-        "n": len(x),
-        "tie_rate": float((x == 0.5).mean()) if len(x) else float("nan"),
-        "win_rate_ties_half": float(x.mean()) if len(x) else float("nan"),
-        "win_rate_ties_half_ci": [half_lo, half_hi],
-    }
-    if judge is not None:
-        out["judge"] = judge
-    return out
+def print_result(console: Console, r: dict, seconds: float) -> None:
+    s, tr, imp, w = r["start"], r["trained"], r["improvement"], r["win_rate_vs_start"]
+    console.print(
+        f"\n[bold]gold score[/] on {r['n']} held-out prompts (greedy): start {s['mean']:.2f} "
+        f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] -> trained {tr['mean']:.2f} [{tr['ci_low']:.2f}, {tr['ci_high']:.2f}]"
+        f"\n[bold]improvement[/] {imp['mean']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] (95% bootstrap)"
+        f"\n[bold]win rate vs start[/] {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
+        f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses; a tie is not a win, "
+        f"ties as half {w['win_rate_ties_half']:.2f})\n[dim]total {seconds / 60:.1f} min[/]"
+    )
+    if "win_rate_vs_reference" in r:
+        v, v0 = r["win_rate_vs_reference"], r["start_win_rate_vs_reference"]
+        console.print(
+            f"[bold]win rate vs reference[/] start {v0['win_rate']:.2f} [{v0['ci_low']:.2f}, {v0['ci_high']:.2f}] "
+            f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
+            f"({v['wins']} wins, {v['ties']} ties, {v['losses']} losses)"
+        )
 
 
 def read_responses(path: str | Path, n: int) -> list[str]:
     """External responses aligned with the prompts: JSONL (``response`` or ``responses[0]``) or one per line."""
-    from bpo.data import iter_rows
+    from bpo.data import iter_rows  # noqa: I001
 
     path = Path(path)
     if path.suffix != ".jsonl":
@@ -155,14 +127,11 @@ def generate_greedy(cfg, records, adapter: str | None) -> list[str]:
     from peft import PeftModel
 
     from bpo.models import load_policy
-    from bpo.sampling import HFBackend, SamplingParams
 
     policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
     if adapter:
         policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
-    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-    params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
-    return [g[0].text for g in HFBackend(policy).generate(ids, 1, params, None)]
+    return greedy(policy, records, cfg)
 
 
 def check_eval_args(cfg, out: Path, adapter, responses, against: str, judge: str, judge_url, judge_model) -> None:
@@ -213,10 +182,7 @@ def run_eval(
     or ``http`` (a pairwise LLM judge).
     """
     from bpo.annotators import build_annotator
-    from bpo.data import load_source
-    from bpo.io import write_json, write_jsonl
     from bpo.models import load_policy
-    from bpo.quickstart import QuickstartTask
 
     check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
     task = QuickstartTask(cfg.data.seed)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpo.config import Config
 from bpo.errors import BpoError
 from bpo.io import append_lines, complete_lines
 
@@ -150,6 +151,27 @@ class AnnotationLog:
     @property
     def identical_pairs(self) -> int:
         return sum(e.identical for e in self.entries)
+
+
+def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
+    """What decides which pairs a run samples and how they are judged: the ledger's header.
+
+    Everything that changes a sample or a judgement is here (model, SFT, data order, sampling,
+    annotator, the training that moves the behavior model, the process layout); what only says
+    where things go or how often to save is not.
+    """
+    d = cfg.to_dict()
+    return {
+        "model": d["model"],
+        "lora": d["lora"],
+        "sft": d["sft"],
+        "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
+        "sampling": {k: v for k, v in d["sampling"].items() if k != "batch_size"},  # keyed: batch-invariant
+        "annotator": d["annotator"],
+        "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft")},
+        "device": d["device"],
+        "processes": processes,
+    }
 
 
 def digest(path: Path) -> dict[str, Any]:

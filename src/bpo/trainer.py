@@ -18,10 +18,8 @@ so the samples do not depend on batch size, process count or a resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -30,10 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import yaml
 from accelerate import Accelerator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
 
@@ -47,18 +44,19 @@ from bpo.checkpoint import (
     save_final,
     trim_metrics,
 )
-from bpo.config import Config, ConfigError, load_config, save_config
+from bpo.config import Config, ConfigError, save_config
 from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
 from bpo.errors import BpoError, Interrupted
-from bpo.evaluation import mean_ci, win_rate
-from bpo.io import FolderLock, append_lines, write_json, write_jsonl
-from bpo.ledger import Annotation, AnnotationLog
+from bpo.evaluation import evaluate_run, print_result
+from bpo.io import FolderLock, append_lines, write_json
+from bpo.ledger import Annotation, AnnotationLog, ledger_settings
 from bpo.losses import SharedPromptBatch, build_shared_batch, dap_loss
 from bpo.models import Policy, load_policy
+from bpo.progress import progress_bar
 from bpo.quickstart import QuickstartTask
-from bpo.sampling import HFBackend, SamplingParams, identical
-from bpo.sft import member_paths, run_sft, sft_dir, sft_done, sft_key
+from bpo.sampling import HFBackend, identical
+from bpo.sft import member_paths, run_sft, sft_done
 
 
 class NonFiniteError(BpoError, RuntimeError):
@@ -81,19 +79,6 @@ class Run:
 
     def __post_init__(self) -> None:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
-
-
-def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
-    disable = disable or int(os.environ.get("RANK", "0")) != 0  # one set of bars, from the main process
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=disable,
-        transient=False,
-    )
 
 
 def _local_shard(records: list[PromptRecord], b: int, rank: int, world: int) -> list[PromptRecord]:
@@ -308,27 +293,6 @@ def _all_names(sums: dict[str, torch.Tensor]) -> list[str]:
 # ----------------------------------------------------------------------------- the loop
 
 
-def ledger_settings(cfg: Config, processes: int) -> dict:
-    """What decides which pairs a run samples and how they are judged: the ledger's header.
-
-    Everything that changes a sample or a judgement is here (model, SFT, data order, sampling,
-    annotator, the training that moves the behavior model, the process layout); what only says
-    where things go or how often to save is not.
-    """
-    d = cfg.to_dict()
-    return {
-        "model": d["model"],
-        "lora": d["lora"],
-        "sft": d["sft"],
-        "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
-        "sampling": {k: v for k, v in d["sampling"].items() if k != "batch_size"},  # keyed: batch-invariant
-        "annotator": d["annotator"],
-        "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft")},
-        "device": d["device"],
-        "processes": processes,
-    }
-
-
 @dataclass
 class Loop:
     """The loop's state besides the model: optimizers, schedules, ledger, logs, where to start."""
@@ -502,87 +466,3 @@ def train(
     if acc.is_main_process and result:
         print_result(console, result, time.time() - started)
     return result
-
-
-def evaluate_run(run: Run, progress: Progress) -> dict:
-    """Greedy responses of the start (SFT ensemble) and the trained ensemble on held-out prompts."""
-    cfg = run.cfg
-    task = QuickstartTask(cfg.data.seed)
-    records = load_source(cfg.data, "eval", cfg.data.eval_examples, task, run.policy.tokenizer)
-    annotator = run.annotator
-    if not hasattr(annotator, "scores"):
-        return {}
-    ids = [run.policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-    params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
-    backend = HFBackend(run.policy, run.ens)
-    result: dict = {"n": len(records)}
-    scores, responses = {}, {}
-    # the start model's greedy answers depend only on the SFT adapters and the eval settings:
-    # runs that share them (a comparison grid) compute them once
-    start_key = hashlib.sha256(
-        json.dumps(
-            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, cfg.eval.__dict__],
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).hexdigest()[:12]
-    start_cache = sft_dir(cfg) / f"eval-start-{start_key}.json"
-    for name, adapter in (("start", "sft"), ("trained", "behavior")):
-        bar = progress.add_task(f"eval {name}", total=1)
-        if name == "start" and start_cache.exists():
-            texts = json.loads(start_cache.read_text())
-        else:
-            texts = [g[0].text for g in backend.generate(ids, 1, params, adapter)]
-        if name == "start" and not start_cache.exists():
-            write_json(start_cache, texts)
-        scores[name] = annotator.scores(records, texts)
-        responses[f"{name}_response"] = texts
-        result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
-        result[f"{name}_samples"] = texts[:5]
-        progress.advance(bar)
-    if all(r.reference is not None for r in records):  # the paper's metric: beat the human reference
-        scores["reference"] = annotator.scores(records, [r.reference for r in records])
-        result["reference"] = mean_ci(scores["reference"], cfg.eval.bootstrap)
-        result["win_rate_vs_reference"] = win_rate(scores["trained"], scores["reference"], cfg.eval.bootstrap)
-        result["start_win_rate_vs_reference"] = win_rate(scores["start"], scores["reference"], cfg.eval.bootstrap)
-    delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
-    result["improvement"] = mean_ci(delta, cfg.eval.bootstrap)
-    result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], cfg.eval.bootstrap)
-    items = ({"id": r.id, **{k: v[i] for k, v in (scores | responses).items()}} for i, r in enumerate(records))
-    write_jsonl(run.out / "eval_items.jsonl", items)
-    return result
-
-
-def print_result(console: Console, r: dict, seconds: float) -> None:
-    s, tr, imp, w = r["start"], r["trained"], r["improvement"], r["win_rate_vs_start"]
-    console.print(
-        f"\n[bold]gold score[/] on {r['n']} held-out prompts (greedy): start {s['mean']:.2f} "
-        f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] -> trained {tr['mean']:.2f} [{tr['ci_low']:.2f}, {tr['ci_high']:.2f}]"
-        f"\n[bold]improvement[/] {imp['mean']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] (95% bootstrap)"
-        f"\n[bold]win rate vs start[/] {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
-        f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses; a tie is not a win, "
-        f"ties as half {w['win_rate_ties_half']:.2f})\n[dim]total {seconds / 60:.1f} min[/]"
-    )
-    if "win_rate_vs_reference" in r:
-        v, v0 = r["win_rate_vs_reference"], r["start_win_rate_vs_reference"]
-        console.print(
-            f"[bold]win rate vs reference[/] start {v0['win_rate']:.2f} [{v0['ci_low']:.2f}, {v0['ci_high']:.2f}] "
-            f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
-            f"({v['wins']} wins, {v['ties']} ties, {v['losses']} losses)"
-        )
-
-
-# Settings added after runs were already written, with the value those runs used: a run saved by
-# an older bpo resumes exactly as it started, not with today's defaults.
-BEFORE_THEY_EXISTED = {"train.weight_decay": 0.01, "train.adam_eps": 1e-8, "train.ema_update": "step"}
-
-
-def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
-    path = Path(folder) / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{folder}: no config.yaml; is this a bpo run folder?")
-    saved = yaml.safe_load(path.read_text()) or {}
-    older = [
-        f"{k}={v}" for k, v in BEFORE_THEY_EXISTED.items() if k.split(".")[1] not in saved.get(k.split(".")[0], {})
-    ]
-    return load_config(path, older + list(overrides or []))
