@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from rich.console import Console
 from rich.progress import Progress
 from rich.text import Text
@@ -176,11 +176,9 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
 # ----------------------------------------------------------------------------- one step
 
 
-def _all_sum(acc: Accelerator, x: torch.Tensor) -> torch.Tensor:
-    if acc.num_processes > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
+def total(acc: Accelerator, x: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """``x`` summed over processes (TRL-style: accelerate's collectives, not raw torch.distributed)."""
+    return acc.reduce(torch.as_tensor(x, device=device), "sum")
 
 
 def reference_logps(
@@ -219,7 +217,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     device = run.policy.device
     kept = [a for a in pairs if a.choice is not None]
     n_local = torch.tensor(float(len(kept)), device=device)
-    n_global = _all_sum(acc, n_local).item()
+    n_global = total(acc, n_local, device).item()
     sums: dict[str, torch.Tensor] = {}
     lr = schedulers[ens.members[0]].get_last_lr()[0]  # the rate this step uses
 
@@ -253,11 +251,11 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             if acc.num_processes > 1:
-                dist.all_reduce(p.grad)
+                p.grad = acc.reduce(p.grad, "sum")
         norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
         bad = float(bool(kept) and not torch.isfinite(loss).item())
-        bad_loss = _all_sum(acc, torch.tensor(bad, device=device)).item()
+        bad_loss = total(acc, bad, device).item()
         if bad_loss or not torch.isfinite(norm):
             what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
             raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
@@ -268,26 +266,20 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
         ens.merge("current", t.merge)
         ens.ema_update("current", "ema", t.ema_alpha)
-    names = sorted(sums) if acc.num_processes == 1 else sorted(_all_names(sums))
+    names = sorted(sums) if acc.num_processes == 1 else sorted(set(gather_object(sorted(sums))))
     out = {}
     for name in names:
-        total = _all_sum(acc, sums.get(name, torch.zeros((), device=device)))
-        out[name] = total.item() / n_global if n_global else float("nan")
+        summed = total(acc, sums.get(name, torch.zeros((), device=device)), device)
+        out[name] = summed.item() / n_global if n_global else float("nan")
     scored = [sum(a.scores) / 2 for a in kept if a.scores is not None]
-    score = _all_sum(acc, torch.tensor([sum(scored), len(scored)], device=device, dtype=torch.float64))
+    score = total(acc, torch.tensor([sum(scored), len(scored)], dtype=torch.float64), device)
     if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
         out["score/behavior_samples"] = (score[0] / score[1]).item()
     out["pairs/kept"] = n_global
     ties = sum(a.choice is None and not a.identical for a in pairs)
-    out["pairs/ties"] = _all_sum(acc, torch.tensor(float(ties), device=device)).item()
+    out["pairs/ties"] = total(acc, float(ties), device).item()
     out["lr"] = lr
     return out
-
-
-def _all_names(sums: dict[str, torch.Tensor]) -> list[str]:
-    gathered: list[list[str]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-    dist.all_gather_object(gathered, sorted(sums))
-    return sorted({n for names in gathered for n in names})
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -370,8 +362,9 @@ def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) 
                 f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
             ) from None
         metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
-        metrics["annotations/used"] = _all_sum(acc, torch.tensor(float(log.judged))).item()
-        metrics["pairs/identical"] = _all_sum(acc, torch.tensor(float(log.identical_pairs))).item()
+        device = run.policy.device
+        metrics["annotations/used"] = total(acc, float(log.judged), device).item()
+        metrics["pairs/identical"] = total(acc, float(log.identical_pairs), device).item()
         if acc.is_main_process:
             append_lines(run.out / "metrics.jsonl", [json.dumps(metrics)])
             for key, value in metrics.items():
