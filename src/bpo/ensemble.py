@@ -199,9 +199,13 @@ class Ensemble:
             bad = [n for n, p in self.peft.named_parameters() if f".{name}." in n and not torch.isfinite(p).all()]
             if bad:  # a NaN adapter must never reach disk, where it would be evaluated or resumed from
                 raise ValueError(f"adapter {name!r} has non-finite weights ({bad[0]}); not saved")
+            config = self.peft.peft_config[name]
             if base_model is not None:
-                self.peft.peft_config[name].base_model_name_or_path = base_model
-            self.peft.save_pretrained(str(folder), selected_adapters=[name])
+                config.base_model_name_or_path = base_model
+            # "auto" would look the base model up (on the Hub, for a name) at every save to see if the
+            # vocabulary grew; bpo never resizes it, so only targeted embeddings are saved
+            embeddings = "auto" if "embed" in str(config.target_modules) else False
+            self.peft.save_pretrained(str(folder), selected_adapters=[name], save_embedding_layers=embeddings)
 
     def load_state(self, folder: str | Path, names: Sequence[str]) -> None:
         """Restore adapter weights saved by :meth:`save` into existing adapters of the same shape."""
