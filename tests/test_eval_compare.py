@@ -67,10 +67,8 @@ def quick_cfg(tmp_path, **over):
 def test_eval_external_files_with_the_task_judge(tmp_path):
     cfg = quick_cfg(tmp_path)
     from bpo.data import load_source
-    from bpo.quickstart import QuickstartTask
 
-    task = QuickstartTask(cfg.data.seed)
-    records = load_source(cfg.data, "eval", 6, task, None)
+    records = load_source(cfg.data, "eval", 6, None)
     good = tmp_path / "good.txt"
     good.write_text("\n".join(r.reference for r in records))  # the references themselves: all ties
     r = run_eval(cfg, tmp_path / "e1", responses=str(good), against="reference")

@@ -16,9 +16,8 @@ from typing import Any, Protocol
 
 import torch
 
-from bpo.config import AnnotatorConfig
+from bpo.config import Config
 from bpo.data import PromptRecord
-from bpo.quickstart import QuickstartTask
 
 
 @dataclass
@@ -31,7 +30,13 @@ class Judgement:
 class Annotator(Protocol):
     name: str
 
-    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]: ...
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
+        """One judgement per pair: which response is preferred (None: a tie)."""
+        ...
+
+    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
+        """A score per response: what evaluation compares (a win is a strictly higher score)."""
+        ...
 
 
 class ScoreAnnotator:
@@ -105,10 +110,37 @@ def load_callable(spec: str) -> Callable[..., Any]:
         raise ValueError(f"cannot import annotator callable {spec!r}: {err}") from err
 
 
-def build_annotator(cfg: AnnotatorConfig, task: QuickstartTask) -> Annotator:
-    """The annotator a config names; the quickstart judge needs the task that made the posts."""
-    if cfg.kind == "quickstart":
-        return ScoreAnnotator(task.score, "quickstart-judge")
-    if cfg.kind == "reward_model":
-        return RewardModelAnnotator(cfg.model, cfg.batch_size, cfg.max_length)
-    return ScoreAnnotator(load_callable(cfg.callable), f"callable:{cfg.callable}")
+ANNOTATORS: dict[str, Callable[[Config], Annotator]] = {}
+
+
+def register_annotator(kind: str) -> Callable[[Callable[[Config], Annotator]], Callable[[Config], Annotator]]:
+    """Make ``annotator.kind=KIND`` build its annotator with ``fn(config)`` (PEFT's registry pattern)."""
+
+    def add(fn: Callable[[Config], Annotator]) -> Callable[[Config], Annotator]:
+        ANNOTATORS[kind] = fn
+        return fn
+
+    return add
+
+
+@register_annotator("quickstart")
+def _quickstart(cfg: Config) -> Annotator:
+    from bpo.quickstart import QuickstartTask  # the judge needs the task that made the posts
+
+    return ScoreAnnotator(QuickstartTask(cfg.data.seed).score, "quickstart-judge")
+
+
+@register_annotator("reward_model")
+def _reward_model(cfg: Config) -> Annotator:
+    a = cfg.annotator
+    return RewardModelAnnotator(a.model, a.batch_size, a.max_length)
+
+
+@register_annotator("callable")
+def _callable(cfg: Config) -> Annotator:
+    return ScoreAnnotator(load_callable(cfg.annotator.callable), f"callable:{cfg.annotator.callable}")
+
+
+def build_annotator(cfg: Config) -> Annotator:
+    """The annotator ``cfg.annotator.kind`` names."""
+    return ANNOTATORS[cfg.annotator.kind](cfg)

@@ -91,13 +91,12 @@ def sft(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value
     from bpo.data import load_source
     from bpo.models import load_policy
     from bpo.progress import progress_bar
-    from bpo.quickstart import QuickstartTask
     from bpo.sft import run_sft
 
     cfg = _config(args)
     cfg.check_sources(("sft",), task_judge=False)
     policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
-    records = load_source(cfg.data, "sft", cfg.data.sft_examples, QuickstartTask(cfg.data.seed), policy.tokenizer)
+    records = load_source(cfg.data, "sft", cfg.data.sft_examples, policy.tokenizer)
     with progress_bar(console) as progress:
         paths = run_sft(cfg, policy, records, progress)
     console.print("SFT adapters: " + ", ".join(str(p) for p in paths))
@@ -150,7 +149,6 @@ def annotate(
     from bpo.annotators import build_annotator
     from bpo.data import PromptRecord, load_preferences
     from bpo.io import write_jsonl
-    from bpo.quickstart import QuickstartTask
 
     cfg = _config(args)
     if cfg.annotator.kind == "quickstart":
@@ -159,7 +157,7 @@ def annotate(
             "only knows its own generated posts)"
         )
     rows = load_preferences(pairs, skip_bad=cfg.data.skip_bad_rows)
-    annotator = build_annotator(cfg.annotator, QuickstartTask(cfg.data.seed))
+    annotator = build_annotator(cfg)
     records = [PromptRecord(r.id, r.prompt) for r in rows]
     judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
     write_jsonl(out, ({"id": r.id, "choice": j.choice, "scores": j.scores} for r, j in zip(rows, judged)))

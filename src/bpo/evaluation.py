@@ -17,7 +17,6 @@ from rich.progress import Progress
 
 from bpo.data import load_source
 from bpo.io import write_json, write_jsonl
-from bpo.quickstart import QuickstartTask
 from bpo.sft import sft_dir, sft_key
 from bpo.stats import mean_ci, outcomes_from_scores, summarize, win_rate
 
@@ -42,10 +41,8 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     Scored by the run's annotator: the paper evaluates with the annotator's judge (its RM).
     """
     cfg = run.cfg
-    records = load_source(cfg.data, "eval", cfg.data.eval_examples, QuickstartTask(cfg.data.seed), run.policy.tokenizer)
+    records = load_source(cfg.data, "eval", cfg.data.eval_examples, run.policy.tokenizer)
     annotator = run.annotator
-    if not hasattr(annotator, "scores"):
-        return {}
     result: dict = {"n": len(records)}
     scores, responses = {}, {}
     # the start model's greedy answers depend only on the SFT adapters and the eval settings:
@@ -185,10 +182,9 @@ def run_eval(
     from bpo.models import load_policy
 
     check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
-    task = QuickstartTask(cfg.data.seed)
     needs_tokenizer = cfg.data.max_prompt_tokens or cfg.data.max_response_tokens
     tokenizer = load_policy(cfg.model.name, "cpu").tokenizer if needs_tokenizer else None  # only for length filters
-    records = load_source(cfg.data, "eval", cfg.data.eval_examples, task, tokenizer)
+    records = load_source(cfg.data, "eval", cfg.data.eval_examples, tokenizer)
     if not records:
         raise ValueError(f"data.eval {cfg.data.eval!r} gave no prompts to evaluate on")
     if against == "reference":  # before any generation: a missing reference would waste it
@@ -215,7 +211,7 @@ def run_eval(
         scores = None
         name = j.name
     else:
-        annotator = build_annotator(cfg.annotator, task)
+        annotator = build_annotator(cfg)
         scores = (annotator.scores(records, mine), annotator.scores(records, other))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name

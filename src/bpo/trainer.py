@@ -54,7 +54,6 @@ from bpo.ledger import Annotation, AnnotationLog, ledger_settings
 from bpo.losses import SharedPromptBatch, build_shared_batch, dap_loss
 from bpo.models import Policy, load_policy
 from bpo.progress import progress_bar
-from bpo.quickstart import QuickstartTask
 from bpo.sampling import HFBackend, identical
 from bpo.sft import member_paths, run_sft, sft_done
 
@@ -92,10 +91,9 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
     if t.batch_size % acc.num_processes:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {acc.num_processes} processes")
     out = Path(cfg.output_dir)
-    task = QuickstartTask(cfg.data.seed)
     policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
     needed = t.steps * t.batch_size
-    records = load_source(cfg.data, "train", needed, task, policy.tokenizer)
+    records = load_source(cfg.data, "train", needed, policy.tokenizer)
     if len(records) < needed:
         raise ConfigError(
             f"data.train {cfg.data.train!r} has {len(records)} usable prompts; T*B = {t.steps}*{t.batch_size} "
@@ -105,7 +103,7 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
 
     if not sft_done(cfg):
         if acc.is_main_process:
-            sft_records = load_source(cfg.data, "sft", cfg.data.sft_examples, task, policy.tokenizer)
+            sft_records = load_source(cfg.data, "sft", cfg.data.sft_examples, policy.tokenizer)
             sft_policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
             run_sft(cfg, sft_policy, sft_records, progress)
             del sft_policy
@@ -119,9 +117,7 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
         ens.snapshot("behavior", "ema")
     shard = _local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
-    return Run(
-        cfg, acc, policy, ens, build_annotator(cfg.annotator, task), shard, ids, out, t.batch_size // acc.num_processes
-    )
+    return Run(cfg, acc, policy, ens, build_annotator(cfg), shard, ids, out, t.batch_size // acc.num_processes)
 
 
 # ----------------------------------------------------------------------------- collection
