@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,3 +29,38 @@ def tiny():
     from bpo.models import load_policy
 
     return load_policy("tiny-random-llama", device="cpu")
+
+
+def tiny_config(tmp_path: Path, **over) -> list[str]:
+    """Overrides for the tests' standard run: tiny-random-llama in ``tmp_path``, T=6, B=4, F=2."""
+    base = {
+        "model.name": "tiny-random-llama",
+        "device": "cpu",
+        "output_dir": str(tmp_path / "run"),
+        "sft_dir": str(tmp_path / "sft"),
+        "train.steps": 6,
+        "train.batch_size": 4,
+        "train.phases": 2,
+        "train.lr": 5e-3,
+        "train.log_kl_sft": True,
+        "sampling.max_new_tokens": 12,
+        "sampling.batch_size": 5,
+        "sft.seeds": "[0]",
+        "sft.epochs": 1,
+        "sft.batch_size": 4,
+        "data.sft_examples": 8,
+        "data.eval_examples": 4,
+        "lora.r": 4,
+        "lora.alpha": 8,
+    }
+    base.update(over)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def adapters(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every PEFT adapter below ``folder``, keyed by adapter and tensor name."""
+    out = {}
+    for f in sorted(folder.glob("*/adapter_model.safetensors")):
+        for k, v in load_file(str(f)).items():
+            out[f"{f.parent.name}/{k}"] = v
+    return out

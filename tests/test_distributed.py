@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import torch
-from test_trainer import adapters, tiny_config
+from conftest import adapters, tiny_config
 
 from bpo.ledger import AnnotationLog
 

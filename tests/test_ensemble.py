@@ -46,6 +46,17 @@ def test_exact_merge_is_mean_delta_w():
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+def test_exact_merge_equals_peft_cat_combination():
+    # PEFT's own "cat" combination (rank K*r, delta-W = sum of w_i * s_i * B_i A_i) is the oracle
+    ens = make_ensemble()
+    ens.merge("behavior", "exact")
+    ens.peft.base_model.add_weighted_adapter(ens.members, [1.0 / K] * K, "oracle", combination_type="cat")
+    batch = tiny_batch()
+    torch.testing.assert_close(ens.logps("behavior", batch)[0], ens.logps("oracle", batch)[0], atol=1e-5, rtol=0)
+    for layer in (m for m in ens.peft.modules() if isinstance(m, LoraLayer)):
+        torch.testing.assert_close(delta(layer, "behavior"), delta(layer, "oracle"), atol=1e-6, rtol=0)
+
+
 def test_linear_merge_has_cross_terms():
     ens = make_ensemble()
     ens.merge("behavior", "linear")

@@ -5,8 +5,8 @@ import threading
 from http.server import HTTPServer
 
 import pytest
+from conftest import tiny_config
 from test_judges import Server
-from test_trainer import tiny_config
 from typer.testing import CliRunner
 
 from bpo.cli import app

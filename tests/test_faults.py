@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import adapters, tiny_config
+from conftest import adapters, tiny_config
 
 from bpo.config import load_config
 from bpo.io import FolderInUseError, FolderLock

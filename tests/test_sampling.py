@@ -1,9 +1,10 @@
 import torch
 from peft import LoraConfig
 
+from bpo.config import SamplingConfig
 from bpo.ensemble import Ensemble
 from bpo.losses import build_batch, sequence_logps
-from bpo.sampling import Completion, HFBackend, SamplingParams, identical
+from bpo.sampling import Completion, HFBackend, identical
 
 
 def test_sampling_shapes_eos_and_own_logps(tiny):
@@ -22,7 +23,7 @@ def test_sampling_shapes_eos_and_own_logps(tiny):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)  # seeded: the test does not depend on test order
     ens.merge("behavior")
     prompts = [tiny.encode_prompt(t) for t in ["hello there", "a much longer prompt than the first", "x"]]
-    params = SamplingParams(max_new_tokens=24, batch_size=2)
+    params = SamplingConfig(max_new_tokens=24, batch_size=2)
     torch.manual_seed(0)
     groups = HFBackend(tiny, ens).generate(prompts, 3, params, adapter="behavior", return_logps=True)
     assert [len(g) for g in groups] == [3, 3, 3]
@@ -46,7 +47,7 @@ def test_sampling_shapes_eos_and_own_logps(tiny):
 
 def test_greedy_is_deterministic_and_flags_identical(tiny):
     prompts = [tiny.encode_prompt("same prompt")]
-    params = SamplingParams(max_new_tokens=8, do_sample=False)
+    params = SamplingConfig(max_new_tokens=8, do_sample=False)
     (group,) = HFBackend(tiny).generate(prompts, 2, params, adapter=None)
     assert identical(group)
     assert not identical([Completion([1, 2], "a", False), Completion([1, 3], "b", False)])
@@ -55,7 +56,7 @@ def test_greedy_is_deterministic_and_flags_identical(tiny):
 def test_plain_model_logps_match(tiny):
     prompts = [tiny.encode_prompt("abc"), tiny.encode_prompt("defgh")]
     torch.manual_seed(3)
-    groups = HFBackend(tiny).generate(prompts, 2, SamplingParams(max_new_tokens=10), None, return_logps=True)
+    groups = HFBackend(tiny).generate(prompts, 2, SamplingConfig(max_new_tokens=10), None, return_logps=True)
     flat = [c for g in groups for c in g]
     batch = build_batch(
         [p for p in prompts for _ in range(2)], [c.token_ids for c in flat], tiny.tokenizer.pad_token_id
@@ -69,7 +70,7 @@ def test_keyed_sampling_does_not_depend_on_the_batch(tiny):
     texts = ["first prompt", "second, longer prompt here", "third"]
     prompts = [tiny.encode_prompt(t) for t in texts]
     backend = HFBackend(tiny)
-    params = SamplingParams(max_new_tokens=12, batch_size=3)
+    params = SamplingConfig(max_new_tokens=12, batch_size=3)
     together = backend.generate(prompts, 2, params, None, keys=["a", "b", "c"])
     alone = backend.generate(prompts[1:2], 2, params, None, keys=["b"])
     assert [c.token_ids for c in together[1]] == [c.token_ids for c in alone[0]]

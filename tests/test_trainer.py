@@ -13,39 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import adapters, tiny_config
 from rich.console import Console
-from safetensors.torch import load_file
 
 from bpo.config import load_config
 from bpo.ledger import AnnotationLog
 from bpo.trainer import phase_bounds, train
 
-T, B = 6, 4
-
-
-def tiny_config(tmp_path: Path, **over) -> list[str]:
-    base = {
-        "model.name": "tiny-random-llama",
-        "device": "cpu",
-        "output_dir": str(tmp_path / "run"),
-        "sft_dir": str(tmp_path / "sft"),
-        "train.steps": T,
-        "train.batch_size": B,
-        "train.phases": 2,
-        "train.lr": 5e-3,
-        "train.log_kl_sft": True,
-        "sampling.max_new_tokens": 12,
-        "sampling.batch_size": 5,
-        "sft.seeds": "[0]",
-        "sft.epochs": 1,
-        "sft.batch_size": 4,
-        "data.sft_examples": 8,
-        "data.eval_examples": 4,
-        "lora.r": 4,
-        "lora.alpha": 8,
-    }
-    base.update(over)
-    return [f"{k}={v}" for k, v in base.items()]
+T, B = 6, 4  # the tiny runs' steps and batch (tiny_config's defaults)
 
 
 def adapter_hash(run, adapter: str = "behavior") -> str:
@@ -195,14 +170,6 @@ def cli(tmp_path, *extra):
         *extra,
     ]
     return args
-
-
-def adapters(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.glob("*/adapter_model.safetensors")):
-        for k, v in load_file(str(f)).items():
-            out[f"{f.parent.name}/{k}"] = v
-    return out
 
 
 def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):

@@ -61,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class SamplingConfig:
-    """Decoding settings (``bpo.sampling.SamplingParams`` is this class); the defaults are the
+    """Decoding settings (``bpo.sampling.SamplingConfig`` is this class); the defaults are the
     paper's public code: temperature 1.0, top-p 0.95, top-k off (it allows 128 new tokens)."""
 
     max_new_tokens: int = 48

@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 def greedy(policy: Policy, records, cfg, ensemble: Ensemble | None = None, adapter: str | None = None) -> list[str]:
     """Greedy responses to ``records`` under ``adapter`` of ``ensemble`` (or the policy as it is)."""
-    from bpo.sampling import HFBackend, SamplingParams
+    from bpo.config import SamplingConfig
+    from bpo.sampling import HFBackend
 
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-    params = SamplingParams(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
+    params = SamplingConfig(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
     return [g[0].text for g in HFBackend(policy, ensemble).generate(ids, 1, params, adapter)]
 
 

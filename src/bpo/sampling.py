@@ -27,8 +27,6 @@ from bpo.config import SamplingConfig
 from bpo.ensemble import Ensemble
 from bpo.models import Policy
 
-SamplingParams = SamplingConfig  # one dataclass: the config section is what the sampler takes
-
 
 @dataclass
 class Completion:
@@ -44,7 +42,7 @@ class Backend(Protocol):
         self,
         prompt_ids: Sequence[Sequence[int]],
         n: int,
-        params: SamplingParams,
+        params: SamplingConfig,
         adapter: str | None,
         return_logps: bool = False,
         keys: Sequence[str] | None = None,
@@ -139,7 +137,7 @@ class HFBackend:
         self,
         prompt_ids: Sequence[Sequence[int]],
         n: int,
-        params: SamplingParams,
+        params: SamplingConfig,
         adapter: str | None,
         return_logps: bool = False,
         keys: Sequence[str] | None = None,
@@ -158,7 +156,7 @@ class HFBackend:
         return out
 
     @torch.no_grad()
-    def _generate(self, model, chunk, keys, n, params: SamplingParams, return_logps: bool) -> list[list[Completion]]:
+    def _generate(self, model, chunk, keys, n, params: SamplingConfig, return_logps: bool) -> list[list[Completion]]:
         tok = self.policy.tokenizer
         width = max(len(p) for p in chunk)
         rows = [p for p in chunk for _ in range(n)]  # n copies of each prompt, side by side
