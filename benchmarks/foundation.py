@@ -41,7 +41,7 @@ def measure_memory(k: int, r: int) -> None:
 
 
 def time_logps(repeats: int) -> dict[str, float]:
-    from bpo.losses import build_batch, sequence_logps
+    from bpo.logprobs import build_batch, sequence_logps
     from bpo.models import load_policy
 
     policy = load_policy("smollm2-135m-instruct", device="cpu")
@@ -72,7 +72,7 @@ def time_pair_pass(repeats: int, prompt_len: int, response_len: int, pairs: int 
     from peft import LoraConfig
 
     from bpo.ensemble import Ensemble
-    from bpo.losses import build_batch, build_shared_batch
+    from bpo.logprobs import build_batch, build_shared_batch
     from bpo.models import load_policy
 
     policy = load_policy("smollm2-135m-instruct", device="cpu")

@@ -18,7 +18,7 @@ from peft import LoraConfig
 
 from bpo.config import load_config
 from bpo.ensemble import Ensemble
-from bpo.losses import build_shared_batch
+from bpo.logprobs import build_shared_batch
 from bpo.models import load_policy
 from bpo.quickstart import QuickstartTask
 from bpo.sampling import HFBackend

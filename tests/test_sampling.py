@@ -3,7 +3,7 @@ from peft import LoraConfig
 
 from bpo.config import SamplingConfig
 from bpo.ensemble import Ensemble
-from bpo.losses import build_batch, sequence_logps
+from bpo.logprobs import build_batch, sequence_logps
 from bpo.sampling import Completion, HFBackend, identical
 
 

@@ -25,6 +25,7 @@ from transformers import (
 
 from bpo.config import SamplingConfig
 from bpo.ensemble import Ensemble
+from bpo.logprobs import pad
 from bpo.models import Policy
 
 
@@ -158,13 +159,8 @@ class HFBackend:
     @torch.no_grad()
     def _generate(self, model, chunk, keys, n, params: SamplingConfig, return_logps: bool) -> list[list[Completion]]:
         tok = self.policy.tokenizer
-        width = max(len(p) for p in chunk)
-        rows = [p for p in chunk for _ in range(n)]  # n copies of each prompt, side by side
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(rows):
-            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-            attn[i, width - len(p) :] = 1
+        ids, attn = pad([p for p in chunk for _ in range(n)], tok.pad_token_id, "left")  # n copies of each prompt
+        width = ids.shape[1]
         device = self.policy.device
         # HF decodes greedily; sampling is our processors: warpers, then keyed Gumbel noise.
         config = GenerationConfig(

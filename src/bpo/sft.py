@@ -21,7 +21,7 @@ from bpo.config import Config
 from bpo.data import PromptRecord, shuffled
 from bpo.ensemble import Ensemble
 from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, write_json
-from bpo.losses import build_batch
+from bpo.logprobs import build_batch
 from bpo.models import Policy
 
 

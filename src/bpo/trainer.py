@@ -51,7 +51,8 @@ from bpo.errors import BpoError, Interrupted
 from bpo.evaluation import evaluate_run, print_result
 from bpo.io import FolderLock, append_lines, write_json
 from bpo.ledger import Annotation, AnnotationLog, ledger_settings
-from bpo.losses import SharedPromptBatch, build_shared_batch, dap_loss
+from bpo.logprobs import SharedPromptBatch, build_shared_batch
+from bpo.losses import dap_loss
 from bpo.models import Policy, load_policy
 from bpo.progress import progress_bar
 from bpo.sampling import HFBackend, identical
