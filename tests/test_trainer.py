@@ -18,7 +18,8 @@ from rich.console import Console
 
 from bpo.config import load_config
 from bpo.ledger import AnnotationLog
-from bpo.trainer import phase_bounds, train
+from bpo.phases import phase_bounds
+from bpo.trainer import train
 
 T, B = 6, 4  # the tiny runs' steps and batch (tiny_config's defaults)
 
@@ -233,7 +234,7 @@ def test_existing_run_needs_resume(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    from bpo.trainer import NonFiniteError
+    from bpo.step import NonFiniteError
 
     # an absurd lr blows the weights up after the first update: step 2's loss or gradient is not finite
     want = r"step 2 of run .*non-finite .*last good checkpoint is checkpoints/step-000001"

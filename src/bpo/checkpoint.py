@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate import Accelerator
 
+from bpo.config import Config
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_text_atomic
-from bpo.ledger import check_prefix, digest
+from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
 
 if TYPE_CHECKING:
     from bpo.trainer import Run
@@ -191,3 +193,16 @@ def trim_metrics(path: Path, step: int) -> None:
     if path.exists():
         rows = [r for r in read_jsonl(path) if r["step"] <= step]
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def ledger_path(out: Path, acc: Accelerator) -> Path:
+    return out / ("annotations.jsonl" if acc.num_processes == 1 else f"annotations.rank{acc.process_index}.jsonl")
+
+
+def open_ledger(cfg: Config, acc: Accelerator, resume: bool, say) -> tuple[AnnotationLog, tuple | None]:
+    """The ledger and the checkpoint to continue from, both checked before anything is loaded."""
+    out = Path(cfg.output_dir)
+    AnnotationLog(ledger_path(out, acc))  # first its lines: a duplicated or deleted one is named as such
+    found = find_checkpoint(out, acc.num_processes, say) if resume else None  # then the prefix the checkpoint saw
+    log = AnnotationLog(ledger_path(out, acc), ledger_settings(cfg, acc.num_processes), legacy_ok=resume)
+    return log, found

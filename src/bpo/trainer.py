@@ -10,10 +10,10 @@
         for each member: DAP loss, backward, clip, AdamW step, LR step
         checkpoint every N steps and at each phase end
 
-F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. Collecting a
-whole phase at once is the same distribution as sampling step by step (the behavior model is
-frozen inside a phase) and lets generation run in large batches. Sampling is keyed by prompt,
-so the samples do not depend on batch size, process count or a resume.
+F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. The pieces:
+collecting a phase (``bpo.phases``), one step (``bpo.step``), checkpoints and the ledger check
+(``bpo.checkpoint``), the evaluation (``bpo.evaluation``). ``train`` reads as: lock the run
+folder, check ledger and checkpoint, ``setup``, ``prepare``, ``fit``, ``finish``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from rich.console import Console
 from rich.progress import Progress
 from rich.text import Text
@@ -37,8 +36,8 @@ from torch.utils.tensorboard import SummaryWriter
 from bpo.annotators import Annotator, build_annotator
 from bpo.checkpoint import (
     clean_leftovers,
-    find_checkpoint,
     has_checkpoint,
+    open_ledger,
     restore,
     save_checkpoint,
     save_final,
@@ -47,20 +46,15 @@ from bpo.checkpoint import (
 from bpo.config import Config, ConfigError, save_config
 from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
-from bpo.errors import BpoError, Interrupted
+from bpo.errors import Interrupted
 from bpo.evaluation import evaluate_run, print_result
 from bpo.io import FolderLock, append_lines, write_json
-from bpo.ledger import Annotation, AnnotationLog, ledger_settings
-from bpo.logprobs import SharedPromptBatch, build_shared_batch
-from bpo.losses import dap_loss
+from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
+from bpo.phases import collect_phase, local_shard, phase_bounds
 from bpo.progress import progress_bar
-from bpo.sampling import HFBackend, identical
 from bpo.sft import member_paths, run_sft, sft_done
-
-
-class NonFiniteError(BpoError, RuntimeError):
-    """A loss or gradient norm became NaN or infinite; the step is not applied and nothing is saved."""
+from bpo.step import NonFiniteError, total, train_step
 
 
 @dataclass
@@ -79,11 +73,6 @@ class Run:
 
     def __post_init__(self) -> None:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
-
-
-def _local_shard(records: list[PromptRecord], b: int, rank: int, world: int) -> list[PromptRecord]:
-    """Step t uses global prompts [t*B, (t+1)*B); process r takes every world-th of them."""
-    return [r for i, r in enumerate(records) if (i % b) % world == rank]
 
 
 def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Run:
@@ -116,167 +105,9 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
     ens.snapshot("behavior", "sft")
     if t.reference == "ema":
         ens.snapshot("behavior", "ema")
-    shard = _local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
+    shard = local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
     return Run(cfg, acc, policy, ens, build_annotator(cfg), shard, ids, out, t.batch_size // acc.num_processes)
-
-
-# ----------------------------------------------------------------------------- collection
-
-
-def phase_bounds(steps: int, phases: int) -> list[int]:
-    """Start step of each phase, then T: phase p covers steps [b[p], b[p+1]). T/F need not be whole."""
-    return [p * steps // phases for p in range(phases + 1)]
-
-
-def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) -> dict[int, Annotation]:
-    """Sample and annotate the phase's prompts that the log does not have yet; return the phase's pairs."""
-    cfg, t = run.cfg, run.cfg.train
-    bounds = phase_bounds(t.steps, t.phases)
-    start = bounds[phase] * run.local_batch
-    per_phase = (bounds[phase + 1] - bounds[phase]) * run.local_batch
-    have = log.phase(phase)
-    todo = [i for i in range(per_phase) if i not in have]
-    params = replace(cfg.sampling, do_sample=True)
-    backend = HFBackend(run.policy, run.ens)
-    bar = progress.add_task(f"phase {phase}: sample + annotate", total=per_phase, completed=per_phase - len(todo))
-    for i in range(0, len(todo), params.batch_size):
-        chunk = todo[i : i + params.batch_size]
-        records = [run.prompts[start + j] for j in chunk]
-        keys = [f"{t.seed}:{r.id}" for r in records]
-        groups = backend.generate([run.prompt_ids[start + j] for j in chunk], 2, params, "behavior", True, keys)
-        keep = [(j, r, g) for j, r, g in zip(chunk, records, groups) if not identical(g)]
-        judged = run.annotator.annotate([r for _, r, _ in keep], [(g[0].text, g[1].text) for _, _, g in keep])
-        verdicts = {j: jd for (j, _, _), jd in zip(keep, judged)}
-        entries = []
-        for j, r, g in zip(chunk, records, groups):
-            jd = verdicts.get(j)  # None: an identical pair, recorded so a resume neither samples nor counts it again
-            entries.append(
-                Annotation(
-                    phase=phase,
-                    index=j,
-                    prompt_id=r.id,
-                    responses=[g[0].text, g[1].text],
-                    tokens=[g[0].token_ids, g[1].token_ids],
-                    choice=jd.choice if jd else None,
-                    scores=list(jd.scores) if jd and jd.scores else None,
-                    rationale=jd.rationale if jd else None,
-                    behavior_logps=[g[0].logp, g[1].logp],
-                    identical=jd is None,
-                )
-            )
-        log.append(entries)
-        progress.advance(bar, len(chunk))
-    return log.phase(phase)
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def total(acc: Accelerator, x: torch.Tensor | float, device: torch.device) -> torch.Tensor:
-    """``x`` summed over processes (TRL-style: accelerate's collectives, not raw torch.distributed)."""
-    return acc.reduce(torch.as_tensor(x, device=device), "sum")
-
-
-def reference_logps(
-    run: Run, kept: list[Annotation], batch: SharedPromptBatch
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Summed log-probs of each row under the reference, the behavior model and (when logged) SFT.
-
-    The reference mode names the adapter that holds it (behavior: BPO; sft: online DAP; ema).
-    In BPO the reference is the behavior model, whose log-probs the sampler already returned;
-    they are reused when the model runs in fp32, where they equal the teacher-forced pass. In
-    bf16/fp16 the batched decode with a KV cache rounds differently from the teacher-forced pass
-    (the loss at a phase start is then not log 2), so the reference is computed by a forward pass.
-    """
-    t, ens = run.cfg.train, run.ens
-    logged = [a.behavior_logps for a in kept]
-    sampled = None
-    if all(x and None not in x for x in logged):
-        rows = [x[i] for a, x in zip(kept, logged) for i in (a.choice, 1 - a.choice)]
-        sampled = torch.tensor(rows, device=batch.prompt_ids.device)
-    exact = run.policy.model.dtype == torch.float32
-    if t.reference == "behavior" and t.reference_from_sampler and exact and sampled is not None:
-        ref = sampled
-    else:
-        ref = ens.logps(t.reference, batch)[0]
-    if t.reference == "behavior":
-        behavior = ref
-    else:  # only for the KL metrics: the sampler's numbers are close enough there
-        behavior = sampled if sampled is not None else ens.logps("behavior", batch)[0]
-    sft = ref if t.reference == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
-    return ref, behavior, sft
-
-
-def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: dict) -> dict[str, float]:
-    """One DAP update of every member on this step's pairs; returns global mean metrics."""
-    t, ens, acc = run.cfg.train, run.ens, run.acc
-    device = run.policy.device
-    kept = [a for a in pairs if a.choice is not None]
-    n_local = torch.tensor(float(len(kept)), device=device)
-    n_global = total(acc, n_local, device).item()
-    sums: dict[str, torch.Tensor] = {}
-    lr = schedulers[ens.members[0]].get_last_lr()[0]  # the rate this step uses
-
-    def add(name: str, value: torch.Tensor) -> None:
-        sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n_local
-
-    if kept:
-        # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
-        prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
-        responses = [[a.tokens[a.choice], a.tokens[1 - a.choice]] for a in kept]
-        batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
-        ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
-        ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
-        if sft_sum is not None:  # how far the data-collecting model has moved from SFT
-            add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
-    for name in ens.members:
-        params = ens.member_parameters(name)
-        if kept:
-            summed, mean = ens.logps(name, batch, grad=True)
-            pol = mean if t.loss == "ipo" else summed
-            losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
-            loss = losses.sum() / n_global
-            loss.backward()
-            for key, value in metrics.items():
-                add(key, value / len(ens.members))
-            add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
-        if n_global == 0:
-            schedulers[name].step()  # keep the schedule aligned with the step count
-            continue
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            if acc.num_processes > 1:
-                p.grad = acc.reduce(p.grad, "sum")
-        norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
-        bad = float(bool(kept) and not torch.isfinite(loss).item())
-        bad_loss = total(acc, bad, device).item()
-        if bad_loss or not torch.isfinite(norm):
-            what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
-            raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
-        add("grad_norm", norm / len(ens.members))
-        optimizers[name].step()
-        schedulers[name].step()
-        optimizers[name].zero_grad(set_to_none=True)
-    if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
-        ens.merge("current", t.merge)
-        ens.ema_update("current", "ema", t.ema_alpha)
-    names = sorted(sums) if acc.num_processes == 1 else sorted(set(gather_object(sorted(sums))))
-    out = {}
-    for name in names:
-        summed = total(acc, sums.get(name, torch.zeros((), device=device)), device)
-        out[name] = summed.item() / n_global if n_global else float("nan")
-    scored = [sum(a.scores) / 2 for a in kept if a.scores is not None]
-    score = total(acc, torch.tensor([sum(scored), len(scored)], dtype=torch.float64), device)
-    if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
-        out["score/behavior_samples"] = (score[0] / score[1]).item()
-    out["pairs/kept"] = n_global
-    ties = sum(a.choice is None and not a.identical for a in pairs)
-    out["pairs/ties"] = total(acc, float(ties), device).item()
-    out["lr"] = lr
-    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -292,19 +123,6 @@ class Loop:
     writer: SummaryWriter | None
     start: int
     done: int = 0  # steps completed (this session or before the resume)
-
-
-def ledger_path(out: Path, acc: Accelerator) -> Path:
-    return out / ("annotations.jsonl" if acc.num_processes == 1 else f"annotations.rank{acc.process_index}.jsonl")
-
-
-def open_ledger(cfg: Config, acc: Accelerator, resume: bool, say) -> tuple[AnnotationLog, tuple | None]:
-    """The ledger and the checkpoint to continue from, both checked before anything is loaded."""
-    out = Path(cfg.output_dir)
-    AnnotationLog(ledger_path(out, acc))  # first its lines: a duplicated or deleted one is named as such
-    found = find_checkpoint(out, acc.num_processes, say) if resume else None  # then the prefix the checkpoint saw
-    log = AnnotationLog(ledger_path(out, acc), ledger_settings(cfg, acc.num_processes), legacy_ok=resume)
-    return log, found
 
 
 def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console) -> Loop:

@@ -1,0 +1,133 @@
+"""One training step: the reference log-probs, then a DAP update of every ensemble member.
+
+Every member gets the same pairs and the same reference log-probs and takes its own AdamW step
+(the paper's ensemble). Metrics are averaged over members and summed over processes with
+accelerate's collectives, TRL's names. A non-finite loss or gradient norm stops the step before
+any parameter moves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from bpo.errors import BpoError
+from bpo.ledger import Annotation
+from bpo.logprobs import SharedPromptBatch, build_shared_batch
+from bpo.losses import dap_loss
+
+if TYPE_CHECKING:
+    from bpo.trainer import Run
+
+
+class NonFiniteError(BpoError, RuntimeError):
+    """A loss or gradient norm became NaN or infinite; the step is not applied and nothing is saved."""
+
+
+def total(acc: Accelerator, x: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """``x`` summed over processes (TRL-style: accelerate's collectives, not raw torch.distributed)."""
+    return acc.reduce(torch.as_tensor(x, device=device), "sum")
+
+
+def reference_logps(
+    run: Run, kept: list[Annotation], batch: SharedPromptBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Summed log-probs of each row under the reference, the behavior model and (when logged) SFT.
+
+    The reference mode names the adapter that holds it (behavior: BPO; sft: online DAP; ema).
+    In BPO the reference is the behavior model, whose log-probs the sampler already returned;
+    they are reused when the model runs in fp32, where they equal the teacher-forced pass. In
+    bf16/fp16 the batched decode with a KV cache rounds differently from the teacher-forced pass
+    (the loss at a phase start is then not log 2), so the reference is computed by a forward pass.
+    """
+    t, ens = run.cfg.train, run.ens
+    logged = [a.behavior_logps for a in kept]
+    sampled = None
+    if all(x and None not in x for x in logged):
+        rows = [x[i] for a, x in zip(kept, logged) for i in (a.choice, 1 - a.choice)]
+        sampled = torch.tensor(rows, device=batch.prompt_ids.device)
+    exact = run.policy.model.dtype == torch.float32
+    if t.reference == "behavior" and t.reference_from_sampler and exact and sampled is not None:
+        ref = sampled
+    else:
+        ref = ens.logps(t.reference, batch)[0]
+    if t.reference == "behavior":
+        behavior = ref
+    else:  # only for the KL metrics: the sampler's numbers are close enough there
+        behavior = sampled if sampled is not None else ens.logps("behavior", batch)[0]
+    sft = ref if t.reference == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
+    return ref, behavior, sft
+
+
+def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: dict) -> dict[str, float]:
+    """One DAP update of every member on this step's pairs; returns global mean metrics."""
+    t, ens, acc = run.cfg.train, run.ens, run.acc
+    device = run.policy.device
+    kept = [a for a in pairs if a.choice is not None]
+    n_local = torch.tensor(float(len(kept)), device=device)
+    n_global = total(acc, n_local, device).item()
+    sums: dict[str, torch.Tensor] = {}
+    lr = schedulers[ens.members[0]].get_last_lr()[0]  # the rate this step uses
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n_local
+
+    if kept:
+        # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
+        prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
+        responses = [[a.tokens[a.choice], a.tokens[1 - a.choice]] for a in kept]
+        batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
+        ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
+        ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
+        if sft_sum is not None:  # how far the data-collecting model has moved from SFT
+            add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
+    for name in ens.members:
+        params = ens.member_parameters(name)
+        if kept:
+            summed, mean = ens.logps(name, batch, grad=True)
+            pol = mean if t.loss == "ipo" else summed
+            losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
+            loss = losses.sum() / n_global
+            loss.backward()
+            for key, value in metrics.items():
+                add(key, value / len(ens.members))
+            add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
+        if n_global == 0:
+            schedulers[name].step()  # keep the schedule aligned with the step count
+            continue
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if acc.num_processes > 1:
+                p.grad = acc.reduce(p.grad, "sum")
+        norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
+        bad = float(bool(kept) and not torch.isfinite(loss).item())
+        bad_loss = total(acc, bad, device).item()
+        if bad_loss or not torch.isfinite(norm):
+            what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
+            raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
+        add("grad_norm", norm / len(ens.members))
+        optimizers[name].step()
+        schedulers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+    if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
+        ens.merge("current", t.merge)
+        ens.ema_update("current", "ema", t.ema_alpha)
+    names = sorted(sums) if acc.num_processes == 1 else sorted(set(gather_object(sorted(sums))))
+    out = {}
+    for name in names:
+        summed = total(acc, sums.get(name, torch.zeros((), device=device)), device)
+        out[name] = summed.item() / n_global if n_global else float("nan")
+    scored = [sum(a.scores) / 2 for a in kept if a.scores is not None]
+    score = total(acc, torch.tensor([sum(scored), len(scored)], dtype=torch.float64), device)
+    if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
+        out["score/behavior_samples"] = (score[0] / score[1]).item()
+    out["pairs/kept"] = n_global
+    ties = sum(a.choice is None and not a.identical for a in pairs)
+    out["pairs/ties"] = total(acc, float(ties), device).item()
+    out["lr"] = lr
+    return out
