@@ -150,34 +150,11 @@ class Config:
         def positive(value: float) -> bool:
             return math.isfinite(value) and value > 0
 
-        for key, value in (
-            ("train.steps", t.steps),
-            ("train.batch_size", t.batch_size),
-            ("sampling.max_new_tokens", sm.max_new_tokens),
-            ("sampling.batch_size", sm.batch_size),
-            ("sft.epochs", sft.epochs),
-            ("sft.batch_size", sft.batch_size),
-            ("lora.r", lora.r),
-            ("data.sft_examples", d.sft_examples),
-            ("data.eval_examples", d.eval_examples),
-            ("eval.max_new_tokens", e.max_new_tokens),
-            ("eval.batch_size", e.batch_size),
-            ("eval.bootstrap", e.bootstrap),
-            ("annotator.batch_size", self.annotator.batch_size),
-            ("annotator.max_length", self.annotator.max_length),
-        ):
-            need(value >= 1, key, "at least 1", value)
+        for key in COUNTS:
+            need(self.get(key) >= 1, key, "at least 1", self.get(key))
         need(1 <= t.phases <= t.steps, "train.phases", f"between 1 and train.steps (T={t.steps})", t.phases)
-        for key, value in (
-            ("train.beta", t.beta),
-            ("train.lr", t.lr),
-            ("train.grad_clip", t.grad_clip),
-            ("train.adam_eps", t.adam_eps),
-            ("sampling.temperature", sm.temperature),
-            ("sft.lr", sft.lr),
-            ("lora.alpha", lora.alpha),
-        ):
-            need(positive(value), key, "a positive finite number", value)
+        for key in POSITIVE:
+            need(positive(self.get(key)), key, "a positive finite number", self.get(key))
         wd = t.weight_decay
         need(math.isfinite(wd) and wd >= 0, "train.weight_decay", ">= 0 and finite", wd)
         need(0 < t.ema_alpha <= 1, "train.ema_alpha", "in (0, 1]", t.ema_alpha)
@@ -215,9 +192,41 @@ class Config:
                     "annotator.kind=reward_model annotator.model=DIR, or annotator.kind=callable annotator.callable=..."
                 )
 
+    def get(self, key: str) -> Any:
+        """A value by its dotted name, e.g. ``train.beta``."""
+        section, _, name = key.partition(".")
+        return getattr(getattr(self, section), name)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+# Settings that count things (at least 1) and rates or scales (positive and finite).
+COUNTS = (
+    "train.steps",
+    "train.batch_size",
+    "sampling.max_new_tokens",
+    "sampling.batch_size",
+    "sft.epochs",
+    "sft.batch_size",
+    "lora.r",
+    "data.sft_examples",
+    "data.eval_examples",
+    "eval.max_new_tokens",
+    "eval.batch_size",
+    "eval.bootstrap",
+    "annotator.batch_size",
+    "annotator.max_length",
+)
+POSITIVE = (
+    "train.beta",
+    "train.lr",
+    "train.grad_clip",
+    "train.adam_eps",
+    "sampling.temperature",
+    "sft.lr",
+    "lora.alpha",
+)
 
 PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
 

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from transformers import (
 )
 
 from bpo.errors import BpoError
+from bpo.io import replace_dir, temp_dir
 
 OFFLINE_MODELS = ("smollm2-135m-instruct", "gemma3-270m", "tiny-random-llama")
 
@@ -197,12 +197,11 @@ def _cached_offline_model(name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = temp_dir(target.parent, f".{name}-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a killed run leaves no half-written cache
+        replace_dir(tmp, target)  # atomic: a killed run leaves no half-written cache
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
