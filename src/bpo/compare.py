@@ -294,8 +294,7 @@ def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
             ms=4,
             label="one seed" if i == 0 else None,
         )
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("win rate vs start")
+    ax.set_ylabel("win rate vs start (a tie is not a win)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
