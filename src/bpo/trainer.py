@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
+from transformers import get_linear_schedule_with_warmup
 
 from bpo.annotators import Annotator, build_annotator
 from bpo.checkpoint import (
@@ -135,7 +136,8 @@ def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console)
         for m in run.ens.members
     }
     schedulers = {  # linear decay to zero over T steps, no warm-up (the paper)
-        m: torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / t.steps)) for m, o in optimizers.items()
+        m: get_linear_schedule_with_warmup(o, num_warmup_steps=0, num_training_steps=t.steps)
+        for m, o in optimizers.items()
     }
     start = restore(run, found, optimizers, schedulers)
     if acc.is_main_process:
