@@ -80,3 +80,26 @@ def test_presets_load_and_the_paper_tasks_sample_as_its_code():
         assert (t.weight_decay, t.adam_eps) == (0.0, 1e-6), name  # transformers.AdamW in the paper's code
     q = load_config("quickstart").train
     assert (q.weight_decay, q.adam_eps) == (0.01, 1e-8)  # pinned: its published figures were measured so
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "tldr-local", "hh-harmless"])
+def test_config_show_round_trips_and_documents_every_field(tmp_path, preset):
+    import dataclasses
+
+    from bpo.config import config_keys, show_config
+
+    cfg = load_config(preset, ["train.phases=3", "sft.seeds=[4,5]", "data.max_prompt_tokens=none"])
+    shown = tmp_path / "shown.yaml"
+    res = CliRunner().invoke(
+        app, ["config", "show", preset, "train.phases=3", "sft.seeds=[4,5]", "data.max_prompt_tokens=none"]
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output == show_config(cfg)
+    shown.write_text(res.output)
+    assert load_config(shown) == cfg  # what it prints loads back to the same config
+    keys = config_keys()
+    assert len(keys) == sum(
+        len(dataclasses.fields(v)) if dataclasses.is_dataclass(v) else 1
+        for v in (getattr(cfg, f.name) for f in dataclasses.fields(cfg))
+    )
+    assert all(not k.endswith("# ") for k in keys)  # every field has its help text

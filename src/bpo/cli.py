@@ -213,6 +213,28 @@ def compare(
     console.print(f"report: {report(out, command, seed_list, methods.split(','))}")
 
 
+config_app = typer.Typer(help="Inspect configs: the resolved values and every key's help.", add_completion=False)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show", context_settings={"allow_extra_args": True})
+@user_errors
+def config_show(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]")) -> None:
+    """The resolved config as YAML with each field's help (it loads back as a config file)."""
+    from bpo.config import show_config
+
+    print(show_config(_config(args)), end="")
+
+
+@config_app.command("keys")
+@user_errors
+def config_keys_cmd() -> None:
+    """Every section.key an override can set, with its default and help."""
+    from bpo.config import config_keys
+
+    print("\n".join(config_keys()))
+
+
 @app.command()
 def info() -> None:
     """Versions, device, offline models and presets."""

@@ -7,6 +7,7 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -25,119 +26,142 @@ class ConfigError(BpoError, ValueError):
     """A config file or override is wrong; the message says where and what."""
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text (``bpo config show`` prints it), as TRL's configs do."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    name: str = "smollm2-135m-instruct"  # Hub name, local folder, or a built-in offline name
-    dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
-    chat_template: Literal["auto", "always", "never"] = "auto"
+    name: str = setting(
+        "smollm2-135m-instruct",
+        "Hub name, local folder, or smollm2-135m-instruct / gemma3-270m / tiny-random-llama (offline)",
+    )
+    dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16")
+    chat_template: Literal["auto", "always", "never"] = setting(
+        "auto", "use the tokenizer's chat template: auto (if it has one), always, never"
+    )
 
 
 @dataclass
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.1  # used in SFT only; DAP training runs without dropout, as in the paper
-    target_modules: str = "all-linear"
+    r: int = setting(16, "LoRA rank of each ensemble member (the paper: 256)")
+    alpha: int = setting(32, "LoRA alpha (the scale is alpha / r; the paper: 512)")
+    dropout: float = setting(
+        0.1, "LoRA dropout in member SFT only; DAP runs without dropout in every adapter, as the paper"
+    )
+    target_modules: str = setting("all-linear", "modules that get LoRA (PEFT's target_modules)")
 
 
 @dataclass
 class DataConfig:
-    """Where prompts come from. ``quickstart`` is the embedded task; otherwise a jsonl/csv path
-    (``prompt``/``label`` fields by default) or ``hub:NAME:SPLIT``."""
+    """Where prompts come from: a registered source (``quickstart``), a jsonl/csv path or ``hub:NAME:SPLIT``."""
 
-    train: str = "quickstart"  # prompts for online training
-    sft: str = "quickstart"  # (prompt, reference) records for member SFT
-    eval: str = "quickstart"  # held-out prompts for the final evaluation
-    prompt_field: str = "prompt"
-    reference_field: str = "label"
-    prompt_template: str = "{prompt}"  # e.g. "{prompt}" for TL;DR posts that end in "TL;DR:"
-    max_prompt_tokens: int | None = None
-    max_response_tokens: int | None = None
-    skip_bad_rows: bool = False
-    sft_examples: int = 64
-    eval_examples: int = 64
-    seed: int = 0
+    train: str = setting("quickstart", "prompts for online training (each used once: T*B are needed)")
+    sft: str = setting("quickstart", "(prompt, reference) records for member SFT")
+    eval: str = setting("quickstart", "held-out prompts (with references) for the final evaluation")
+    prompt_field: str = setting("prompt", "field of the prompt in jsonl/csv files")
+    reference_field: str = setting("label", "field of the human reference in jsonl/csv files")
+    prompt_template: str = setting("{prompt}", "text the model sees around each prompt")
+    max_prompt_tokens: int | None = setting(
+        None, "drop longer prompts (the paper: 512 TL;DR, 64 helpful, 256 harmless)"
+    )
+    max_response_tokens: int | None = setting(None, "drop records with longer references")
+    skip_bad_rows: bool = setting(False, "skip (and count) malformed rows instead of stopping")
+    sft_examples: int = setting(64, "records used for member SFT")
+    eval_examples: int = setting(64, "prompts in the final evaluation")
+    seed: int = setting(0, "order of the train and SFT records (and the quickstart task's posts)")
 
 
 @dataclass
 class SamplingConfig:
-    """Decoding settings (``bpo.sampling.SamplingConfig`` is this class); the defaults are the
-    paper's public code: temperature 1.0, top-p 0.95, top-k off (it allows 128 new tokens)."""
+    """Decoding settings; the defaults are the paper's public code: temperature 1, top-p 0.95, top-k off."""
 
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 0.95
-    do_sample: bool = True  # training always samples; False is greedy (evaluation)
-    batch_size: int = 64  # prompts per generate call during phase collection (independent of B)
+    max_new_tokens: int = setting(48, "longest sampled response (the paper: 128)")
+    temperature: float = setting(1.0, "sampling temperature")
+    top_k: int = setting(0, "keep the k most likely tokens (0: off)")
+    top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
+    do_sample: bool = setting(True, "training always samples; False is greedy (evaluation)")
+    batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
 
 
 @dataclass
 class AnnotatorConfig:
-    kind: Literal["quickstart", "reward_model", "callable"] = "quickstart"
-    model: str = "OpenAssistant/reward-model-deberta-v3-large-v2"  # for reward_model
-    callable: str = ""  # for callable: "package.module:function(prompt_record, response) -> float"
-    batch_size: int = 16
-    max_length: int = 1024
+    kind: Literal["quickstart", "reward_model", "callable"] = setting("quickstart", "who judges the pairs")
+    model: str = setting("OpenAssistant/reward-model-deberta-v3-large-v2", "reward model (Hub name or folder)")
+    callable: str = setting("", "package.module:function(prompt_record, response) -> float, for kind=callable")
+    batch_size: int = setting(16, "responses per reward-model forward")
+    max_length: int = setting(1024, "reward-model input tokens (prompt + response), truncated beyond")
 
 
 @dataclass
 class SFTConfig:
-    epochs: int = 2
-    batch_size: int = 8
-    lr: float = 1e-3
-    seeds: list[int] = field(default_factory=lambda: [0, 1])  # one SFT run (ensemble member) per seed
-    max_length: int = 512
+    epochs: int = setting(2, "epochs of member SFT")
+    batch_size: int = setting(8, "records per SFT step")
+    lr: float = setting(1e-3, "SFT learning rate (cosine decay)")
+    seeds: list[int] = setting([0, 1], "one SFT run, one ensemble member, per seed (the paper: K = 5)")
+    max_length: int = setting(512, "prompt + reference tokens, the prompt's start cut beyond")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 16  # T
-    batch_size: int = 8  # B prompts per step (2 responses each)
-    phases: int = 2  # F: behavior refreshes; 1 = offline DAP, = steps for on-policy
-    reference: Literal["behavior", "sft", "ema"] = "behavior"
-    ema_alpha: float = 5e-3
-    # refresh: ema <- (1-alpha) ema + alpha behavior at each behavior refresh (the paper and its code);
-    # step: the same after every optimizer step, toward the current merged policy (not the paper's)
-    ema_update: Literal["refresh", "step"] = "refresh"
-    loss: Literal["dpo", "ipo", "slic"] = "dpo"
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    lr: float = 5e-4
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0  # the paper's code: transformers.AdamW, weight decay 0 (torch's default is 0.01)
-    adam_eps: float = 1e-6  # the paper's code: transformers.AdamW, eps 1e-6 (torch's default is 1e-8)
-    merge: Literal["exact", "linear"] = "exact"
-    # BPO: reuse the sampler's log-probs as the reference log-probs (no extra forward). Used in fp32
-    # only: in bf16/fp16 they differ from the teacher-forced pass, which is then run instead
-    reference_from_sampler: bool = True
-    log_kl_sft: bool = True  # one extra no-grad forward per step when the reference is not SFT
-    save_every: int = 0  # checkpoint every N steps (0: only at phase boundaries and the end)
-    seed: int = 0
+    steps: int = setting(16, "T: optimizer steps")
+    batch_size: int = setting(8, "B: prompts per step, 2 responses each")
+    phases: int = setting(2, "F: behavior refreshes (annotation phases); 1 = offline DAP, T = on-policy")
+    reference: Literal["behavior", "sft", "ema"] = setting(
+        "behavior", "behavior = BPO; sft = online DAP; ema (ablation)"
+    )
+    ema_alpha: float = setting(5e-3, "EMA rate of the ema reference")
+    ema_update: Literal["refresh", "step"] = setting(
+        "refresh",
+        "refresh: EMA toward behavior at each refresh (the paper's code); step: after every step (not the paper's)",
+    )
+    loss: Literal["dpo", "ipo", "slic"] = setting("dpo", "the DAP loss")
+    beta: float = setting(0.1, "beta of every loss")
+    label_smoothing: float = setting(0.0, "DPO's conservative label smoothing eps")
+    lr: float = setting(5e-4, "AdamW learning rate (linear decay to 0, no warm-up; the paper: 5e-5)")
+    grad_clip: float = setting(1.0, "gradient-norm clip per member")
+    weight_decay: float = setting(0.0, "AdamW weight decay (the paper's transformers.AdamW: 0; torch's default 0.01)")
+    adam_eps: float = setting(1e-6, "AdamW eps (the paper's transformers.AdamW: 1e-6; torch's default 1e-8)")
+    merge: Literal["exact", "linear"] = setting(
+        "exact", "exact: mean of members' delta-W; linear: PEFT linear (the paper's code)"
+    )
+    reference_from_sampler: bool = setting(
+        True, "BPO in fp32: the sampler's log-probs are the reference (no extra forward); bf16/fp16 recompute them"
+    )
+    log_kl_sft: bool = setting(True, "log KL(behavior || SFT): one extra forward when the reference is not SFT")
+    save_every: int = setting(0, "checkpoint every N steps (0: at phase ends and the end only)")
+    seed: int = setting(0, "sampling noise of the run")
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 48
-    batch_size: int = 32
-    bootstrap: int = 2000
-    judge_timeout: float = 60.0  # seconds per HTTP judge request
-    judge_retries: int = 5  # retries of a transient judge fault (and of an unreadable answer)
+    max_new_tokens: int = setting(48, "longest greedy response in evaluation")
+    batch_size: int = setting(32, "prompts per greedy generate call")
+    bootstrap: int = setting(2000, "bootstrap resamples for every interval")
+    judge_timeout: float = setting(60.0, "seconds per HTTP judge request")
+    judge_retries: int = setting(5, "retries of a transient judge fault (and of an unreadable answer)")
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataConfig = field(default_factory=DataConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs/quickstart"
-    sft_dir: str = ""  # where member SFT adapters are cached; default: <output_dir>/../sft-<hash of settings>
-    device: str = ""  # empty: cuda when available, else cpu
+    model: ModelConfig = section(ModelConfig, "the policy")
+    lora: LoraSettings = section(LoraSettings, "the LoRA of each ensemble member")
+    data: DataConfig = section(DataConfig, "prompts and references")
+    sampling: SamplingConfig = section(SamplingConfig, "how the behavior model samples pairs")
+    annotator: AnnotatorConfig = section(AnnotatorConfig, "who judges the pairs")
+    sft: SFTConfig = section(SFTConfig, "member SFT (cached by its settings)")
+    train: TrainConfig = section(TrainConfig, "the BPO loop")
+    eval: EvalConfig = section(EvalConfig, "the final evaluation and bpo eval")
+    output_dir: str = setting("runs/quickstart", "the run folder")
+    sft_dir: str = setting("", "where member SFT adapters are cached (empty: <output_dir>/../sft-<hash of settings>)")
+    device: str = setting("", "cpu, cuda, cuda:1 ... (empty: cuda when available)")
 
     def validate(self) -> None:
         """Refuse numbers that cannot give a meaningful run, before anything is loaded."""
@@ -320,6 +344,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(cfg, nested, f"override {item!r}")
     cfg.validate()
     return cfg
+
+
+def show_config(cfg: Config) -> str:
+    """The resolved config as YAML, each field under a comment with its help: loads back to ``cfg``."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        lines.append(f"# {f.metadata.get('help', '')}")
+        if not dataclasses.is_dataclass(value):
+            lines.append(f"{f.name}: {json.dumps(value)}")
+            continue
+        lines.append(f"{f.name}:")
+        for g in dataclasses.fields(value):
+            lines += [f"  # {g.metadata.get('help', '')}", f"  {g.name}: {json.dumps(getattr(value, g.name))}"]
+    return "\n".join(lines) + "\n"
+
+
+def config_keys(cfg: Config | None = None) -> list[str]:
+    """Every ``section.key`` an override can set, with its type and help."""
+    cfg = cfg or Config()
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        subs = dataclasses.fields(value) if dataclasses.is_dataclass(value) else [f]
+        for g in subs:
+            name = f"{f.name}.{g.name}" if dataclasses.is_dataclass(value) else f.name
+            out.append(
+                f"{name} = {json.dumps(cfg.get(name) if '.' in name else value)}  # {g.metadata.get('help', '')}"
+            )
+    return out
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
