@@ -22,7 +22,7 @@ from accelerate import Accelerator
 
 from bpo.config import Config
 from bpo.errors import BpoError
-from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_text_atomic
+from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_jsonl, write_text_atomic
 from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
 
 if TYPE_CHECKING:
@@ -191,8 +191,7 @@ def trim_metrics(path: Path, step: int) -> None:
     metrics.jsonl would repeat them; a line cut by the kill is dropped too.
     """
     if path.exists():
-        rows = [r for r in read_jsonl(path) if r["step"] <= step]
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= step])
 
 
 def ledger_path(out: Path, acc: Accelerator) -> Path:
@@ -202,7 +201,7 @@ def ledger_path(out: Path, acc: Accelerator) -> Path:
 def open_ledger(cfg: Config, acc: Accelerator, resume: bool, say) -> tuple[AnnotationLog, tuple | None]:
     """The ledger and the checkpoint to continue from, both checked before anything is loaded."""
     out = Path(cfg.output_dir)
-    AnnotationLog(ledger_path(out, acc))  # first its lines: a duplicated or deleted one is named as such
+    log = AnnotationLog(ledger_path(out, acc))  # first its lines: a duplicated or deleted one is named as such
     found = find_checkpoint(out, acc.num_processes, say) if resume else None  # then the prefix the checkpoint saw
-    log = AnnotationLog(ledger_path(out, acc), ledger_settings(cfg, acc.num_processes), legacy_ok=resume)
+    log.bind(ledger_settings(cfg, acc.num_processes), legacy_ok=resume)  # then the settings (a new ledger's header)
     return log, found

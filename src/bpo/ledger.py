@@ -22,7 +22,7 @@ from typing import Any
 
 from bpo.config import Config
 from bpo.errors import BpoError
-from bpo.io import append_lines, complete_lines
+from bpo.io import append_lines, complete_lines, write_text_atomic
 
 FORMAT = 1
 
@@ -71,8 +71,11 @@ class AnnotationLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.header, self.entries = self._read()
         self._check_keys()
-        if settings is None:
-            return
+        if settings is not None:
+            self.bind(settings, legacy_ok)
+
+    def bind(self, settings: dict[str, Any], legacy_ok: bool = False) -> None:
+        """Check ``settings`` against the header, or write them as the header of a new ledger."""
         settings = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
         if self.header is None:
             if self.entries and not legacy_ok:
@@ -82,7 +85,7 @@ class AnnotationLog:
                 )
             if not self.entries:
                 self.header = {"ledger": FORMAT, "fingerprint": fingerprint(settings), "settings": settings}
-                self.path.write_text(json.dumps(self.header) + "\n")  # an empty file, or only a torn line
+                write_text_atomic(self.path, json.dumps(self.header) + "\n")  # an empty file, or only a torn line
         elif self.header["settings"] != settings:
             old, new = _flat(self.header["settings"]), _flat(settings)
             keys = sorted(old.keys() | new.keys())
@@ -174,10 +177,10 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
     }
 
 
-def digest(path: Path) -> dict[str, Any]:
-    """Lines and hash of a ledger as it is now: a checkpoint records it, a resume checks the prefix."""
-    lines = complete_lines(path.read_bytes()) if path.exists() else []
-    return {"lines": len(lines), "sha256": hashlib.sha256(b"".join(lines)).hexdigest()}
+def digest(path: Path, lines: int | None = None) -> dict[str, Any]:
+    """Line count and hash of a ledger (its first ``lines`` lines): a checkpoint records it, a resume checks it."""
+    kept = (complete_lines(path.read_bytes()) if path.exists() else [])[:lines]
+    return {"lines": len(kept), "sha256": hashlib.sha256(b"".join(kept)).hexdigest()}
 
 
 def check_prefix(path: Path, recorded: dict[str, Any], where: str) -> None:
@@ -189,8 +192,7 @@ def check_prefix(path: Path, recorded: dict[str, Any], where: str) -> None:
             f"{path} is missing, but {where} recorded {recorded['lines']} lines in it: those judgements were paid "
             "for; restore the file from a backup (bpo will not buy them again silently)"
         )
-    lines = complete_lines(path.read_bytes())[: recorded["lines"]]
-    if len(lines) < recorded["lines"] or hashlib.sha256(b"".join(lines)).hexdigest() != recorded["sha256"]:
+    if digest(path, recorded["lines"]) != {"lines": recorded["lines"], "sha256": recorded["sha256"]}:
         raise LedgerError(
             f"{path} differs from what {where} recorded (its first {recorded['lines']} lines were changed or "
             "lost); restore the ledger from a backup or start the run in another output_dir"
