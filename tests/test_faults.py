@@ -275,7 +275,9 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, reference):
 
 
 def test_ctrl_c_says_how_to_continue(tmp_path, reference):
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=reference["sft"])]
+    # T = 200: the run must still be going when the signal lands (at T = 8 a loaded machine lost the race)
+    over = args(tmp_path, sft_dir=reference["sft"], **{"train.steps": 200})
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *over]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -289,7 +291,9 @@ def test_ctrl_c_says_how_to_continue(tmp_path, reference):
         f"continue with `bpo train --resume {tmp_path / 'run'}`"
     )
     assert resume(tmp_path / "run").returncode == 0
-    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])
+    # every step once (bit-identical resumes are checked above, against the T = 8 reference)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 201))
 
 
 def test_a_run_from_an_older_bpo_resumes_as_it_started(tmp_path, reference):

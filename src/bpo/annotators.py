@@ -111,19 +111,35 @@ def load_callable(spec: str) -> Callable[..., Any]:
 
 
 ANNOTATORS: dict[str, Callable[[Config], Annotator]] = {}
+Report = Callable[[dict[str, list[dict]]], list[str]]
+REPORTS: dict[str, Report] = {}  # kind -> extra markdown for `bpo compare` (runs by method -> lines)
 
 
-def register_annotator(kind: str) -> Callable[[Callable[[Config], Annotator]], Callable[[Config], Annotator]]:
-    """Make ``annotator.kind=KIND`` build its annotator with ``fn(config)`` (PEFT's registry pattern)."""
+def register_annotator(
+    kind: str, report: Report | None = None
+) -> Callable[[Callable[[Config], Annotator]], Callable[[Config], Annotator]]:
+    """Make ``annotator.kind=KIND`` build its annotator with ``fn(config)`` (PEFT's registry pattern).
+
+    ``report`` adds a section to ``bpo compare``'s report for runs judged by this kind: a judge
+    that can say *why* it scored as it did (the quickstart judge counts facts and distractors).
+    """
 
     def add(fn: Callable[[Config], Annotator]) -> Callable[[Config], Annotator]:
         ANNOTATORS[kind] = fn
+        if report:
+            REPORTS[kind] = report
         return fn
 
     return add
 
 
-@register_annotator("quickstart")
+def _quickstart_report(runs: dict[str, list[dict]]) -> list[str]:
+    from bpo.quickstart import breakdown
+
+    return breakdown(runs)
+
+
+@register_annotator("quickstart", report=_quickstart_report)
 def _quickstart(cfg: Config) -> Annotator:
     from bpo.quickstart import QuickstartTask  # the judge needs the task that made the posts
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bpo.annotators import REPORTS
 from bpo.config import load_config
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, write_text_atomic
@@ -189,46 +190,6 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
     return lines
 
 
-def _breakdown(runs: dict[str, list[dict]]) -> list[str]:
-    """What the trained greedy responses contain, by the quickstart judge's own counts.
-
-    A score says how good a response is; this says why: a policy that drifts from its data
-    tends to pad, copy distractors from the post or invent names, and that shows here first.
-    """
-    from bpo.quickstart import QuickstartTask, judge_parts
-
-    lines = [
-        "| method | seeds | facts (of 5) | distractors | invented names | words | per seed: facts / distractors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    start_parts = []
-    for method, rs in runs.items():
-        per_seed = []
-        for r in rs:
-            if r["config"].annotator.kind != "quickstart" or "trained_response" not in r["rows"][0]:
-                continue
-            task = QuickstartTask(r["config"].data.seed)
-            parts = [judge_parts(task.post(row["id"]), row["trained_response"]) for row in r["rows"]]
-            per_seed.append({"seed": r["seed"], **{k: np.mean([p[k] for p in parts]) for k in parts[0]}})
-            if not start_parts:
-                start_parts = [judge_parts(task.post(row["id"]), row["start_response"]) for row in r["rows"]]
-        if not per_seed:
-            continue
-        mean = {k: np.mean([p[k] for p in per_seed]) for k in per_seed[0]}
-        seeds_txt = ", ".join(f"s{p['seed']}: {p['facts']:.2f} / {p['distractors']:.2f}" for p in per_seed)
-        lines.append(
-            f"| {method} | {len(per_seed)} | {mean['facts']:.2f} | {mean['distractors']:.2f} | "
-            f"{mean['invented']:.2f} | {mean['words']:.1f} | {seeds_txt} |"
-        )
-    if not start_parts:
-        return []
-    s = {k: np.mean([p[k] for p in start_parts]) for k in start_parts[0]}
-    lines.insert(
-        2, f"| start (SFT) | - | {s['facts']:.2f} | {s['distractors']:.2f} | {s['invented']:.2f} | {s['words']:.1f} | |"
-    )
-    return lines
-
-
 def report(out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None) -> Path:
     """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``/``methods``, when given)."""
     runs = _collect(out, seeds, methods)
@@ -255,14 +216,9 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
     ]
     if "offline-dpo" in runs and len(runs) > 1:
         lines += ["", "## Against offline DPO, seed by seed", "", *_head_to_head(runs, "offline-dpo")]
-    breakdown = _breakdown(runs)
-    if breakdown:
-        lines += [
-            "",
-            "## What the trained responses contain (quickstart judge's counts, mean per response)",
-            "",
-            *breakdown,
-        ]
+    kinds = {r["config"].annotator.kind for rs in runs.values() for r in rs}
+    for kind in sorted(kinds & REPORTS.keys()):  # a judge that can say why it scored as it did
+        lines += REPORTS[kind](runs)
     lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", ""]
     _plot_win_rates(summary, out / "win_rate.png")
     _plot_curves(runs, out / "curves.png")

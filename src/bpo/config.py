@@ -9,32 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from bpo.errors import BpoError
+from bpo.errors import ConfigError
+from bpo.fields import apply_values, section, setting
 from bpo.io import write_text_atomic
-
-
-class ConfigError(BpoError, ValueError):
-    """A config file or override is wrong; the message says where and what."""
-
-
-def setting(default: Any, help: str) -> Any:
-    """A config field with its help text (``bpo config show`` prints it), as TRL's configs do."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def section(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help})
 
 
 @dataclass
@@ -50,13 +34,28 @@ class ModelConfig:
 
 
 @dataclass
-class LoraSettings:
+class LoraConfig:
+    """The LoRA of each ensemble member; :meth:`peft` is the same as PEFT's ``LoraConfig``."""
+
     r: int = setting(16, "LoRA rank of each ensemble member (the paper: 256)")
     alpha: int = setting(32, "LoRA alpha (the scale is alpha / r; the paper: 512)")
     dropout: float = setting(
         0.1, "LoRA dropout in member SFT only; DAP runs without dropout in every adapter, as the paper"
     )
     target_modules: str = setting("all-linear", "modules that get LoRA (PEFT's target_modules)")
+
+    def peft(self, dropout: float | None = None) -> Any:
+        """PEFT's ``LoraConfig`` for these settings (``dropout`` overrides ``self.dropout``)."""
+        from peft import LoraConfig as PeftLoraConfig  # heavy: not needed to read or check a config
+
+        drop = self.dropout if dropout is None else dropout
+        return PeftLoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=drop,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
 
 
 @dataclass
@@ -152,7 +151,7 @@ class EvalConfig:
 @dataclass
 class Config:
     model: ModelConfig = section(ModelConfig, "the policy")
-    lora: LoraSettings = section(LoraSettings, "the LoRA of each ensemble member")
+    lora: LoraConfig = section(LoraConfig, "the LoRA of each ensemble member")
     data: DataConfig = section(DataConfig, "prompts and references")
     sampling: SamplingConfig = section(SamplingConfig, "how the behavior model samples pairs")
     annotator: AnnotatorConfig = section(AnnotatorConfig, "who judges the pairs")
@@ -255,62 +254,6 @@ POSITIVE = (
 PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce(value, args[0], where)
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, inner, where) for v in value]
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp in (int, float):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            out = tp(value)
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return out
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {key!r} is a section; give it a mapping")
-            _apply(current, value, f"{where}: {key}")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], f"{where}: {key}"))
-
-
 def preset_path(name: str) -> Path:
     return Path(str(resources.files("bpo") / "configs" / f"{name}.yaml"))
 
@@ -330,7 +273,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{file}: not valid YAML: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level must be a mapping")
-        _apply(cfg, data, str(file))
+        apply_values(cfg, data, str(file))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -341,7 +284,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-        _apply(cfg, nested, f"override {item!r}")
+        apply_values(cfg, nested, f"override {item!r}")
     cfg.validate()
     return cfg
 

@@ -10,3 +10,7 @@ class BpoError(Exception):
 
 class Interrupted(BpoError):
     """Ctrl-C during a run; the message says how to continue (the CLI exits 130)."""
+
+
+class ConfigError(BpoError, ValueError):
+    """A config file or override is wrong; the message says where and what."""

@@ -16,6 +16,8 @@ import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from bpo.data import PromptRecord
 
 NAMES = """Aisha Ben Carla Dmitri Elena Farid Greta Hugo Ines Jonas Kofi Lena Mateo Nadia Omar Priya Quinn Rosa
@@ -266,3 +268,44 @@ class QuickstartTask:
                 "(use annotator.kind=reward_model or callable for your own data)"
             )
         return judge(post, response)
+
+
+def breakdown(runs: dict[str, list[dict]]) -> list[str]:
+    """What the trained greedy responses contain, by the quickstart judge's own counts.
+
+    A score says how good a response is; this says why: a policy that drifts from its data
+    tends to pad, copy distractors from the post or invent names, and that shows here first.
+    """
+    lines = [
+        "",
+        "## What the trained responses contain (quickstart judge's counts, mean per response)",
+        "",
+        "| method | seeds | facts (of 5) | distractors | invented names | words | per seed: facts / distractors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    start_parts = []
+    for method, rs in runs.items():
+        per_seed = []
+        for r in rs:
+            if r["config"].annotator.kind != "quickstart" or "trained_response" not in r["rows"][0]:
+                continue
+            task = QuickstartTask(r["config"].data.seed)
+            parts = [judge_parts(task.post(row["id"]), row["trained_response"]) for row in r["rows"]]
+            per_seed.append({"seed": r["seed"], **{k: np.mean([p[k] for p in parts]) for k in parts[0]}})
+            if not start_parts:
+                start_parts = [judge_parts(task.post(row["id"]), row["start_response"]) for row in r["rows"]]
+        if not per_seed:
+            continue
+        mean = {k: np.mean([p[k] for p in per_seed]) for k in per_seed[0]}
+        seeds_txt = ", ".join(f"s{p['seed']}: {p['facts']:.2f} / {p['distractors']:.2f}" for p in per_seed)
+        lines.append(
+            f"| {method} | {len(per_seed)} | {mean['facts']:.2f} | {mean['distractors']:.2f} | "
+            f"{mean['invented']:.2f} | {mean['words']:.1f} | {seeds_txt} |"
+        )
+    if not start_parts:
+        return []
+    s = {k: np.mean([p[k] for p in start_parts]) for k in start_parts[0]}
+    lines.insert(
+        5, f"| start (SFT) | - | {s['facts']:.2f} | {s['distractors']:.2f} | {s['invented']:.2f} | {s['words']:.1f} | |"
+    )
+    return lines

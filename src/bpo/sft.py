@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from rich.progress import Progress
+from transformers import get_cosine_schedule_with_warmup
 
 from bpo.config import Config
 from bpo.data import PromptRecord, shuffled
@@ -23,17 +23,6 @@ from bpo.ensemble import Ensemble
 from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, write_json
 from bpo.logprobs import build_batch
 from bpo.models import Policy
-
-
-def lora_config(cfg: Config, dropout: float | None = None) -> LoraConfig:
-    lc = cfg.lora
-    return LoraConfig(
-        r=lc.r,
-        lora_alpha=lc.alpha,
-        lora_dropout=lc.dropout if dropout is None else dropout,
-        target_modules=lc.target_modules,
-        task_type="CAUSAL_LM",
-    )
 
 
 def sft_key(cfg: Config) -> str:
@@ -75,7 +64,7 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
     """Train one LoRA per seed on (prompt, reference) and save each atomically. Returns their folders."""
     rows = tokenize_sft(policy, records, cfg.data.prompt_template, cfg.sft.max_length)
     k = len(cfg.sft.seeds)
-    ens = Ensemble.create(policy.model, lora_config(cfg), k, seed=cfg.sft.seeds[0])
+    ens = Ensemble.create(policy.model, cfg.lora.peft(), k, seed=cfg.sft.seeds[0])
     out = sft_dir(cfg)
     lock = FolderLock(out, "SFT cache", wait=True)  # runs sharing the cache (a compare grid) train it once
     remove_leftovers(out, [".member*-*"])  # a save cut short by a kill
@@ -93,7 +82,7 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
         torch.manual_seed(seed)
         params = ens.member_parameters(name)
         opt = torch.optim.AdamW(params, lr=cfg.sft.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=total)
         for epoch in range(cfg.sft.epochs):
             order = shuffled(rows, seed * 1000 + epoch)
             for i in range(0, len(order), cfg.sft.batch_size):
