@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
-
 from bpo.config import Config
 from bpo.data import PromptRecord
 
@@ -59,44 +57,18 @@ class ScoreAnnotator:
 
 
 class RewardModelAnnotator(ScoreAnnotator):
-    """Any ``AutoModelForSequenceClassification`` reward model (the paper: OpenAssistant deberta-v3-large-v2).
-
-    Prompt and response are fed as a text pair, truncated to ``max_length`` tokens, in batches.
+    """Any ``AutoModelForSequenceClassification`` reward model (the paper: OpenAssistant deberta-v3-large-v2),
+    read in its own tokenizer and input format (:class:`bpo.rm.RewardModel`), not the policy's.
     """
 
     def __init__(self, model: str, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from bpo.rm import RewardModel
 
-        from bpo.models import ModelLoadError, default_device
+        self.rm = RewardModel(model, batch_size, max_length, device)
+        self.name = f"rm:{model}"
 
-        self.device = torch.device(device) if device else default_device()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model).to(self.device).eval()
-        except OSError as err:
-            raise ModelLoadError(
-                f"cannot load reward model {model!r} ({err}). Offline, download it elsewhere with "
-                f"`hf download {model} --local-dir DIR` and pass DIR."
-            ) from err
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.batch_size, self.max_length, self.name = batch_size, max_length, f"rm:{model}"
-
-    @torch.no_grad()
     def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
-        out: list[float] = []
-        for i in range(0, len(responses), self.batch_size):
-            enc = self.tokenizer(
-                [p.prompt for p in prompts[i : i + self.batch_size]],
-                list(responses[i : i + self.batch_size]),
-                truncation=True,
-                max_length=self.max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(self.device)
-            out += self.model(**enc).logits[:, 0].float().tolist()
-        return out
+        return self.rm.scores([p.prompt for p in prompts], responses)
 
 
 def load_callable(spec: str) -> Callable[..., Any]:

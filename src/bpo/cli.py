@@ -1,4 +1,4 @@
-"""The ``bpo`` command line: sft, train, generate, annotate, info.
+"""The ``bpo`` command line: sft, train, generate, annotate, eval, compare, rm, config, info.
 
 Every command takes an optional config (a YAML path or a preset name) followed by
 ``section.key=value`` overrides, e.g. ``bpo train tldr-local train.phases=2 train.loss=ipo``.
@@ -211,6 +211,81 @@ def compare(
     if not report_only:
         run_grid(config, args, methods.split(","), seed_list, out, console.print)
     console.print(f"report: {report(out, command, seed_list, methods.split(','))}")
+
+
+@app.command()
+@user_errors
+def rm(
+    data: Path = typer.Argument(
+        ..., help="pairs: TRL prompt/chosen/rejected or HH-RLHF jsonl, or the TL;DR judged csv"
+    ),
+    out: Path = typer.Option(..., help="folder to save the reward model in (loadable by annotator.model=OUT)"),
+    model: str = typer.Option("smollm2-135m-instruct", help="backbone: Hub name, folder or built-in offline name"),
+    part: str = typer.Option("1/1", help="I/N: train on part I of N disjoint parts (proxy 1/2, gold 2/2)"),
+    holdout: float = typer.Option(0.2, help="fraction of the part held out for the accuracy"),
+    lora_r: int = typer.Option(16, help="LoRA rank (0: full fine-tuning)"),
+    top_layers: int = typer.Option(0, help="LoRA on the top N blocks only (0: all); several times faster on a CPU"),
+    epochs: int = typer.Option(1, help="passes over the training pairs"),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate (linear decay, 10% warm-up)"),
+    batch_size: int = typer.Option(8, help="pairs per step"),
+    max_length: int = typer.Option(512, help="tokens per (prompt, response); the prompt's start is cut beyond"),
+    dialogue: str = typer.Option(
+        "keep", help="keep, or plain: HH 'Human:/Assistant:' turns as the BPO splits' 'user: ... assistant: '"
+    ),
+    seed: int = typer.Option(0, help="split, order and initialisation"),
+    device: str = typer.Option("", help="cpu, cuda ... (empty: cuda when available)"),
+) -> None:
+    """Train a Bradley-Terry reward model on human pairs; prints and saves its held-out accuracy (OUT/rm.json)."""
+    import dataclasses
+
+    from bpo.data import load_pairs, plain_dialogue
+    from bpo.progress import progress_bar
+    from bpo.rm import RewardModelError, train_rm
+
+    i, sep, n = part.partition("/")
+    if not (sep and i.isdigit() and n.isdigit()):
+        raise RewardModelError(f"--part {part!r}: use I/N, e.g. 1/2")
+    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("max-length", max_length)):
+        if value < 1:
+            raise RewardModelError(f"--{name} {value}: must be at least 1")
+    if not (0 <= holdout < 1) or lora_r < 0 or not (0 < lr < 1):
+        raise RewardModelError(f"--holdout {holdout} must be in [0, 1), --lora-r {lora_r} >= 0, --lr {lr} in (0, 1)")
+    if dialogue not in ("keep", "plain"):
+        raise RewardModelError(f"--dialogue {dialogue!r}: use keep or plain")
+    pairs = load_pairs(data)
+    if dialogue == "plain":
+        pairs = [dataclasses.replace(p, prompt=plain_dialogue(p.prompt)) for p in pairs]
+    with progress_bar(console) as progress:
+        result = train_rm(
+            pairs,
+            model,
+            out,
+            lora_r=lora_r,
+            top_layers=top_layers,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_length=max_length,
+            part=(int(i), int(n)),
+            holdout=holdout,
+            seed=seed,
+            device=device or None,
+            source=str(data),
+            progress=progress,
+        )
+    tr, held = result["train"], result["heldout"]
+    console.print(
+        f"reward model: {out}  ({result['pairs_train']} training pairs, loss {result['loss_first']:.3f} -> "
+        f"{result['loss_last']:.3f})"
+    )
+    console.print(
+        f"accuracy on {tr['pairs']} training pairs: {tr['accuracy']:.3f} [{tr['ci95'][0]:.3f}, {tr['ci95'][1]:.3f}]"
+    )
+    if held:
+        console.print(
+            f"held-out accuracy: {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}] "
+            f"on {held['pairs']} pairs"
+        )
 
 
 config_app = typer.Typer(help="Inspect configs: the resolved values and every key's help.", add_completion=False)

@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import random
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -194,6 +195,45 @@ def split_dialogue(chosen: str, rejected: str, where: str, field: str = "chosen"
 def load_tldr_judged(path: str | Path, skip_bad: bool = False) -> list[PromptRecord]:
     """The OpenAI TL;DR judged CSV: ``query`` is the prompt, ``reference_responses`` the human summary."""
     return load_prompts(path, prompt_field="query", reference_field="reference_responses", skip_bad=skip_bad)
+
+
+def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferenceRecord]:
+    """Human pairs from any format bpo reads: TRL ``prompt``/``chosen``/``rejected``, HH-RLHF dialogues,
+    or the TL;DR judged CSV (``preferred`` names the better of ``postprocessed_response`` and
+    ``reference_responses``; unjudged rows, an empty ``preferred``, are not pairs and are left out).
+    """
+    path = Path(path)
+    rows = iter_rows(path)
+    first = next(rows, None)
+    if first is None or "preferred" not in first[1]:
+        return load_preferences(path, skip_bad=skip_bad)
+
+    def make(line: int, row: dict[str, Any]) -> PreferenceRecord | None:
+        pick = (row.get("preferred") or "").strip()
+        if not pick:
+            return None
+        if pick not in ("ours", "reference"):
+            raise DataError(f"{path}:{line}: field 'preferred' is {pick!r}; expected 'ours', 'reference' or empty")
+        ours = _field(path, line, row, "postprocessed_response")
+        ref = _field(path, line, row, "reference_responses")
+        chosen, rejected = (ref, ours) if pick == "reference" else (ours, ref)
+        return PreferenceRecord(f"{path.stem}-{line}", _field(path, line, row, "query"), chosen, rejected)
+
+    return [r for r in _collect(path, [first, *rows], make, skip_bad) if r is not None]
+
+
+def plain_dialogue(text: str) -> str:
+    """HH-RLHF turns (``\n\nHuman: ...\n\nAssistant: ...``) in the paper's split format (``user: ... assistant: ``).
+
+    The BPO splits of hh-rlhf-h4 write each turn as ``role: content `` on one line; a reward model
+    trained on HH-RLHF pairs must see the policy's prompts in the same form it was trained on.
+    """
+    parts = re.split(r"\n\n(Human|Assistant):", text)
+    out = parts[0].strip()
+    for role, content in zip(parts[1::2], parts[2::2]):
+        name = "user" if role == "Human" else "assistant"
+        out += f"{name}: {content.strip()} " if content.strip() else f"{name}: "
+    return out
 
 
 def load_hub(

@@ -112,6 +112,11 @@ def load_policy(
     return Policy(model=model, tokenizer=tokenizer, use_chat_template=use_template)
 
 
+def offline_model_folder(name: str) -> Path | None:
+    """The local folder of a built-in offline model (made on first use), None for any other name."""
+    return _cached_offline_model(name) if name in ("smollm2-135m-instruct", "gemma3-270m") else None
+
+
 def check_adapter(folder: str | Path, model_name: str) -> None:
     """``folder`` is a PEFT adapter made for ``model_name`` (bpo records the base it trained on)."""
     config = Path(folder) / "adapter_config.json"

@@ -1,0 +1,244 @@
+"""`bpo rm`: Bradley-Terry reward models from every pair format, loadable by both routes."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
+from typer.testing import CliRunner
+
+from bpo.cli import app
+from bpo.data import PromptRecord, load_pairs, plain_dialogue
+from bpo.models import tiny_llama_config
+
+runner = CliRunner()
+
+
+def _pairs(n: int) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected): the chosen reply agrees politely, the rejected one refuses rudely."""
+    return [(f"question {i}: can you help?", f"yes, gladly {i}", f"no. go away {i}") for i in range(n)]
+
+
+def write_trl(path, n=64):
+    with open(path, "w") as f:
+        for p, c, r in _pairs(n):
+            f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
+
+
+def write_hh(path, n=64):
+    with open(path, "w") as f:
+        for p, c, r in _pairs(n):
+            head = f"\n\nHuman: {p}\n\nAssistant:"
+            f.write(json.dumps({"chosen": f"{head} {c}", "rejected": f"{head} {r}"}) + "\n")
+
+
+def write_tldr(path, n=64):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["query", "postprocessed_response", "reference_responses", "preferred"])
+        w.writeheader()
+        for i, (p, c, r) in enumerate(_pairs(n)):
+            ours_better = i % 2 == 0
+            w.writerow(
+                {
+                    "query": p + "\nTL;DR:",
+                    "postprocessed_response": c if ours_better else r,
+                    "reference_responses": r if ours_better else c,
+                    "preferred": "ours" if ours_better else "reference",
+                }
+            )
+        w.writerow({"query": "unjudged", "postprocessed_response": "a", "reference_responses": "b", "preferred": ""})
+
+
+WRITERS = {"trl.jsonl": write_trl, "hh.jsonl": write_hh, "tldr.csv": write_tldr}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_rm_trains_on_every_format_and_loads_both_ways(tmp_path, name):
+    data = tmp_path / name
+    WRITERS[name](data)
+    pairs = load_pairs(data)
+    assert len(pairs) == 64 and all("yes" in p.chosen and "no." in p.rejected for p in pairs)  # unjudged row left out
+    out = tmp_path / "rm"
+    args = [
+        "rm",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        "tiny-random-llama",
+        "--holdout",
+        "0",
+        "--epochs",
+        "4",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "64",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "rm.json").read_text())
+    assert result["pairs_train"] == 64 and result["heldout"] is None
+    assert result["train"]["accuracy"] >= 0.9, result  # chance is 0.5
+    assert result["loss_last"] < result["loss_first"]
+
+    # route 1: plain transformers, with the tokenizer saved beside it
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    # route 2: the training annotator
+    from bpo.annotators import build_annotator
+    from bpo.config import load_config
+
+    ann = build_annotator(load_config(None, ["annotator.kind=reward_model", f"annotator.model={out}", "device=cpu"]))
+    recs = [PromptRecord(str(i), p.prompt) for i, p in enumerate(pairs[:8])]
+    judged = ann.annotate(recs, [(p.rejected, p.chosen) for p in pairs[:8]])
+    assert sum(j.choice == 1 for j in judged) >= 7
+    from bpo.rm import encode
+
+    enc = encode(tok, "concat", [pairs[0].prompt], [pairs[0].chosen], 64)
+    with torch.no_grad():
+        direct = model(**enc).logits[0, 0].item()
+    assert judged[0].scores[1] == pytest.approx(direct, abs=1e-5)
+
+
+def test_rm_holdout_and_parts_are_disjoint(tmp_path):
+    from bpo.rm import split_pairs
+
+    data = tmp_path / "trl.jsonl"
+    write_trl(data, 40)
+    pairs = load_pairs(data)
+    a_train, a_held = split_pairs(pairs, (1, 2), 0.25, 0)
+    b_train, b_held = split_pairs(pairs, (2, 2), 0.25, 0)
+    ids = lambda xs: {p.id for p in xs}  # noqa: E731
+    assert len(a_train) == 15 and len(a_held) == 5
+    assert not (ids(a_train) | ids(a_held)) & (ids(b_train) | ids(b_held))
+    assert len(ids(a_train) | ids(a_held) | ids(b_train) | ids(b_held)) == 40
+
+
+def _reversed_byte_tokenizer():
+    """Same bytes, other ids: a reward model whose tokenizer is not the policy's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=True)
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for special in ("<pad>", "<s>", "</s>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def test_rm_annotator_uses_its_own_tokenizer_in_training(tmp_path):
+    """A run whose reward model tokenizes differently from the policy: the ledger's scores are the RM's own."""
+    from conftest import tiny_config
+
+    tok = _reversed_byte_tokenizer()
+    backbone = tmp_path / "backbone"
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(tiny_llama_config(tok, num_hidden_layers=1, num_labels=1)).save_pretrained(backbone)
+    tok.save_pretrained(backbone)
+    data = tmp_path / "trl.jsonl"
+    write_trl(data, 16)
+    out = tmp_path / "rm"
+    res = runner.invoke(
+        app,
+        [
+            "rm",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            str(backbone),
+            "--holdout",
+            "0",
+            "--max-length",
+            "64",
+            "--lr",
+            "1e-3",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    over = tiny_config(
+        tmp_path,
+        **{
+            "train.steps": 2,
+            "train.phases": 1,
+            "annotator.kind": "reward_model",
+            "annotator.model": str(out),
+            "annotator.max_length": 64,
+        },
+    )
+    res = runner.invoke(app, ["train", "quickstart", *over, "--no-eval"])
+    assert res.exit_code == 0, res.output
+
+    from bpo.config import load_config
+    from bpo.data import load_source
+    from bpo.ledger import AnnotationLog
+    from bpo.models import byte_tokenizer
+    from bpo.rm import RewardModel, encode
+
+    cfg = load_config("quickstart", over)
+    prompts = {r.id: r.prompt for r in load_source(cfg.data, "train", 64, None)}
+    judged = [e for e in AnnotationLog(tmp_path / "run" / "annotations.jsonl").entries if e.scores]
+    assert judged
+    rm = RewardModel(str(out), max_length=64, device="cpu")
+    policy_tok = byte_tokenizer()
+    assert policy_tok("ab").input_ids != rm.tokenizer("ab").input_ids  # the two tokenizers do differ
+    for e in judged:
+        own = rm.scores([prompts[e.prompt_id]] * 2, e.responses)
+        assert e.scores == pytest.approx(own, abs=1e-5)
+        enc = encode(policy_tok, "concat", [prompts[e.prompt_id]] * 2, e.responses, 64)
+        with torch.no_grad():
+            wrong = rm.model(**enc).logits[:, 0].tolist()
+        assert wrong != pytest.approx(own, abs=1e-5)  # the policy's ids would have given other scores
+
+
+def test_plain_dialogue_matches_the_bpo_splits_format():
+    hh = (
+        "\n\nHuman: how can i tickle someone?\n\nAssistant: Do you want to torture someone?"
+        "\n\nHuman: a little bit\n\nAssistant:"
+    )
+    assert plain_dialogue(hh) == (
+        "user: how can i tickle someone? assistant: Do you want to torture someone? user: a little bit assistant: "
+    )
+
+
+def test_top_layers_leaves_the_lower_blocks_as_they_were(tmp_path):
+    from safetensors.torch import load_file
+
+    from bpo.rm import load_backbone
+
+    data = tmp_path / "trl.jsonl"
+    write_trl(data, 16)
+    out = tmp_path / "rm"
+    res = runner.invoke(
+        app,
+        [
+            "rm",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            "tiny-random-llama",
+            "--holdout",
+            "0",
+            "--max-length",
+            "64",
+            "--lr",
+            "1e-2",
+            "--top-layers",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    start = load_backbone("tiny-random-llama")[0].state_dict()
+    saved = load_file(str(out / "model.safetensors"))
+    for name in ("model.layers.0.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert torch.equal(saved[name], start[name])  # below the adapted block: untouched
+    for name in ("model.layers.1.mlp.down_proj.weight", "score.weight"):
+        assert not torch.equal(saved[name], start[name])  # the top block (LoRA merged in) and the head trained
