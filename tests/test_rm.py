@@ -242,3 +242,111 @@ def test_top_layers_leaves_the_lower_blocks_as_they_were(tmp_path):
         assert torch.equal(saved[name], start[name])  # below the adapted block: untouched
     for name in ("model.layers.1.mlp.down_proj.weight", "score.weight"):
         assert not torch.equal(saved[name], start[name])  # the top block (LoRA merged in) and the head trained
+
+
+def _tiny_rm(tmp_path, name: str, swap: bool = False):
+    data = tmp_path / f"{name}.jsonl"
+    with open(data, "w") as f:
+        for p, c, r in _pairs(16):
+            c, r = (r, c) if swap else (c, r)
+            f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
+    out = tmp_path / name
+    res = runner.invoke(
+        app,
+        [
+            "rm",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            "tiny-random-llama",
+            "--holdout",
+            "0",
+            "--max-length",
+            "64",
+            "--lr",
+            "3e-3",
+            "--epochs",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_a_gold_judge_scores_the_evaluation_beside_the_annotator(tmp_path):
+    from conftest import tiny_config
+
+    from bpo.config import load_config
+    from bpo.data import load_source
+    from bpo.rm import RewardModel
+
+    proxy, gold = _tiny_rm(tmp_path, "proxy"), _tiny_rm(tmp_path, "gold", swap=True)
+    over = tiny_config(
+        tmp_path,
+        **{
+            "train.steps": 2,
+            "train.phases": 1,
+            "annotator.kind": "reward_model",
+            "annotator.model": str(proxy),
+            "annotator.max_length": 64,
+            "eval.gold": str(gold),
+            "eval.max_new_tokens": 6,
+        },
+    )
+    res = runner.invoke(app, ["train", "quickstart", *over])
+    assert res.exit_code == 0, res.output
+    assert "the annotator's own verdict" in res.output
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["judge"] == f"rm:{gold}" and "win_rate_vs_reference" in result["annotator"]
+    items = [json.loads(x) for x in (tmp_path / "run" / "eval_items.jsonl").read_text().splitlines()]
+    records = load_source(load_config("quickstart", over).data, "eval", 4, None)
+    prompts = [r.prompt for r in records]
+    texts = [row["trained_response"] for row in items]
+    assert [row["trained"] for row in items] == pytest.approx(
+        RewardModel(str(gold), max_length=64, device="cpu").scores(prompts, texts), abs=1e-5
+    )
+    own = RewardModel(str(proxy), max_length=64, device="cpu").scores(prompts, texts)
+    assert [row["annotator_trained"] for row in items] == pytest.approx(own, abs=1e-5)
+    assert own != pytest.approx([row["trained"] for row in items], abs=1e-3)  # two judges, two verdicts
+
+
+def test_a_missing_gold_judge_fails_before_sft(tmp_path):
+    from conftest import tiny_config
+
+    over = tiny_config(tmp_path, **{"eval.gold": str(tmp_path / "no-such-rm")})
+    res = runner.invoke(app, ["train", "quickstart", *over])
+    assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith("error: cannot load reward model")
+    assert not (tmp_path / "sft").exists()
+
+
+def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):
+    data = tmp_path / "hh.jsonl"
+    write_hh(data, 20)
+    held = tmp_path / "eval.jsonl"
+    held.write_text(
+        "".join(json.dumps({"prompt": f"user: question {i}: can you help? assistant: "}) + "\n" for i in range(5))
+    )
+    out = tmp_path / "rm"
+    res = runner.invoke(
+        app,
+        [
+            "rm",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            "tiny-random-llama",
+            "--holdout",
+            "0",
+            "--max-length",
+            "64",
+            "--dialogue",
+            "plain",
+            "--exclude",
+            str(held),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "left out 5 of 20 pairs" in res.output
+    assert json.loads((out / "rm.json").read_text())["pairs_train"] == 15

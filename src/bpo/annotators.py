@@ -132,3 +132,9 @@ def _callable(cfg: Config) -> Annotator:
 def build_annotator(cfg: Config) -> Annotator:
     """The annotator ``cfg.annotator.kind`` names."""
     return ANNOTATORS[cfg.annotator.kind](cfg)
+
+
+def build_gold(cfg: Config) -> Annotator:
+    """The reward model ``eval.gold`` names: it judges the final evaluation and never trains the policy."""
+    a = cfg.annotator
+    return RewardModelAnnotator(cfg.eval.gold, a.batch_size, a.max_length, cfg.device or None)

@@ -232,13 +232,16 @@ def rm(
     dialogue: str = typer.Option(
         "keep", help="keep, or plain: HH 'Human:/Assistant:' turns as the BPO splits' 'user: ... assistant: '"
     ),
+    exclude: list[Path] = typer.Option(
+        None, help="prompt file (jsonl/csv, field 'prompt'): leave out pairs on its prompts, e.g. the eval prompts"
+    ),
     seed: int = typer.Option(0, help="split, order and initialisation"),
     device: str = typer.Option("", help="cpu, cuda ... (empty: cuda when available)"),
 ) -> None:
     """Train a Bradley-Terry reward model on human pairs; prints and saves its held-out accuracy (OUT/rm.json)."""
     import dataclasses
 
-    from bpo.data import load_pairs, plain_dialogue
+    from bpo.data import load_pairs, load_prompts, plain_dialogue
     from bpo.progress import progress_bar
     from bpo.rm import RewardModelError, train_rm
 
@@ -255,6 +258,11 @@ def rm(
     pairs = load_pairs(data)
     if dialogue == "plain":
         pairs = [dataclasses.replace(p, prompt=plain_dialogue(p.prompt)) for p in pairs]
+    if exclude:  # a judge that has seen the eval prompts' references would favour them
+        seen = {" ".join(r.prompt.split()) for f in exclude for r in load_prompts(f, reference_field=None)}
+        kept = [p for p in pairs if " ".join(p.prompt.split()) not in seen]
+        console.print(f"left out {len(pairs) - len(kept)} of {len(pairs)} pairs whose prompt is in --exclude")
+        pairs = kept
     with progress_bar(console) as progress:
         result = train_rm(
             pairs,

@@ -133,8 +133,8 @@ def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dic
     lines = [
         "| method | seeds | gold score (start -> trained) | improvement over seeds [t 95%] (per seed) "
         "| improvement, pooled prompts | win rate vs start (per seed) | ties vs start | win rate vs reference "
-        "| annotations | wall time / run | peak RSS |",
-        "| --- | ---: | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: |",
+        "| win rate vs reference, the annotator judging | annotations | wall time / run | peak RSS |",
+        "| --- | ---: | --- | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     summary = {}
     for method, rs in runs.items():
@@ -147,6 +147,10 @@ def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dic
         if all("reference" in r["items"] for r in rs):
             wr = pooled_win_rate(trained, _by_seed(rs, "reference"))
             ref = f"{wr['win_rate']:.2f} {_ci(wr, '.2f')}"
+        own = "same judge"  # eval.gold unset: the annotator is the judge
+        if all("annotator_reference" in r["items"] for r in rs):
+            wo = pooled_win_rate(_by_seed(rs, "annotator_trained"), _by_seed(rs, "annotator_reference"))
+            own = f"{wo['win_rate']:.2f} {_ci(wo, '.2f')}"
         summary[method] = w
         seeds_txt = ", ".join(f"{v:+.2f}" for v in per_seed_imp)
         spread = _ci(over_seeds) if len(rs) > 1 else "[n/a]"
@@ -159,7 +163,7 @@ def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dic
             f"| {method} | {len(rs)} | {start.mean():.2f} -> {trained.mean():.2f} "
             f"| {over_seeds['mean']:+.2f} {spread} ({seeds_txt}) | {imp['mean']:+.2f} {_ci(imp)} "
             f"| {w['win_rate']:.2f} {_ci(w, '.2f')} ({', '.join(f'{v:.2f}' for v in w['per_seed'])}) "
-            f"| {w['tie_rate']:.2f} | {ref} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
+            f"| {w['tie_rate']:.2f} | {ref} | {own} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
         )
     return lines, summary
 
@@ -190,6 +194,11 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
     return lines
 
 
+def _annotator(cfg) -> str:
+    a = cfg.annotator
+    return {"reward_model": f"rm:{a.model}", "callable": f"callable:{a.callable}"}.get(a.kind, a.kind)
+
+
 def report(out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None) -> Path:
     """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``/``methods``, when given)."""
     runs = _collect(out, seeds, methods)
@@ -200,6 +209,9 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
         "# Method comparison",
         "",
         f"Command: `{command}`",
+        "",
+        f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for rs in runs.values() for r in rs}))}; "
+        f"annotator: {', '.join(sorted({_annotator(r['config']) for rs in runs.values() for r in rs}))}.",
         "",
         "Every method spends the same annotation budget (B*T sampled pairs; identical pairs are not sent to "
         "the annotator, so `annotations` can be lower). Scores are greedy responses on held-out prompts, "

@@ -144,6 +144,11 @@ class EvalConfig:
     max_new_tokens: int = setting(48, "longest greedy response in evaluation")
     batch_size: int = setting(32, "prompts per greedy generate call")
     bootstrap: int = setting(2000, "bootstrap resamples for every interval")
+    gold: str = setting(
+        "",
+        "reward model (folder or Hub name) that judges the final evaluation apart from the annotator, so that "
+        "over-optimisation of the annotator shows; empty: the annotator judges (the paper's set-up)",
+    )
     judge_timeout: float = setting(60.0, "seconds per HTTP judge request")
     judge_retries: int = setting(5, "retries of a transient judge fault (and of an unreadable answer)")
 

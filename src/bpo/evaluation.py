@@ -39,18 +39,17 @@ def greedy(policy: Policy, records, cfg, ensemble: Ensemble | None = None, adapt
 def evaluate_run(run: Run, progress: Progress) -> dict:
     """Greedy responses of the start (SFT ensemble) and the trained ensemble on held-out prompts.
 
-    Scored by the run's annotator: the paper evaluates with the annotator's judge (its RM).
+    Scored by the run's annotator (the paper evaluates with the annotator's RM) or, with
+    ``eval.gold``, by that judge, with the annotator's own verdicts beside it under ``annotator``.
     """
     cfg = run.cfg
     records = load_source(cfg.data, "eval", cfg.data.eval_examples, run.policy.tokenizer)
-    annotator = run.annotator
-    result: dict = {"n": len(records)}
-    scores, responses = {}, {}
+    responses = {}
     # the start model's greedy answers depend only on the SFT adapters and the eval settings:
     # runs that share them (a comparison grid) compute them once
     start_key = hashlib.sha256(
         json.dumps(
-            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, cfg.eval.__dict__],
+            [sft_key(cfg), cfg.device, cfg.train.merge, cfg.data.__dict__, _greedy_settings(cfg)],
             sort_keys=True,
             default=str,
         ).encode()
@@ -64,22 +63,39 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
             texts = greedy(run.policy, records, cfg, run.ens, adapter)
         if name == "start" and not start_cache.exists():
             write_json(start_cache, texts)
-        scores[name] = annotator.scores(records, texts)
-        responses[f"{name}_response"] = texts
-        result[name] = mean_ci(scores[name], cfg.eval.bootstrap)
-        result[f"{name}_samples"] = texts[:5]
+        responses[name] = texts
         progress.advance(bar)
-    if all(r.reference is not None for r in records):  # the paper's metric: beat the human reference
-        scores["reference"] = annotator.scores(records, [r.reference for r in records])
-        result["reference"] = mean_ci(scores["reference"], cfg.eval.bootstrap)
-        result["win_rate_vs_reference"] = win_rate(scores["trained"], scores["reference"], cfg.eval.bootstrap)
-        result["start_win_rate_vs_reference"] = win_rate(scores["start"], scores["reference"], cfg.eval.bootstrap)
-    delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
-    result["improvement"] = mean_ci(delta, cfg.eval.bootstrap)
-    result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], cfg.eval.bootstrap)
-    items = ({"id": r.id, **{k: v[i] for k, v in (scores | responses).items()}} for i, r in enumerate(records))
+    scores, result = _judge(run.gold or run.annotator, records, responses, cfg.eval.bootstrap)
+    if run.gold:
+        own, result["annotator"] = _judge(run.annotator, records, responses, cfg.eval.bootstrap)
+        scores |= {f"annotator_{k}": v for k, v in own.items()}
+    result["judge"] = (run.gold or run.annotator).name
+    for name, texts in responses.items():
+        result[f"{name}_samples"] = texts[:5]
+    texts = {f"{k}_response": v for k, v in responses.items()}
+    items = ({"id": r.id, **{k: v[i] for k, v in (scores | texts).items()}} for i, r in enumerate(records))
     write_jsonl(run.out / "eval_items.jsonl", items)
     return result
+
+
+def _greedy_settings(cfg) -> dict:
+    """The eval settings that decide greedy responses (not who judges them, nor the bootstrap)."""
+    return {k: v for k, v in cfg.eval.__dict__.items() if k in ("max_new_tokens", "batch_size")}
+
+
+def _judge(judge, records, responses: dict[str, list[str]], bootstrap: int) -> tuple[dict, dict]:
+    """Scores of start, trained (and the human reference, when every record has one) and their win rates."""
+    scores = {name: judge.scores(records, texts) for name, texts in responses.items()}
+    result: dict = {"n": len(records), **{name: mean_ci(s, bootstrap) for name, s in scores.items()}}
+    if all(r.reference is not None for r in records):  # the paper's metric: beat the human reference
+        scores["reference"] = judge.scores(records, [r.reference for r in records])
+        result["reference"] = mean_ci(scores["reference"], bootstrap)
+        result["win_rate_vs_reference"] = win_rate(scores["trained"], scores["reference"], bootstrap)
+        result["start_win_rate_vs_reference"] = win_rate(scores["start"], scores["reference"], bootstrap)
+    delta = [a - b for a, b in zip(scores["trained"], scores["start"])]
+    result["improvement"] = mean_ci(delta, bootstrap)
+    result["win_rate_vs_start"] = win_rate(scores["trained"], scores["start"], bootstrap)
+    return scores, result
 
 
 def print_result(console: Console, r: dict, seconds: float) -> None:
@@ -98,6 +114,13 @@ def print_result(console: Console, r: dict, seconds: float) -> None:
             f"[bold]win rate vs reference[/] start {v0['win_rate']:.2f} [{v0['ci_low']:.2f}, {v0['ci_high']:.2f}] "
             f"-> trained {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
             f"({v['wins']} wins, {v['ties']} ties, {v['losses']} losses)"
+        )
+    own = r.get("annotator", {}).get("win_rate_vs_reference")
+    if own:  # the run's annotator judging its own training: over-optimisation shows as a gap to the gold judge
+        console.print(
+            f"[bold]the annotator's own verdict[/] win rate vs reference {own['win_rate']:.2f} "
+            f"[{own['ci_low']:.2f}, {own['ci_high']:.2f}] "
+            f"(start {r['annotator']['start_win_rate_vs_reference']['win_rate']:.2f}; judge {r['judge']} above)"
         )
 
 

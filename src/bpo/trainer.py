@@ -34,7 +34,7 @@ from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
 from transformers import get_linear_schedule_with_warmup
 
-from bpo.annotators import Annotator, build_annotator
+from bpo.annotators import Annotator, build_annotator, build_gold
 from bpo.checkpoint import (
     clean_leftovers,
     has_checkpoint,
@@ -71,6 +71,7 @@ class Run:
     prompt_ids: list[list[int]]
     out: Path
     local_batch: int
+    gold: Annotator | None = None  # eval.gold: a judge apart from the annotator (None: the annotator judges)
 
     def __post_init__(self) -> None:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
@@ -91,6 +92,9 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
             f"= {needed} are needed (each prompt is used once)"
         )
     records = records[:needed]
+    # the judges load before SFT: a wrong reward-model path fails in seconds, not after member SFT
+    annotator = build_annotator(cfg)
+    gold = build_gold(cfg) if cfg.eval.gold else None
 
     if not sft_done(cfg):
         if acc.is_main_process:
@@ -108,7 +112,7 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
         ens.snapshot("behavior", "ema")
     shard = local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
-    return Run(cfg, acc, policy, ens, build_annotator(cfg), shard, ids, out, t.batch_size // acc.num_processes)
+    return Run(cfg, acc, policy, ens, annotator, shard, ids, out, t.batch_size // acc.num_processes, gold)
 
 
 # ----------------------------------------------------------------------------- the loop
