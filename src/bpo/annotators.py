@@ -9,9 +9,11 @@ to the ledger (:mod:`bpo.ledger`) before training uses it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from bpo.config import Config
@@ -72,14 +74,53 @@ class RewardModelAnnotator(ScoreAnnotator):
 
 
 def load_callable(spec: str) -> Callable[..., Any]:
-    """``package.module:function`` -> the function, with a clear error when it is not there."""
-    module, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"annotator callable {spec!r} must look like 'package.module:function'")
+    """``package.module:fn`` or ``path/to/file.py:fn`` -> the function, with a clear error when it is not there.
+
+    A file path needs no PYTHONPATH: the file is imported by its path.
+    """
+    module, _, attr = spec.rpartition(":")
+    if not module or not attr:
+        raise ValueError(f"annotator callable {spec!r} must look like 'package.module:fn' or 'path/to/file.py:fn'")
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
+        if module.endswith(".py"):
+            path = Path(module).expanduser()
+            if not path.exists():
+                raise ImportError(f"no such file {path}")
+            loader = importlib.util.spec_from_file_location(f"bpo_user_{path.stem}", path)
+            mod = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+        return getattr(mod, attr)
+    except (ImportError, AttributeError, SyntaxError) as err:
         raise ValueError(f"cannot import annotator callable {spec!r}: {err}") from err
+
+
+class PairwiseAnnotator:
+    """A Python function that picks the better of two responses: ``fn(prompt, a, b) -> 0 | 1 | None``.
+
+    It may return ``(choice, rationale)``; the rationale goes to the ledger. ``None`` is a tie (the
+    pair is not trained on). Anything else is an error naming the function and the prompt.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str):
+        self.fn, self.name = fn, name
+
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
+        out = []
+        for record, (a, b) in zip(prompts, pairs):
+            got = self.fn(record.prompt, a, b)
+            choice, rationale = got if isinstance(got, tuple) and len(got) == 2 else (got, None)
+            if choice not in (0, 1, None) or isinstance(choice, bool) or not isinstance(rationale, (str, type(None))):
+                raise ValueError(
+                    f"annotator {self.name} returned {got!r} for prompt {record.id}; expected 0, 1, None "
+                    "(a tie), or (one of those, a rationale string)"
+                )
+            out.append(Judgement(choice, None, rationale))
+        return out
+
+    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
+        raise ValueError(f"annotator {self.name} picks between two responses; it gives no score per response")
 
 
 ANNOTATORS: dict[str, Callable[[Config], Annotator]] = {}
@@ -122,6 +163,11 @@ def _quickstart(cfg: Config) -> Annotator:
 def _reward_model(cfg: Config) -> Annotator:
     a = cfg.annotator
     return RewardModelAnnotator(a.model, a.batch_size, a.max_length)
+
+
+@register_annotator("pairwise")
+def _pairwise(cfg: Config) -> Annotator:
+    return PairwiseAnnotator(load_callable(cfg.annotator.callable), f"pairwise:{cfg.annotator.callable}")
 
 
 @register_annotator("callable")

@@ -196,7 +196,11 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
 
 def _annotator(cfg) -> str:
     a = cfg.annotator
-    return {"reward_model": f"rm:{a.model}", "callable": f"callable:{a.callable}"}.get(a.kind, a.kind)
+    return {
+        "reward_model": f"rm:{a.model}",
+        "callable": f"callable:{a.callable}",
+        "pairwise": f"pairwise:{a.callable}",
+    }.get(a.kind, a.kind)
 
 
 def report(out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None) -> Path:

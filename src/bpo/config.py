@@ -92,9 +92,16 @@ class SamplingConfig:
 
 @dataclass
 class AnnotatorConfig:
-    kind: Literal["quickstart", "reward_model", "callable"] = setting("quickstart", "who judges the pairs")
+    kind: Literal["quickstart", "reward_model", "callable", "pairwise"] = setting(
+        "quickstart",
+        "who judges the pairs: quickstart, reward_model, callable (a score per response), pairwise (a pick per pair)",
+    )
     model: str = setting("OpenAssistant/reward-model-deberta-v3-large-v2", "reward model (Hub name or folder)")
-    callable: str = setting("", "package.module:function(prompt_record, response) -> float, for kind=callable")
+    callable: str = setting(
+        "",
+        "package.module:fn or path/to/file.py:fn; kind=callable: fn(prompt_record, response) -> float; "
+        "kind=pairwise: fn(prompt, response_a, response_b) -> 0 | 1 | None, or (that, rationale)",
+    )
     batch_size: int = setting(16, "responses per reward-model forward")
     max_length: int = setting(1024, "reward-model input tokens (prompt + response), truncated beyond")
 
@@ -220,6 +227,15 @@ class Config:
                     "annotator.kind=reward_model annotator.model=DIR, or annotator.kind=callable annotator.callable=..."
                 )
 
+    def check_evaluation(self) -> None:
+        """A judge that only picks between two responses gives no scores for the final evaluation."""
+        if self.annotator.kind in PAIRWISE and not self.eval.gold:
+            raise ConfigError(
+                f"annotator.kind={self.annotator.kind} picks between two responses and gives no scores to evaluate "
+                "with: set eval.gold=RM (a reward model judges the evaluation), or pass --no-eval and judge the "
+                "result with `bpo eval --judge http`"
+            )
+
     def get(self, key: str) -> Any:
         """A value by its dotted name, e.g. ``train.beta``."""
         section, _, name = key.partition(".")
@@ -255,6 +271,8 @@ POSITIVE = (
     "sft.lr",
     "lora.alpha",
 )
+
+PAIRWISE = ("pairwise",)  # annotator kinds without a score per response
 
 PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
 

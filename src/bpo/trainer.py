@@ -240,6 +240,8 @@ def train(
     console = console or Console()
     out = Path(cfg.output_dir)
     cfg.check_sources()
+    if evaluate:
+        cfg.check_evaluation()
     if not resume and has_checkpoint(out):
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
     if resume and (out / "run.json").exists():
