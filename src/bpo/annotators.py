@@ -25,6 +25,7 @@ class Judgement:
     choice: int | None  # index (0 or 1) of the preferred response; None for a tie
     scores: tuple[float, float] | None = None
     rationale: str | None = None
+    usage: dict[str, int] | None = None  # what the judgement cost (requests, tokens), when it was paid for
 
 
 class Annotator(Protocol):
@@ -168,6 +169,58 @@ def _reward_model(cfg: Config) -> Annotator:
 @register_annotator("pairwise")
 def _pairwise(cfg: Config) -> Annotator:
     return PairwiseAnnotator(load_callable(cfg.annotator.callable), f"pairwise:{cfg.annotator.callable}")
+
+
+class LLMJudgeAnnotator:
+    """A pairwise LLM judge over an OpenAI-compatible API (:class:`bpo.judges.HTTPPairwiseJudge`) as annotator.
+
+    Each pair is asked in both orders; a response is preferred only when it wins both, a split
+    verdict is a tie (not trained on). Answers are cached on disk (shared with ``bpo eval``), so a
+    resumed or repeated run pays for no question twice; every judgement records what it cost.
+    """
+
+    def __init__(self, judge: Any, concurrency: int):
+        self.judge, self.concurrency, self.name = judge, concurrency, judge.name
+
+    def _one(self, record: PromptRecord, pair: tuple[str, str]) -> Judgement:
+        spent: dict[str, int] = {}
+        outcome = self.judge.compare(record.prompt, pair[0], pair[1], spent)
+        if outcome is None:
+            return Judgement(None, None, "invalid: the judge's answer named neither response", spent)
+        choice = {1.0: 0, 0.0: 1}.get(outcome)
+        why = {0: "A in both orders", 1: "B in both orders"}.get(
+            choice, "split verdict: each order preferred its first"
+        )
+        return Judgement(choice, None, why, spent)
+
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._one, prompts, pairs))  # in order, whatever order they finish in
+
+    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
+        raise ValueError(f"annotator {self.name} picks between two responses; it gives no score per response")
+
+
+def judge_cache(cfg: Config) -> Path:
+    """Where HTTP judge answers are kept: one file shared by training annotators and ``bpo eval``."""
+    from bpo.models import cache_dir
+
+    return Path(cfg.annotator.cache) if cfg.annotator.cache else cache_dir() / "judge-cache.jsonl"
+
+
+@register_annotator("llm_judge")
+def _llm_judge(cfg: Config) -> Annotator:
+    import os
+
+    from bpo.judges import HTTPPairwiseJudge
+
+    a, e = cfg.annotator, cfg.eval
+    judge = HTTPPairwiseJudge(
+        a.url, a.model, judge_cache(cfg), os.environ.get(a.api_key_env), e.judge_retries, timeout=e.judge_timeout
+    )
+    return LLMJudgeAnnotator(judge, a.concurrency)
 
 
 @register_annotator("callable")

@@ -92,11 +92,21 @@ class SamplingConfig:
 
 @dataclass
 class AnnotatorConfig:
-    kind: Literal["quickstart", "reward_model", "callable", "pairwise"] = setting(
+    kind: Literal["quickstart", "reward_model", "callable", "pairwise", "llm_judge"] = setting(
         "quickstart",
-        "who judges the pairs: quickstart, reward_model, callable (a score per response), pairwise (a pick per pair)",
+        "who judges the pairs: quickstart, reward_model, callable (a score per response), pairwise (a Python "
+        "pick per pair), llm_judge (an LLM behind an OpenAI-compatible API, asked in both orders)",
     )
-    model: str = setting("OpenAssistant/reward-model-deberta-v3-large-v2", "reward model (Hub name or folder)")
+    model: str = setting(
+        "OpenAssistant/reward-model-deberta-v3-large-v2",
+        "reward model (Hub name or folder); for llm_judge the model name the API serves",
+    )
+    url: str = setting("", "llm_judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = setting("OPENAI_API_KEY", "llm_judge: environment variable holding the API key (never logged)")
+    concurrency: int = setting(4, "llm_judge: requests in flight at once")
+    cache: str = setting(
+        "", "llm_judge and bpo eval --judge http: answer cache (empty: $BPO_CACHE/judge-cache.jsonl, shared)"
+    )
     callable: str = setting(
         "",
         "package.module:fn or path/to/file.py:fn; kind=callable: fn(prompt_record, response) -> float; "
@@ -156,8 +166,8 @@ class EvalConfig:
         "reward model (folder or Hub name) that judges the final evaluation apart from the annotator, so that "
         "over-optimisation of the annotator shows; empty: the annotator judges (the paper's set-up)",
     )
-    judge_timeout: float = setting(60.0, "seconds per HTTP judge request")
-    judge_retries: int = setting(5, "retries of a transient judge fault (and of an unreadable answer)")
+    judge_timeout: float = setting(60.0, "seconds per HTTP judge request (bpo eval and annotator.kind=llm_judge)")
+    judge_retries: int = setting(5, "retries of a transient HTTP judge fault (and of an unreadable answer)")
 
 
 @dataclass
@@ -227,6 +237,11 @@ class Config:
                     "annotator.kind=reward_model annotator.model=DIR, or annotator.kind=callable annotator.callable=..."
                 )
 
+    def check_annotator(self) -> None:
+        """An LLM judge needs its URL before anything is loaded."""
+        if self.annotator.kind == "llm_judge" and not self.annotator.url:
+            raise ConfigError("annotator.kind=llm_judge needs annotator.url (an OpenAI-compatible base URL)")
+
     def check_evaluation(self) -> None:
         """A judge that only picks between two responses gives no scores for the final evaluation."""
         if self.annotator.kind in PAIRWISE and not self.eval.gold:
@@ -261,6 +276,7 @@ COUNTS = (
     "eval.bootstrap",
     "annotator.batch_size",
     "annotator.max_length",
+    "annotator.concurrency",
 )
 POSITIVE = (
     "train.beta",
@@ -272,7 +288,7 @@ POSITIVE = (
     "lora.alpha",
 )
 
-PAIRWISE = ("pairwise",)  # annotator kinds without a score per response
+PAIRWISE = ("pairwise", "llm_judge")  # annotator kinds without a score per response
 
 PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
 

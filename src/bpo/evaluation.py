@@ -225,11 +225,12 @@ def run_eval(
     else:
         other = read_responses(against, len(records))
     if judge == "http":
+        from bpo.annotators import judge_cache
         from bpo.judges import HTTPPairwiseJudge
 
         e = cfg.eval
         j = HTTPPairwiseJudge(
-            judge_url, judge_model, out / "judge_cache.jsonl", api_key, e.judge_retries, timeout=e.judge_timeout
+            judge_url, judge_model, judge_cache(cfg), api_key, e.judge_retries, timeout=e.judge_timeout
         )
         outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
         scores = None

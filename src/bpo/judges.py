@@ -18,6 +18,7 @@ import hashlib
 import http.client
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,12 +98,16 @@ class HTTPPairwiseJudge:
         self.name = f"http:{model}"
         self.requests = 0  # HTTP requests made by this instance (cache hits excluded, retries included)
         self.invalid = 0  # questions whose answers stayed unreadable
+        self._lock = threading.Lock()  # annotators ask from several threads: one cache line, one count at a time
 
     def _key(self, prompt: str, first: str, second: str) -> str:
         return hashlib.sha256(json.dumps([self.url, self.model, prompt, first, second]).encode()).hexdigest()
 
-    def _post(self, body: bytes) -> str:
-        """The answer text of one request, retrying transient faults; a JudgeError when they persist."""
+    def _post(self, body: bytes, spent: dict[str, int]) -> str:
+        """The answer text of one request, retrying transient faults; a JudgeError when they persist.
+
+        ``spent`` counts what was paid for: requests (retries included) and the tokens the server reports.
+        """
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -110,11 +115,17 @@ class HTTPPairwiseJudge:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.requests += 1
+            with self._lock:
+                self.requests += 1
+            spent["requests"] = spent.get("requests", 0) + 1
             try:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     payload = json.loads(resp.read().decode("utf-8"))
+                usage = payload.get("usage") if isinstance(payload, dict) else None
+                for k in ("prompt_tokens", "completion_tokens"):
+                    if isinstance(usage, dict) and isinstance(usage.get(k), int):
+                        spent[k] = spent.get(k, 0) + usage[k]
                 return str(payload["choices"][0]["message"]["content"])
             except urllib.error.HTTPError as err:  # before URLError, its parent
                 problem = f"HTTP {err.code} {err.reason}"  # the body is not echoed: it may hold headers or keys
@@ -124,8 +135,9 @@ class HTTPPairwiseJudge:
                 problem = f"{type(err).__name__}: {str(err)[:120]}" if not isinstance(err, KeyError) else "no choices"
         raise JudgeError(f"judge {self.url} failed after {self.retries + 1} tries (last: {problem})")
 
-    def ask(self, prompt: str, first: str, second: str) -> str | None:
+    def ask(self, prompt: str, first: str, second: str, spent: dict[str, int] | None = None) -> str | None:
         """The judge's pick between ``first`` (A) and ``second`` (B); None when its answer stays unreadable."""
+        spent = {} if spent is None else spent
         key = self._key(prompt, first, second)
         if key in self.cache:
             return self.cache[key]
@@ -138,19 +150,21 @@ class HTTPPairwiseJudge:
             }
         ).encode()
         for _ in range(self.retries + 1):
-            answer = parse_verdict(self._post(body))
+            answer = parse_verdict(self._post(body, spent))
             if answer is not None:
-                self.cache[key] = answer
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                append_lines(self.cache_path, [json.dumps({"key": key, "answer": answer})])
+                with self._lock:
+                    self.cache[key] = answer
+                    self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                    append_lines(self.cache_path, [json.dumps({"key": key, "answer": answer})])
                 return answer
-        self.invalid += 1
+        with self._lock:
+            self.invalid += 1
         return None
 
-    def compare(self, prompt: str, a: str, b: str) -> float | None:
+    def compare(self, prompt: str, a: str, b: str, spent: dict[str, int] | None = None) -> float | None:
         """1 when ``a`` wins in both orders, 0 when ``b`` does, 0.5 otherwise; None if an answer was unreadable."""
-        first = self.ask(prompt, a, b)  # a is A
-        second = self.ask(prompt, b, a)  # a is B
+        first = self.ask(prompt, a, b, spent)  # a is A
+        second = self.ask(prompt, b, a, spent)  # a is B
         if first is None or second is None:
             return None
         a_votes = (first == "A") + (second == "B")

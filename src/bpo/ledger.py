@@ -45,6 +45,7 @@ class Annotation:
     rationale: str | None = None
     behavior_logps: list[float | None] | None = field(default=None, repr=False)  # summed, under the sampler
     identical: bool = False  # both responses the same tokens: not annotated, not trained on
+    usage: dict[str, int] | None = None  # what this judgement cost: requests and tokens (an LLM judge)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -170,11 +171,17 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
         "sft": d["sft"],
         "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
         "sampling": {k: v for k, v in d["sampling"].items() if k != "batch_size"},  # keyed: batch-invariant
-        "annotator": d["annotator"],
+        "annotator": _annotator_settings(d["annotator"]),
         "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft")},
         "device": d["device"],
         "processes": processes,
     }
+
+
+def _annotator_settings(a: dict[str, Any]) -> dict[str, Any]:
+    """The annotator settings that change a judgement: an LLM judge's URL and model, not its cache or key."""
+    http = ("url",) if a["kind"] == "llm_judge" else ()
+    return {k: v for k, v in a.items() if k not in ("url", "api_key_env", "concurrency", "cache") or k in http}
 
 
 def digest(path: Path, lines: int | None = None) -> dict[str, Any]:

@@ -66,6 +66,7 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
                     rationale=jd.rationale if jd else None,
                     behavior_logps=[g[0].logp, g[1].logp],
                     identical=jd is None,
+                    usage=jd.usage if jd else None,
                 )
             )
         log.append(entries)

@@ -240,6 +240,7 @@ def train(
     console = console or Console()
     out = Path(cfg.output_dir)
     cfg.check_sources()
+    cfg.check_annotator()
     if evaluate:
         cfg.check_evaluation()
     if not resume and has_checkpoint(out):

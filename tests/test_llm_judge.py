@@ -1,0 +1,122 @@
+"""annotator.kind=llm_judge: a pairwise LLM judge over an OpenAI-compatible API trains the policy."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from bpo.cli import app
+from bpo.config import load_config
+from bpo.errors import Interrupted
+from bpo.ledger import AnnotationLog
+from bpo.trainer import train
+
+runner = CliRunner()
+
+
+class Judge(BaseHTTPRequestHandler):
+    """Prefers the longer response; reports usage; counts requests and how many were in flight at once."""
+
+    lock = threading.Lock()
+    requests = in_flight = most_in_flight = 0
+
+    def do_POST(self):  # noqa: N802
+        with Judge.lock:
+            Judge.requests += 1
+            Judge.in_flight += 1
+            Judge.most_in_flight = max(Judge.most_in_flight, Judge.in_flight)
+        time.sleep(0.02)  # long enough for concurrent requests to overlap
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][0]["content"]
+        a = text.split("### Response A\n")[1].split("\n\n### Response B")[0]
+        b = text.split("### Response B\n")[1].rstrip("\n")
+        usage = {"prompt_tokens": len(text), "completion_tokens": 1}
+        payload = {"choices": [{"message": {"content": "A" if len(a) >= len(b) else "B"}}], "usage": usage}
+        data = json.dumps(payload).encode()
+        with Judge.lock:
+            Judge.in_flight -= 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def judge_url():
+    Judge.requests = Judge.in_flight = Judge.most_in_flight = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def overrides(tmp_path, url, **more):
+    return tiny_config(
+        tmp_path,
+        **{
+            "train.steps": 4,
+            "train.phases": 2,
+            "annotator.kind": "llm_judge",
+            "annotator.url": url,
+            "annotator.model": "judge-7b",
+            "annotator.concurrency": 2,
+            **more,
+        },
+    )
+
+
+def test_llm_judge_trains_logs_choices_and_cost_and_keeps_the_key_out(tmp_path, judge_url, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret")
+    res = runner.invoke(app, ["train", "quickstart", *overrides(tmp_path, judge_url), "--no-eval"])
+    assert res.exit_code == 0, res.output
+    ledger = tmp_path / "run" / "annotations.jsonl"
+    entries = [e for e in AnnotationLog(ledger).entries if not e.identical]
+    assert entries
+    for e in entries:
+        a, b = e.responses
+        assert e.choice == (None if len(a) == len(b) else int(len(b) > len(a)))  # both orders must agree
+        assert e.usage["requests"] == 2 and e.usage["completion_tokens"] == 2 and e.usage["prompt_tokens"] > 0
+    assert Judge.requests == 2 * len(entries)
+    assert 1 < Judge.most_in_flight <= 2  # concurrent, within annotator.concurrency
+    header = json.loads(ledger.read_text().splitlines()[0])["settings"]["annotator"]
+    assert header["url"] == judge_url and header["model"] == "judge-7b"
+    assert "sk-very-secret" not in ledger.read_text()
+
+
+def test_a_resumed_or_repeated_run_pays_for_no_question_twice(tmp_path, judge_url):
+    def stop(run, step, metrics):
+        if step == 0:
+            raise KeyboardInterrupt
+
+    cfg = load_config("quickstart", overrides(tmp_path, judge_url))
+    with pytest.raises(Interrupted):
+        train(cfg, evaluate=False, on_step=stop)  # after phase 0 is judged and one step is taken
+    asked_before_resume = Judge.requests
+    assert asked_before_resume > 0
+    train(cfg, resume=True, evaluate=False)
+    judged = [e for e in AnnotationLog(tmp_path / "run" / "annotations.jsonl").entries if not e.identical]
+    assert Judge.requests == 2 * len(judged)  # phase 0's questions were not asked again
+
+    again = load_config("quickstart", overrides(tmp_path, judge_url, output_dir=str(tmp_path / "run2")))
+    before = Judge.requests
+    train(again, evaluate=False)  # same samples, same shared cache
+    assert Judge.requests == before  # every answer came from the cache
+    second = [e for e in AnnotationLog(tmp_path / "run2" / "annotations.jsonl").entries if not e.identical]
+    assert [e.choice for e in second] == [e.choice for e in judged]
+    assert all(e.usage == {} for e in second)  # nothing was paid for
+
+
+def test_llm_judge_needs_a_url_before_anything_loads(tmp_path):
+    res = runner.invoke(
+        app, ["train", "quickstart", *tiny_config(tmp_path, **{"annotator.kind": "llm_judge"}), "--no-eval"]
+    )
+    assert res.exit_code == 2 and "needs annotator.url" in res.output
+    assert not (tmp_path / "run").exists()
