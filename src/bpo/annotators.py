@@ -23,9 +23,10 @@ from bpo.data import PromptRecord
 @dataclass
 class Judgement:
     choice: int | None  # index (0 or 1) of the preferred response; None for a tie
-    scores: tuple[float, float] | None = None
+    scores: tuple[float, ...] | None = None
     rationale: str | None = None
     usage: dict[str, int] | None = None  # what the judgement cost (requests, tokens), when it was paid for
+    rejected: int | None = None  # best-of-n: the response trained against (None: the other of two)
 
 
 class Annotator(Protocol):

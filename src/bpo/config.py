@@ -83,6 +83,12 @@ class SamplingConfig:
     """Decoding settings; the defaults are the paper's public code: temperature 1, top-p 0.95, top-k off."""
 
     max_new_tokens: int = setting(48, "longest sampled response (the paper: 128)")
+    n: int = setting(
+        2, "responses sampled per prompt (the paper: 2); more is best-of-n, the pair set by sampling.pairs"
+    )
+    pairs: Literal["best_worst", "random"] = setting(
+        "best_worst", "with n > 2: train on the best vs the worst response (a scoring annotator) or on a random pair"
+    )
     temperature: float = setting(1.0, "sampling temperature")
     top_k: int = setting(0, "keep the k most likely tokens (0: off)")
     top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
@@ -208,6 +214,14 @@ class Config:
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
+        need(sm.n >= 2, "sampling.n", "at least 2 (a pair)", sm.n)
+        scorer = self.annotator.kind not in PAIRWISE
+        need(
+            scorer or sm.n == 2 or sm.pairs == "random",
+            "sampling.pairs",
+            f"random with annotator.kind={self.annotator.kind} (best_worst needs a score per response)",
+            sm.pairs,
+        )
         need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
         need(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)", lora.dropout)
         need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)

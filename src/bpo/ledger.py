@@ -46,6 +46,13 @@ class Annotation:
     behavior_logps: list[float | None] | None = field(default=None, repr=False)  # summed, under the sampler
     identical: bool = False  # both responses the same tokens: not annotated, not trained on
     usage: dict[str, int] | None = None  # what this judgement cost: requests and tokens (an LLM judge)
+    rejected: int | None = None  # best-of-n: the response trained against (None: the other of two)
+    calls: int = 1  # annotator calls made: a pair judged counts one, a response scored alone (best-of-n) one
+
+    def trained_pair(self) -> tuple[int, int]:
+        """(chosen, rejected) indices into ``responses``; only for a judged pair (``choice`` not None)."""
+        assert self.choice is not None
+        return self.choice, (1 - self.choice if self.rejected is None else self.rejected)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -148,6 +155,11 @@ class AnnotationLog:
         return {e.index: e for e in self.entries if e.phase == phase}
 
     @property
+    def calls(self) -> int:
+        """Annotator calls paid for: the budget actually spent (best-of-n scores every response)."""
+        return sum(e.calls for e in self.entries if not e.identical)
+
+    @property
     def judged(self) -> int:
         """Pairs sent to the annotator (the budget spent); identical pairs are not."""
         return sum(not e.identical for e in self.entries)
@@ -170,12 +182,18 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
         "lora": d["lora"],
         "sft": d["sft"],
         "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
-        "sampling": {k: v for k, v in d["sampling"].items() if k != "batch_size"},  # keyed: batch-invariant
+        "sampling": _sampling_settings(d["sampling"]),
         "annotator": _annotator_settings(d["annotator"]),
         "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft")},
         "device": d["device"],
         "processes": processes,
     }
+
+
+def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
+    """Sampling keys that change samples (keyed noise: not the batch size); best-of-n keys only when used."""
+    skip = {"batch_size"} | ({"n", "pairs"} if s["n"] == 2 else set())  # ledgers from before best-of-n match
+    return {k: v for k, v in s.items() if k not in skip}
 
 
 def _annotator_settings(a: dict[str, Any]) -> dict[str, Any]:

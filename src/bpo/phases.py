@@ -9,11 +9,14 @@ prompt), so a resume, a bigger batch or more processes give the same samples.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from rich.progress import Progress
 
+from bpo.annotators import Judgement
 from bpo.data import PromptRecord
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.sampling import HFBackend, identical
@@ -47,28 +50,65 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
         chunk = todo[i : i + params.batch_size]
         records = [run.prompts[start + j] for j in chunk]
         keys = [f"{t.seed}:{r.id}" for r in records]
-        groups = backend.generate([run.prompt_ids[start + j] for j in chunk], 2, params, "behavior", True, keys)
-        keep = [(j, r, g) for j, r, g in zip(chunk, records, groups) if not identical(g)]
-        judged = run.annotator.annotate([r for _, r, _ in keep], [(g[0].text, g[1].text) for _, _, g in keep])
-        verdicts = {j: jd for (j, _, _), jd in zip(keep, judged)}
+        groups = backend.generate([run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys)
         entries = []
-        for j, r, g in zip(chunk, records, groups):
-            jd = verdicts.get(j)  # None: an identical pair, recorded so a resume neither samples nor counts it again
+        for j, r, g, (jd, calls) in zip(chunk, records, groups, judge(run, records, groups, keys)):
+            # jd None: identical samples, recorded so a resume neither samples nor counts them again
             entries.append(
                 Annotation(
                     phase=phase,
                     index=j,
                     prompt_id=r.id,
-                    responses=[g[0].text, g[1].text],
-                    tokens=[g[0].token_ids, g[1].token_ids],
+                    responses=[c.text for c in g],
+                    tokens=[c.token_ids for c in g],
                     choice=jd.choice if jd else None,
                     scores=list(jd.scores) if jd and jd.scores else None,
                     rationale=jd.rationale if jd else None,
-                    behavior_logps=[g[0].logp, g[1].logp],
+                    behavior_logps=[c.logp for c in g],
                     identical=jd is None,
                     usage=jd.usage if jd else None,
+                    rejected=jd.rejected if jd else None,
+                    calls=calls,
                 )
             )
         log.append(entries)
         progress.advance(bar, len(chunk))
     return log.phase(phase)
+
+
+def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) -> list[tuple[Judgement | None, int]]:
+    """Per prompt, the annotator's judgement of its samples (None: all identical) and the calls it cost.
+
+    Two samples: the pair is judged (one call). Best-of-n (``sampling.n`` > 2): ``best_worst``
+    scores every sample (n calls) and trains the best against the worst, a tie when they score
+    alike; ``random`` judges one pair drawn by the prompt's key (one call), so a resume draws it again.
+    """
+    n, how = run.cfg.sampling.n, run.cfg.sampling.pairs
+    out: list[tuple[Judgement | None, int]] = [(None, 0)] * len(groups)
+    if n > 2 and how == "best_worst":
+        todo = [i for i, g in enumerate(groups) if not identical(g)]
+        flat = run.annotator.scores(
+            [records[i] for i in todo for _ in range(n)], [c.text for i in todo for c in groups[i]]
+        )
+        for k, i in enumerate(todo):
+            sc = flat[k * n : (k + 1) * n]
+            if not all(math.isfinite(x) for x in sc):
+                raise ValueError(
+                    f"annotator {run.annotator.name} gave a non-finite score {sc} for prompt {records[i].id}"
+                )
+            hi, lo = sc.index(max(sc)), sc.index(min(sc))
+            out[i] = (Judgement(None if sc[hi] == sc[lo] else hi, tuple(sc), rejected=lo), n)
+        return out
+    picks = [(0, 1) if n == 2 else tuple(sorted(random.Random(key).sample(range(n), 2))) for key in keys]
+    todo = [i for i, (g, (a, b)) in enumerate(zip(groups, picks)) if not identical([g[a], g[b]])]
+    pairs = [(groups[i][picks[i][0]].text, groups[i][picks[i][1]].text) for i in todo]
+    for i, jd in zip(todo, run.annotator.annotate([records[i] for i in todo], pairs)):
+        a, b = picks[i]
+        if n > 2:  # indices into all n samples
+            jd = replace(
+                jd,
+                choice=None if jd.choice is None else (a, b)[jd.choice],
+                rejected=None if jd.choice is None else (b, a)[jd.choice],
+            )
+        out[i] = (jd, 1)
+    return out

@@ -47,7 +47,7 @@ def reference_logps(
     logged = [a.behavior_logps for a in kept]
     sampled = None
     if all(x and None not in x for x in logged):
-        rows = [x[i] for a, x in zip(kept, logged) for i in (a.choice, 1 - a.choice)]
+        rows = [x[i] for a, x in zip(kept, logged) for i in a.trained_pair()]
         sampled = torch.tensor(rows, device=batch.prompt_ids.device)
     exact = run.policy.model.dtype == torch.float32
     if t.reference == "behavior" and t.reference_from_sampler and exact and sampled is not None:
@@ -78,7 +78,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     if kept:
         # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
         prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
-        responses = [[a.tokens[a.choice], a.tokens[1 - a.choice]] for a in kept]
+        responses = [[a.tokens[i] for i in a.trained_pair()] for a in kept]
         batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
         ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
         ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
@@ -122,7 +122,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     for name in names:
         summed = total(acc, sums.get(name, torch.zeros((), device=device)), device)
         out[name] = summed.item() / n_global if n_global else float("nan")
-    scored = [sum(a.scores) / 2 for a in kept if a.scores is not None]
+    scored = [sum(a.scores) / len(a.scores) for a in kept if a.scores is not None]
     score = total(acc, torch.tensor([sum(scored), len(scored)], dtype=torch.float64), device)
     if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
         out["score/behavior_samples"] = (score[0] / score[1]).item()

@@ -185,6 +185,7 @@ def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) 
         metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
         device = run.policy.device
         metrics["annotations/used"] = total(acc, float(log.judged), device).item()
+        metrics["annotations/calls"] = total(acc, float(log.calls), device).item()
         metrics["pairs/identical"] = total(acc, float(log.identical_pairs), device).item()
         if acc.is_main_process:
             append_lines(run.out / "metrics.jsonl", [json.dumps(metrics)])
@@ -215,6 +216,7 @@ def finish(run: Run, loop: Loop, progress: Progress, evaluate: bool, resume: boo
             "wall_seconds": round(time.time() - started, 1),
             "peak_rss_mib": round(peak),
             "annotations": loop.log.judged,
+            "annotator_calls": loop.log.calls,
             "identical_pairs": loop.log.identical_pairs,
             "steps": run.cfg.train.steps,
             "resumed": resume,
