@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bpo.cli import app
 from bpo.data import PromptRecord, load_pairs, plain_dialogue
-from bpo.models import tiny_llama_config
+from bpo.models import byte_tokenizer, tiny_llama_config
 
 runner = CliRunner()
 
@@ -50,6 +50,12 @@ def write_tldr(path, n=64):
         w.writerow({"query": "unjudged", "postprocessed_response": "a", "reference_responses": "b", "preferred": ""})
 
 
+def train_tiny_rm(data, out, *extra: str):
+    """`bpo rm` on tiny-random-llama with 64-token inputs and nothing held out."""
+    args = ["rm", str(data), "--out", str(out), "--model", "tiny-random-llama", "--holdout", "0", "--max-length", "64"]
+    return runner.invoke(app, [*args, *extra])
+
+
 WRITERS = {"trl.jsonl": write_trl, "hh.jsonl": write_hh, "tldr.csv": write_tldr}
 
 
@@ -60,25 +66,7 @@ def test_rm_trains_on_every_format_and_loads_both_ways(tmp_path, name):
     pairs = load_pairs(data)
     assert len(pairs) == 64 and all("yes" in p.chosen and "no." in p.rejected for p in pairs)  # unjudged row left out
     out = tmp_path / "rm"
-    args = [
-        "rm",
-        str(data),
-        "--out",
-        str(out),
-        "--model",
-        "tiny-random-llama",
-        "--holdout",
-        "0",
-        "--epochs",
-        "4",
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "64",
-    ]
-    res = runner.invoke(app, args)
+    res = train_tiny_rm(data, out, "--epochs", "4", "--lr", "3e-3", "--batch-size", "8")
     assert res.exit_code == 0, res.output
     result = json.loads((out / "rm.json").read_text())
     assert result["pairs_train"] == 64 and result["heldout"] is None
@@ -118,26 +106,11 @@ def test_rm_holdout_and_parts_are_disjoint(tmp_path):
     assert len(ids(a_train) | ids(a_held) | ids(b_train) | ids(b_held)) == 40
 
 
-def _reversed_byte_tokenizer():
-    """Same bytes, other ids: a reward model whose tokenizer is not the policy's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=True)
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    for special in ("<pad>", "<s>", "</s>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
 def test_rm_annotator_uses_its_own_tokenizer_in_training(tmp_path):
     """A run whose reward model tokenizes differently from the policy: the ledger's scores are the RM's own."""
     from conftest import tiny_config
 
-    tok = _reversed_byte_tokenizer()
+    tok = byte_tokenizer(reverse=True)  # same bytes, other ids: not the policy's tokenizer
     backbone = tmp_path / "backbone"
     torch.manual_seed(0)
     LlamaForSequenceClassification(tiny_llama_config(tok, num_hidden_layers=1, num_labels=1)).save_pretrained(backbone)
@@ -179,7 +152,6 @@ def test_rm_annotator_uses_its_own_tokenizer_in_training(tmp_path):
     from bpo.config import load_config
     from bpo.data import load_source
     from bpo.ledger import AnnotationLog
-    from bpo.models import byte_tokenizer
     from bpo.rm import RewardModel, encode
 
     cfg = load_config("quickstart", over)
@@ -216,25 +188,7 @@ def test_top_layers_leaves_the_lower_blocks_as_they_were(tmp_path):
     data = tmp_path / "trl.jsonl"
     write_trl(data, 16)
     out = tmp_path / "rm"
-    res = runner.invoke(
-        app,
-        [
-            "rm",
-            str(data),
-            "--out",
-            str(out),
-            "--model",
-            "tiny-random-llama",
-            "--holdout",
-            "0",
-            "--max-length",
-            "64",
-            "--lr",
-            "1e-2",
-            "--top-layers",
-            "1",
-        ],
-    )
+    res = train_tiny_rm(data, out, "--lr", "1e-2", "--top-layers", "1")
     assert res.exit_code == 0, res.output
     start = load_backbone("tiny-random-llama")[0].state_dict()
     saved = load_file(str(out / "model.safetensors"))
@@ -251,25 +205,7 @@ def _tiny_rm(tmp_path, name: str, swap: bool = False):
             c, r = (r, c) if swap else (c, r)
             f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
     out = tmp_path / name
-    res = runner.invoke(
-        app,
-        [
-            "rm",
-            str(data),
-            "--out",
-            str(out),
-            "--model",
-            "tiny-random-llama",
-            "--holdout",
-            "0",
-            "--max-length",
-            "64",
-            "--lr",
-            "3e-3",
-            "--epochs",
-            "2",
-        ],
-    )
+    res = train_tiny_rm(data, out, "--lr", "3e-3", "--epochs", "2")
     assert res.exit_code == 0, res.output
     return out
 
@@ -328,25 +264,7 @@ def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):
         "".join(json.dumps({"prompt": f"user: question {i}: can you help? assistant: "}) + "\n" for i in range(5))
     )
     out = tmp_path / "rm"
-    res = runner.invoke(
-        app,
-        [
-            "rm",
-            str(data),
-            "--out",
-            str(out),
-            "--model",
-            "tiny-random-llama",
-            "--holdout",
-            "0",
-            "--max-length",
-            "64",
-            "--dialogue",
-            "plain",
-            "--exclude",
-            str(held),
-        ],
-    )
+    res = train_tiny_rm(data, out, "--dialogue", "plain", "--exclude", str(held))
     assert res.exit_code == 0, res.output
     assert "left out 5 of 20 pairs" in res.output
     assert json.loads((out / "rm.json").read_text())["pairs_train"] == 15

@@ -212,11 +212,15 @@ def _cached_offline_model(name: str) -> Path:
     return target
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A 259-token byte-level tokenizer made on the spot: tests need no downloaded vocabulary."""
+def byte_tokenizer(reverse: bool = False) -> PreTrainedTokenizerFast:
+    """A 259-token byte-level tokenizer made on the spot: tests need no downloaded vocabulary.
+
+    ``reverse`` numbers the bytes the other way round: the same text, other ids (a reward model
+    whose tokenizer is not the policy's).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=reverse)
     vocab = {ch: i for i, ch in enumerate(alphabet)}
     for special in ("<pad>", "<s>", "</s>"):
         vocab[special] = len(vocab)
