@@ -90,7 +90,11 @@ def load_backbone(name: str, seed: int = 0) -> tuple[Any, Any, str]:
             torch.manual_seed(seed)
             model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
         return model, tokenizer, name
+    from transformers.utils import logging as hf_logging
+
     source = offline_model_folder(name) or name
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the new score head as missing: that is the point
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
@@ -99,6 +103,8 @@ def load_backbone(name: str, seed: int = 0) -> tuple[Any, Any, str]:
             f"cannot load {name!r} as a sequence classifier ({str(err).splitlines()[0] if str(err) else err}). "
             "Offline, pass a local folder or a built-in name (smollm2-135m-instruct, gemma3-270m, tiny-random-llama)."
         ) from None
+    finally:
+        hf_logging.set_verbosity(level)
     return model, tokenizer, str(source)
 
 
