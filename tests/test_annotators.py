@@ -92,7 +92,7 @@ def test_annotate_cli(tmp_path, tiny_rm):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 3 and all(r["choice"] in (0, 1, None) for r in rows)
     bad = CliRunner().invoke(app, ["annotate", "--pairs", str(pairs), "--out", str(out)])
-    assert bad.exit_code == 2 and "annotator.kind=reward_model or callable" in bad.output
+    assert bad.exit_code == 2 and "annotator.kind=reward_model, callable, pairwise or llm_judge" in bad.output
 
 
 def test_a_non_finite_score_is_refused_not_taken_for_a_choice():

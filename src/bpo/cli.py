@@ -141,26 +141,28 @@ def generate(
 @app.command()
 @user_errors
 def annotate(
-    pairs: Path = typer.Option(..., help="jsonl with prompt and two responses (fields prompt, chosen, rejected)"),
+    pairs: Path = typer.Option(..., help="pairs: TRL prompt/chosen/rejected or HH-RLHF jsonl, or the TL;DR judged csv"),
     out: Path = typer.Option(..., help="where to write the judgements (jsonl)"),
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
 ) -> None:
-    """Judge a file of response pairs with the configured annotator (reward model or callable)."""
+    """Judge a file of response pairs with the configured annotator (reward model, callable, pairwise, LLM judge)."""
     from bpo.annotators import build_annotator
-    from bpo.data import PromptRecord, load_preferences
+    from bpo.data import PromptRecord, load_pairs
     from bpo.io import write_jsonl
 
     cfg = _config(args)
     if cfg.annotator.kind == "quickstart":
         raise ConfigError(
-            "annotate needs annotator.kind=reward_model or callable (the quickstart judge "
+            "annotate needs annotator.kind=reward_model, callable, pairwise or llm_judge (the quickstart judge "
             "only knows its own generated posts)"
         )
-    rows = load_preferences(pairs, skip_bad=cfg.data.skip_bad_rows)
+    cfg.check_annotator()
+    rows = load_pairs(pairs, skip_bad=cfg.data.skip_bad_rows)
     annotator = build_annotator(cfg)
     records = [PromptRecord(r.id, r.prompt) for r in rows]
     judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
-    write_jsonl(out, ({"id": r.id, "choice": j.choice, "scores": j.scores} for r, j in zip(rows, judged)))
+    fields = ("choice", "scores", "rationale", "usage")
+    write_jsonl(out, ({"id": r.id, **{k: getattr(j, k) for k in fields}} for r, j in zip(rows, judged)))
     agree = sum(j.choice == 0 for j in judged) / max(len(judged), 1)
     console.print(f"wrote {len(judged)} judgements to {out}; the first response preferred in {agree:.1%}")
 
