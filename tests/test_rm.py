@@ -69,7 +69,7 @@ def test_rm_trains_on_every_format_and_loads_both_ways(tmp_path, name):
     res = train_tiny_rm(data, out, "--epochs", "4", "--lr", "3e-3", "--batch-size", "8")
     assert res.exit_code == 0, res.output
     result = json.loads((out / "rm.json").read_text())
-    assert result["pairs_train"] == 64 and result["heldout"] is None
+    assert result["pairs_train"] == 64 and result["heldout"] is None and result["wall_seconds"] > 0
     assert result["train"]["accuracy"] >= 0.9, result  # chance is 0.5
     assert result["loss_last"] < result["loss_first"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,7 @@ def train_rm(
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
+    started = time.time()
     train, held = split_pairs(pairs, part, holdout, seed)
     lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
     torch.manual_seed(seed)
@@ -304,6 +306,7 @@ def train_rm(
         "train": accuracy(model, tokenizer, train[:TRAIN_CHECK], max_length, batch_size, seed=seed),
         "heldout": accuracy(model, tokenizer, held, max_length, batch_size, seed=seed) if held else None,
     }
+    result["wall_seconds"] = round(time.time() - started, 1)
     tmp = temp_dir(out.parent, f".{out.name}-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
