@@ -41,6 +41,23 @@ class Annotator(Protocol):
         ...
 
 
+def check_finite(name: str, record: PromptRecord, scores: Sequence[float]) -> None:
+    """Refuse a NaN or infinite score: NaN > x is False, so it would silently pick a response."""
+    if not all(math.isfinite(x) for x in scores):
+        raise ValueError(
+            f"annotator {name} gave a non-finite score ({', '.join(map(str, scores))}) for prompt {record.id}"
+        )
+
+
+class PairsOnly:
+    """A judge that picks between two responses and gives no score per response."""
+
+    name: str
+
+    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
+        raise ValueError(f"annotator {self.name} picks between two responses; it gives no score per response")
+
+
 class ScoreAnnotator:
     """Prefers the response with the higher score under ``score(prompt_record, response)``."""
 
@@ -55,8 +72,7 @@ class ScoreAnnotator:
         a = self.scores(prompts, [x for x, _ in pairs])
         b = self.scores(prompts, [y for _, y in pairs])
         for p, sa, sb in zip(prompts, a, b):
-            if not (math.isfinite(sa) and math.isfinite(sb)):  # NaN > x is False: it would silently pick 0
-                raise ValueError(f"annotator {self.name} gave a non-finite score ({sa}, {sb}) for prompt {p.id}")
+            check_finite(self.name, p, (sa, sb))
         return [Judgement(None if sa == sb else int(sb > sa), (sa, sb)) for sa, sb in zip(a, b)]
 
 
@@ -98,7 +114,7 @@ def load_callable(spec: str) -> Callable[..., Any]:
         raise ValueError(f"cannot import annotator callable {spec!r}: {err}") from err
 
 
-class PairwiseAnnotator:
+class PairwiseAnnotator(PairsOnly):
     """A Python function that picks the better of two responses: ``fn(prompt, a, b) -> 0 | 1 | None``.
 
     It may return ``(choice, rationale)``; the rationale goes to the ledger. ``None`` is a tie (the
@@ -120,9 +136,6 @@ class PairwiseAnnotator:
                 )
             out.append(Judgement(choice, None, rationale))
         return out
-
-    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
-        raise ValueError(f"annotator {self.name} picks between two responses; it gives no score per response")
 
 
 ANNOTATORS: dict[str, Callable[[Config], Annotator]] = {}
@@ -172,7 +185,7 @@ def _pairwise(cfg: Config) -> Annotator:
     return PairwiseAnnotator(load_callable(cfg.annotator.callable), f"pairwise:{cfg.annotator.callable}")
 
 
-class LLMJudgeAnnotator:
+class LLMJudgeAnnotator(PairsOnly):
     """A pairwise LLM judge over an OpenAI-compatible API (:class:`bpo.judges.HTTPPairwiseJudge`) as annotator.
 
     Each pair is asked in both orders; a response is preferred only when it wins both, a split
@@ -199,9 +212,6 @@ class LLMJudgeAnnotator:
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(self._one, prompts, pairs))  # in order, whatever order they finish in
-
-    def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
-        raise ValueError(f"annotator {self.name} picks between two responses; it gives no score per response")
 
 
 def judge_cache(cfg: Config) -> Path:

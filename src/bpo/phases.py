@@ -9,14 +9,13 @@ prompt), so a resume, a bigger batch or more processes give the same samples.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from rich.progress import Progress
 
-from bpo.annotators import Judgement
+from bpo.annotators import Judgement, check_finite
 from bpo.data import PromptRecord
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.sampling import HFBackend, identical
@@ -92,10 +91,7 @@ def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) 
         )
         for k, i in enumerate(todo):
             sc = flat[k * n : (k + 1) * n]
-            if not all(math.isfinite(x) for x in sc):
-                raise ValueError(
-                    f"annotator {run.annotator.name} gave a non-finite score {sc} for prompt {records[i].id}"
-                )
+            check_finite(run.annotator.name, records[i], sc)
             hi, lo = sc.index(max(sc)), sc.index(min(sc))
             out[i] = (Judgement(None if sc[hi] == sc[lo] else hi, tuple(sc), rejected=lo), n)
         return out

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from bpo.data import PreferenceRecord, shuffled
 from bpo.errors import BpoError
 from bpo.io import FolderLock, replace_dir, temp_dir, write_json
+from bpo.logprobs import pad
 from bpo.models import ModelLoadError, default_device, offline_model_folder
 from bpo.stats import bootstrap_ci
 
 FORMAT_FILE = "bpo_rm.json"
-STYLES = ("concat", "pair", "chat")
 
 
 class RewardModelError(BpoError, ValueError):
@@ -64,10 +64,7 @@ def encode(tokenizer: Any, style: str, prompts: Sequence[str], responses: Sequen
             r_ids = tokenizer(" " + r.strip(), add_special_tokens=False).input_ids
         r_ids = r_ids[: max_length - 1]
         rows.append(p_ids[-(max_length - len(r_ids)) :] + r_ids)
-    width = max(len(x) for x in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([x + [pad] * (width - len(x)) for x in rows])
-    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in rows])
+    ids, mask = pad(rows, tokenizer.pad_token_id, "right")  # right: the score is read at the last real token
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -130,17 +127,27 @@ class RewardModel:
 
     @torch.no_grad()
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        out: list[float] = []
-        for i in range(0, len(responses), self.batch_size):
-            enc = encode(
-                self.tokenizer,
-                self.style,
-                prompts[i : i + self.batch_size],
-                responses[i : i + self.batch_size],
-                self.max_length,
-            )
-            out += self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits[:, 0].float().tolist()
-        return out
+        return rewards(
+            self.model, self.tokenizer, self.style, prompts, responses, self.max_length, self.batch_size
+        ).tolist()
+
+
+def rewards(
+    model: Any,
+    tokenizer: Any,
+    style: str,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """The reward of each (prompt, response), ``batch_size`` rows per forward (gradients as the caller allows)."""
+    device = next(model.parameters()).device
+    outs = []
+    for i in range(0, len(responses), batch_size):
+        enc = encode(tokenizer, style, prompts[i : i + batch_size], responses[i : i + batch_size], max_length)
+        outs.append(model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float())
+    return torch.cat(outs)
 
 
 def _set_pad(tokenizer: Any, model: Any) -> None:
@@ -167,15 +174,8 @@ def pair_scores(
     """Rewards of the chosen and the rejected responses, in one forward per batch."""
     prompts = [p.prompt for p in pairs] * 2
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    device = next(model.parameters()).device
-    outs = []
     with torch.set_grad_enabled(grad):
-        for i in range(0, len(prompts), batch_size * 2):
-            enc = encode(
-                tokenizer, "concat", prompts[i : i + 2 * batch_size], responses[i : i + 2 * batch_size], max_length
-            )
-            outs.append(model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float())
-    r = torch.cat(outs)
+        r = rewards(model, tokenizer, "concat", prompts, responses, max_length, 2 * batch_size)
     return r[: len(pairs)], r[len(pairs) :]
 
 
