@@ -112,3 +112,40 @@ def test_keyed_sampling_with_temperature_and_top_p_samples_the_warped_softmax():
     torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
     chi2 = (((freq - want) ** 2 / want.clamp(min=1e-9))[keep] * n).sum()
     assert chi2 < 13.8  # chi-square, 2 degrees of freedom, p = 0.001
+
+
+def test_folded_adapter_and_shared_prefill_sample_the_same_model(tiny):
+    # folding the frozen behavior adapter into the base weights and prefilling each prompt once are
+    # speed-ups only: same samples, same log-probs, and the base weights come back bit for bit
+    gen = torch.Generator().manual_seed(1)
+    ens = Ensemble.create(tiny.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), 2)
+    with torch.no_grad():
+        for m in ens.members:
+            for p in ens.member_parameters(m):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    ens.merge("behavior")
+    base = {n: p.detach().clone() for n, p in tiny.model.named_parameters() if "lora" not in n}
+    prompts = [tiny.encode_prompt(t) for t in ["hello there", "a much longer prompt than the first one", "xy"]]
+    keys = ["a", "b", "c"]
+
+    def sample(fold: bool, prefill: bool) -> list[Completion]:
+        params = SamplingConfig(max_new_tokens=16, batch_size=3, fold_adapter=fold, prefill_once=prefill)
+        return [c for g in HFBackend(tiny, ens).generate(prompts, 3, params, "behavior", True, keys) for c in g]
+
+    plain = sample(False, False)
+    unfolded = sample(False, True)  # shared prefill through the LoRA path
+    for fast in (sample(True, False), sample(True, True), unfolded):
+        assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
+        torch.testing.assert_close(
+            torch.tensor([c.logp for c in fast]), torch.tensor([c.logp for c in plain]), atol=1e-4, rtol=0
+        )
+    for n, p in tiny.model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), n
+    # and the model sampled is the behavior model, not the base: its teacher-forced log-probs match
+    batch = build_batch(
+        [p for p in prompts for _ in range(3)], [c.token_ids for c in plain], tiny.tokenizer.pad_token_id
+    )
+    want = ens.logps("behavior", batch)[0]
+    torch.testing.assert_close(torch.tensor([c.logp for c in sample(True, True)]), want, atol=1e-4, rtol=0)
+    assert (ens.logps(None, batch)[0] - want).abs().max() > 1e-2

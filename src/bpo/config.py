@@ -94,6 +94,14 @@ class SamplingConfig:
     top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
     do_sample: bool = setting(True, "training always samples; False is greedy (evaluation)")
     batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
+    fold_adapter: bool = setting(
+        True,
+        "generate with the frozen adapter folded into a copy-restored base weight (same model, no LoRA "
+        "matmuls per token); False runs the adapter unfolded",
+    )
+    prefill_once: bool = setting(
+        True, "run each prompt once and repeat its KV cache for its n samples; False prefills every sample"
+    )
 
 
 @dataclass

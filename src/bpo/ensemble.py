@@ -116,6 +116,36 @@ class Ensemble:
             self.peft.base_model.set_adapter(previous)
             self._fix_trainable()
 
+    @contextlib.contextmanager
+    def folded(self, name: str) -> Iterator[PeftModel]:
+        """Run the model with adapter ``name`` folded into the base weights, for inference only.
+
+        A frozen adapter (the behavior model inside a phase) need not be a separate low-rank
+        path: W + delta-W is the same model, without two extra matmuls per layer and token (the
+        behavior adapter has rank K*r). The base weights are copied first and copied back after,
+        so they return bit for bit (unmerging by subtraction would not). Embedding and DoRA
+        adapters are run unfolded (an embedding may be tied to the LM head).
+        """
+        layers = [layer for layer in self._layers() if name in layer.lora_A]
+        plain = not any(name in layer.lora_embedding_A or layer.use_dora.get(name) for layer in self._layers())
+        if not layers or not plain or getattr(self.peft.peft_config[name], "lora_bias", False):
+            with self.active(name) as model:
+                yield model
+            return
+        saved = []
+        try:
+            with torch.no_grad():
+                for layer in layers:
+                    weight = layer.get_base_layer().weight
+                    saved.append((weight, weight.detach().clone()))
+                    weight.add_(layer.get_delta_weight(name).to(weight.dtype))
+            with self.active(None) as model:
+                yield model
+        finally:
+            with torch.no_grad():
+                for weight, copy in saved:
+                    weight.copy_(copy)
+
     def logps(
         self, name: str | None, batch: TokenBatch | SharedPromptBatch, grad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,6 +121,22 @@ def sequence_logps(
     return _row_logps(logits, ids[:, 1:], predict)
 
 
+def _prompt_pass(decoder: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, repeats: int) -> tuple:
+    """The decoder on left-padded prompts, and ``{name: cache}`` with each row's cache repeated
+    ``repeats`` times (transformers renamed ``past_key_values`` to ``cache``; the name is this version's)."""
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache = getattr(out, name)
+    cache.batch_repeat_interleave(repeats)
+    return out, {name: cache}
+
+
+def prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, repeats: int) -> dict:
+    """Keyword arguments that hand ``generate`` the prompts' KV cache, each row repeated ``repeats``
+    times: sampling n responses runs each prompt once (position ids as generate derives them)."""
+    return _prompt_pass(model.get_decoder(), ids, mask, repeats)[1]
+
+
 def shared_prompt_logps(model: PreTrainedModel, batch: SharedPromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`sequence_logps` for several responses to one prompt, running the prompt once.
 
@@ -129,17 +145,7 @@ def shared_prompt_logps(model: PreTrainedModel, batch: SharedPromptBatch) -> tup
     """
     decoder = model.get_decoder()
     p_mask = batch.prompt_mask
-    first = decoder(
-        input_ids=batch.prompt_ids,
-        attention_mask=p_mask,
-        position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=True,
-    )
-    # transformers renamed past_key_values to cache; use whichever this version has
-    new_name = "cache" in inspect.signature(decoder.forward).parameters
-    cache = first.cache if new_name else first.past_key_values
-    cache.batch_repeat_interleave(batch.repeats)
-    cache_arg = "cache" if new_name else "past_key_values"
+    first, cache = _prompt_pass(decoder, batch.prompt_ids, p_mask, batch.repeats)
     r_mask = batch.response_mask
     p_mask_rep = p_mask.repeat_interleave(batch.repeats, dim=0)
     positions = p_mask_rep.sum(-1, keepdim=True) + torch.arange(r_mask.shape[1], device=r_mask.device)
@@ -148,7 +154,7 @@ def shared_prompt_logps(model: PreTrainedModel, batch: SharedPromptBatch) -> tup
         attention_mask=torch.cat([p_mask_rep, r_mask.long()], dim=-1),
         position_ids=positions,
         use_cache=True,
-        **{cache_arg: cache},
+        **cache,
     )
     # response token j is predicted by the hidden state before it: the prompt's last for j = 0
     last_prompt = first.last_hidden_state[:, -1:].repeat_interleave(batch.repeats, dim=0)

@@ -25,7 +25,7 @@ from transformers import (
 
 from bpo.config import SamplingConfig
 from bpo.ensemble import Ensemble
-from bpo.logprobs import pad
+from bpo.logprobs import pad, prompt_cache
 from bpo.models import Policy
 
 
@@ -152,16 +152,23 @@ class HFBackend:
             if self.ensemble is None:
                 out += self._generate(self.policy.model, chunk, chunk_keys, n, params, return_logps)
             else:
-                with self.ensemble.active(adapter) as model:
+                fold = params.fold_adapter and adapter is not None
+                with (self.ensemble.folded if fold else self.ensemble.active)(adapter) as model:
                     out += self._generate(model, chunk, chunk_keys, n, params, return_logps)
         return out
 
     @torch.no_grad()
     def _generate(self, model, chunk, keys, n, params: SamplingConfig, return_logps: bool) -> list[list[Completion]]:
         tok = self.policy.tokenizer
-        ids, attn = pad([p for p in chunk for _ in range(n)], tok.pad_token_id, "left")  # n copies of each prompt
+        ids, attn = pad(chunk, tok.pad_token_id, "left")
         width = ids.shape[1]
         device = self.policy.device
+        cache = {}
+        if params.prefill_once and n > 1 and min(len(p) for p in chunk) > 1:
+            # each prompt runs once; its KV cache is repeated for its n samples. The last prompt token
+            # stays out: generate runs it to get the first logits.
+            cache = prompt_cache(model, ids[:, :-1].to(device), attn[:, :-1].to(device), n)
+        ids, attn = ids.repeat_interleave(n, dim=0), attn.repeat_interleave(n, dim=0)  # n rows per prompt
         # HF decodes greedily; sampling is our processors: warpers, then keyed Gumbel noise.
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
@@ -186,6 +193,7 @@ class HFBackend:
             attention_mask=attn.to(device),
             generation_config=config,
             logits_processor=LogitsProcessorList(processors),
+            **cache,
         )
         new = sequences[:, width:].cpu()
         logps = recorder.finish(sequences[:, -1]).cpu() if recorder else None
