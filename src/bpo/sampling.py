@@ -71,7 +71,7 @@ class _KeyedGumbel(LogitsProcessor):
 
     argmax(logits + Gumbel) is an exact sample from softmax(logits); because the noise is hashed
     rather than drawn from a shared RNG stream, a row's sample does not depend on its batch.
-    With top-k only the k candidates get noise (the rest are -inf anyway). Returns scores that are
+    Only the candidates get noise (top-k's k, or the tokens top-p kept; the rest are -inf anyway). Returns scores that are
     0 at the sampled token and -inf elsewhere, so HF's greedy step picks it.
     """
 
@@ -83,8 +83,12 @@ class _KeyedGumbel(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = torch.tensor(input_ids.shape[1] - self.prompt_width, device=scores.device)
         row = _hash32((self.row_keys.to(scores.device) + _hash32(step)) & _MASK)
-        if 0 < self.top_k < scores.shape[-1]:
-            values, tokens = scores.topk(self.top_k, dim=-1)
+        # noise only where a token can win: the top-k, or the tokens top-p left finite (often a few
+        # hundred of a 50k-262k vocabulary); the noise of a token does not depend on which others get it
+        finite = int(torch.isfinite(scores).sum(-1).max())
+        keep = self.top_k if 0 < self.top_k < scores.shape[-1] else finite
+        if keep < scores.shape[-1] // 2:
+            values, tokens = scores.topk(max(keep, 1), dim=-1)
         else:
             values = scores
             tokens = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64).expand_as(scores)
