@@ -268,3 +268,18 @@ def test_bf16_reference_is_teacher_forced_so_phase_starts_are_exactly_log_2(tmp_
     for _, _, m in seen:
         assert abs(m["loss"] - math.log(2)) < 1e-6, m["loss"]
         assert abs(m["kl/behavior"]) < 1e-6
+
+
+def test_each_step_logs_where_its_time_went(tmp_path):
+    # sampling and annotation happen at phase starts only (F = 2, T = 6: steps 1 and 4); every step
+    # references and updates; the parts never add up to more than the step
+    cfg, seen = run_tiny(tmp_path)
+    starts = {1, 4}
+    for step, _, m in seen:
+        assert ("time/sample" in m) == (step + 1 in starts), (step, m)
+        assert ("time/annotate" in m) == (step + 1 in starts)
+        assert m["time/reference"] >= 0 and m["time/update"] > 0
+        parts = sum(v for k, v in m.items() if k.startswith("time/") and k != "time/step")
+        assert parts <= m["time/step"] + 1e-3
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [("time/sample" in m) for m in logged] == [s + 1 in starts for s, _, _ in seen]

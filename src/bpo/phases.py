@@ -49,9 +49,14 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
         chunk = todo[i : i + params.batch_size]
         records = [run.prompts[start + j] for j in chunk]
         keys = [f"{t.seed}:{r.id}" for r in records]
-        groups = backend.generate([run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys)
+        with run.timer.part("sample"):
+            groups = backend.generate(
+                [run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys
+            )
+        with run.timer.part("annotate"):
+            judged = judge(run, records, groups, keys)
         entries = []
-        for j, r, g, (jd, calls) in zip(chunk, records, groups, judge(run, records, groups, keys)):
+        for j, r, g, (jd, calls) in zip(chunk, records, groups, judged):
             # jd None: identical samples, recorded so a resume neither samples nor counts them again
             entries.append(
                 Annotation(

@@ -71,8 +71,8 @@ class _KeyedGumbel(LogitsProcessor):
 
     argmax(logits + Gumbel) is an exact sample from softmax(logits); because the noise is hashed
     rather than drawn from a shared RNG stream, a row's sample does not depend on its batch.
-    Only the candidates get noise (top-k's k, or the tokens top-p kept; the rest are -inf anyway). Returns scores that are
-    0 at the sampled token and -inf elsewhere, so HF's greedy step picks it.
+    Only the candidates get noise (top-k's k, or the tokens top-p kept; the rest are -inf anyway).
+    Returns scores that are 0 at the sampled token and -inf elsewhere, so HF's greedy step picks it.
     """
 
     def __init__(self, row_keys: torch.Tensor, prompt_width: int, top_k: int = 0):

@@ -80,40 +80,44 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
         prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
         responses = [[a.tokens[i] for i in a.trained_pair()] for a in kept]
         batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
-        ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
+        with run.timer.part("reference"):
+            ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
         ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
         if sft_sum is not None:  # how far the data-collecting model has moved from SFT
             add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
-    for name in ens.members:
-        params = ens.member_parameters(name)
-        if kept:
-            summed, mean = ens.logps(name, batch, grad=True)
-            pol = mean if t.loss == "ipo" else summed
-            losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
-            loss = losses.sum() / n_global
-            loss.backward()
-            for key, value in metrics.items():
-                add(key, value / len(ens.members))
-            add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
-        if n_global == 0:
-            schedulers[name].step()  # keep the schedule aligned with the step count
-            continue
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            if acc.num_processes > 1:
-                p.grad = acc.reduce(p.grad, "sum")
-        norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
-        bad = float(bool(kept) and not torch.isfinite(loss).item())
-        bad_loss = total(acc, bad, device).item()
-        if bad_loss or not torch.isfinite(norm):
-            what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
-            raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
-        add("grad_norm", norm / len(ens.members))
-        optimizers[name].step()
-        schedulers[name].step()
-        optimizers[name].zero_grad(set_to_none=True)
+    with run.timer.part("update"):  # every member's forward, backward and optimizer step
+        for name in ens.members:
+            params = ens.member_parameters(name)
+            if kept:
+                summed, mean = ens.logps(name, batch, grad=True)
+                pol = mean if t.loss == "ipo" else summed
+                losses, metrics = dap_loss(
+                    pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing
+                )
+                loss = losses.sum() / n_global
+                loss.backward()
+                for key, value in metrics.items():
+                    add(key, value / len(ens.members))
+                add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
+            if n_global == 0:
+                schedulers[name].step()  # keep the schedule aligned with the step count
+                continue
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                if acc.num_processes > 1:
+                    p.grad = acc.reduce(p.grad, "sum")
+            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
+            bad = float(bool(kept) and not torch.isfinite(loss).item())
+            bad_loss = total(acc, bad, device).item()
+            if bad_loss or not torch.isfinite(norm):
+                what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
+                raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
+            add("grad_norm", norm / len(ens.members))
+            optimizers[name].step()
+            schedulers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
     if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
         ens.merge("current", t.merge)
         ens.ema_update("current", "ema", t.ema_alpha)

@@ -23,7 +23,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ from bpo.phases import collect_phase, local_shard, phase_bounds
 from bpo.progress import progress_bar
 from bpo.sft import member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
+from bpo.timing import Timer
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Run:
     out: Path
     local_batch: int
     gold: Annotator | None = None  # eval.gold: a judge apart from the annotator (None: the annotator judges)
+    timer: Timer = field(default_factory=Timer)  # seconds per part of the loop, logged as time/<part>
 
     def __post_init__(self) -> None:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
@@ -163,6 +165,7 @@ def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) 
     pairs: dict[int, Annotation] = {}
     bar = progress.add_task("training", total=t.steps, completed=loop.start)
     for step in range(loop.start, t.steps):
+        step_started = time.time()
         phase = max(p for p in range(t.phases) if bounds[p] <= step)
         offset = step - bounds[phase]
         if offset == 0:
@@ -182,6 +185,8 @@ def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) 
                 f"step {step + 1} of run {run.out}: {err}; nothing of this step was saved, the last good checkpoint "
                 f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
             ) from None
+        metrics.update(run.timer.pop())
+        metrics["time/step"] = round(time.time() - step_started, 3)
         metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
         device = run.policy.device
         metrics["annotations/used"] = total(acc, float(log.judged), device).item()
