@@ -51,7 +51,7 @@ def test_config_errors_name_the_key(tmp_path):
         ("sampling.top_k=-1", "sampling.top_k"),
         ("sampling.batch_size=0", "sampling.batch_size"),
         ("sft.batch_size=0", "sft.batch_size"),
-        ("sft.epochs=0", "sft.epochs"),
+        ("sft.epochs=-1", "sft.epochs"),
         ("sft.lr=nan", "sft.lr"),
         ("sft.seeds=[0,0]", "sft.seeds"),
         ("sft.seeds=[]", "sft.seeds"),

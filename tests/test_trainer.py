@@ -283,3 +283,14 @@ def test_each_step_logs_where_its_time_went(tmp_path):
         assert parts <= m["time/step"] + 1e-3
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [("time/sample" in m) for m in logged] == [s + 1 in starts for s, _, _ in seen]
+
+
+def test_sft_epochs_0_starts_the_members_at_the_model_itself(tmp_path):
+    # no SFT (as TRL's online DPO): the members' delta-W is zero, so the SFT reference is the model itself
+    from safetensors.torch import load_file
+
+    cfg, seen = run_tiny(tmp_path, **{"sft.epochs": 0, "train.reference": "sft", "train.steps": 2})
+    state = load_file(str(tmp_path / "sft" / "member0" / "adapter_model.safetensors"))
+    b = [v for k, v in state.items() if "lora_B" in k]
+    assert b and all(torch.count_nonzero(v) == 0 for v in b)
+    assert seen[0][2]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference at the first step

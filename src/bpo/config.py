@@ -94,14 +94,8 @@ class SamplingConfig:
     top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
     do_sample: bool = setting(True, "training always samples; False is greedy (evaluation)")
     batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
-    fold_adapter: bool = setting(
-        True,
-        "generate with the frozen adapter folded into a copy-restored base weight (same model, no LoRA "
-        "matmuls per token); False runs the adapter unfolded",
-    )
-    prefill_once: bool = setting(
-        True, "run each prompt once and repeat its KV cache for its n samples; False prefills every sample"
-    )
+    fold_adapter: bool = setting(True, "sample with the frozen adapter folded into (copy-restored) base weights")
+    prefill_once: bool = setting(True, "run each prompt once, its KV cache repeated for its n samples")
 
 
 @dataclass
@@ -132,7 +126,7 @@ class AnnotatorConfig:
 
 @dataclass
 class SFTConfig:
-    epochs: int = setting(2, "epochs of member SFT")
+    epochs: int = setting(2, "epochs of member SFT; 0: none, members start as the model itself (as TRL's online DPO)")
     batch_size: int = setting(8, "records per SFT step")
     lr: float = setting(1e-3, "SFT learning rate (cosine decay)")
     seeds: list[int] = setting([0, 1], "one SFT run, one ensemble member, per seed (the paper: K = 5)")
@@ -232,6 +226,7 @@ class Config:
         )
         need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
         need(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)", lora.dropout)
+        need(sft.epochs >= 0, "sft.epochs", ">= 0 (0: no SFT)", sft.epochs)
         need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)
         need(len(sft.seeds) >= 1, "sft.seeds", "at least one seed (one ensemble member per seed)", sft.seeds)
         need(len(set(sft.seeds)) == len(sft.seeds), "sft.seeds", "distinct (each seed is one member)", sft.seeds)
@@ -288,7 +283,6 @@ COUNTS = (
     "train.batch_size",
     "sampling.max_new_tokens",
     "sampling.batch_size",
-    "sft.epochs",
     "sft.batch_size",
     "lora.r",
     "data.sft_examples",
