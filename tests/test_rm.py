@@ -254,6 +254,11 @@ def test_a_missing_gold_judge_fails_before_sft(tmp_path):
     res = runner.invoke(app, ["train", "quickstart", *over])
     assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith("error: cannot load reward model")
     assert not (tmp_path / "sft").exists()
+    # with --no-eval the gold judge has nothing to judge: it is neither loaded nor required
+    over = tiny_config(tmp_path / "b", **{"eval.gold": str(tmp_path / "no-such-rm"), "train.steps": 2})
+    res = runner.invoke(app, ["train", "quickstart", *over, "--no-eval"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b" / "run" / "run.json").exists()
 
 
 def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):

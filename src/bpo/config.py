@@ -137,6 +137,9 @@ class SFTConfig:
 class TrainConfig:
     steps: int = setting(16, "T: optimizer steps")
     batch_size: int = setting(8, "B: prompts per step, 2 responses each")
+    micro_batch: int = setting(
+        0, "prompts per forward/backward inside a step (0: all B); lower cuts memory, same update"
+    )
     phases: int = setting(2, "F: behavior refreshes (annotation phases); 1 = offline DAP, T = on-policy")
     reference: Literal["behavior", "sft", "ema"] = setting(
         "behavior", "behavior = BPO; sft = online DAP; ema (ablation)"
@@ -214,6 +217,7 @@ class Config:
         need(0 <= t.label_smoothing < 0.5, "train.label_smoothing", "in [0, 0.5)", t.label_smoothing)
         need(positive(e.judge_timeout), "eval.judge_timeout", "a positive finite number of seconds", e.judge_timeout)
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
+        need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: the whole step at once)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
         need(sm.n >= 2, "sampling.n", "at least 2 (a pair)", sm.n)

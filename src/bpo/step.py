@@ -63,42 +63,52 @@ def reference_logps(
 
 
 def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: dict) -> dict[str, float]:
-    """One DAP update of every member on this step's pairs; returns global mean metrics."""
+    """One DAP update of every member on this step's pairs; returns global mean metrics.
+
+    The pairs go through the model ``train.micro_batch`` prompts at a time, each micro-batch's loss
+    scaled by the step's global pair count, so the gradients add up to the whole step's before the
+    one optimizer step: the update is the same, the activations held are a micro-batch's.
+    """
     t, ens, acc = run.cfg.train, run.ens, run.acc
     device = run.policy.device
     kept = [a for a in pairs if a.choice is not None]
-    n_local = torch.tensor(float(len(kept)), device=device)
-    n_global = total(acc, n_local, device).item()
+    n_global = total(acc, float(len(kept)), device).item()
     sums: dict[str, torch.Tensor] = {}
     lr = schedulers[ens.members[0]].get_last_lr()[0]  # the rate this step uses
 
-    def add(name: str, value: torch.Tensor) -> None:
-        sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n_local
+    def add(name: str, value: torch.Tensor, weight: int) -> None:  # summed, divided by n_global at the end
+        sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * weight
 
-    if kept:
+    size = t.micro_batch or max(len(kept), 1)
+    micro = []
+    for chunk in (kept[i : i + size] for i in range(0, len(kept), size)):
         # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
-        prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in kept]
-        responses = [[a.tokens[i] for i in a.trained_pair()] for a in kept]
+        prompts = [run.prompt_ids[run.index[a.prompt_id]] for a in chunk]
+        responses = [[a.tokens[i] for i in a.trained_pair()] for a in chunk]
         batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
         with run.timer.part("reference"):
-            ref_sum, behavior_sum, sft_sum = reference_logps(run, kept, batch)
+            ref_sum, behavior_sum, sft_sum = reference_logps(run, chunk, batch)
         ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
         if sft_sum is not None:  # how far the data-collecting model has moved from SFT
-            add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean())
-    with run.timer.part("update"):  # every member's forward, backward and optimizer step
+            add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean(), len(chunk))
+        micro.append((len(chunk), batch, ref, behavior_sum))
+    k = len(ens.members)
+    with run.timer.part("update"):  # every member's forwards, backwards and optimizer step
         for name in ens.members:
             params = ens.member_parameters(name)
-            if kept:
+            finite = True
+            for n, batch, ref, behavior_sum in micro:
                 summed, mean = ens.logps(name, batch, grad=True)
                 pol = mean if t.loss == "ipo" else summed
                 losses, metrics = dap_loss(
                     pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing
                 )
                 loss = losses.sum() / n_global
+                finite = finite and bool(torch.isfinite(loss).item())
                 loss.backward()
                 for key, value in metrics.items():
-                    add(key, value / len(ens.members))
-                add("kl/behavior", (behavior_sum - summed.detach()).mean() / len(ens.members))
+                    add(key, value / k, n)
+                add("kl/behavior", (behavior_sum - summed.detach()).mean() / k, n)
             if n_global == 0:
                 schedulers[name].step()  # keep the schedule aligned with the step count
                 continue
@@ -109,12 +119,11 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
                     p.grad = acc.reduce(p.grad, "sum")
             norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
-            bad = float(bool(kept) and not torch.isfinite(loss).item())
-            bad_loss = total(acc, bad, device).item()
+            bad_loss = total(acc, float(not finite), device).item()
             if bad_loss or not torch.isfinite(norm):
                 what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
                 raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
-            add("grad_norm", norm / len(ens.members))
+            add("grad_norm", norm / k, len(kept))
             optimizers[name].step()
             schedulers[name].step()
             optimizers[name].zero_grad(set_to_none=True)

@@ -79,7 +79,7 @@ class Run:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
 
 
-def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Run:
+def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None, evaluate: bool = True) -> Run:
     acc = acc or Accelerator(cpu=cfg.device == "cpu")
     t = cfg.train
     if t.batch_size % acc.num_processes:
@@ -96,7 +96,7 @@ def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None) -> Ru
     records = records[:needed]
     # the judges load before SFT: a wrong reward-model path fails in seconds, not after member SFT
     annotator = build_annotator(cfg)
-    gold = build_gold(cfg) if cfg.eval.gold else None
+    gold = build_gold(cfg) if cfg.eval.gold and evaluate else None  # --no-eval: nothing to judge
 
     if not sft_done(cfg):
         if acc.is_main_process:
@@ -274,7 +274,7 @@ def train(
         )
         log, found = open_ledger(cfg, acc, resume, say)
         with progress_bar(console) as progress:
-            run = setup(cfg, progress, acc)
+            run = setup(cfg, progress, acc, evaluate)
             loop = prepare(run, log, found, console)
             try:
                 fit(run, loop, progress, started, on_step)
