@@ -79,7 +79,9 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     def add(name: str, value: torch.Tensor, weight: int) -> None:  # summed, divided by n_global at the end
         sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * weight
 
-    size = t.micro_batch or max(len(kept), 1)
+    # 0: one prompt at a time on CPU (benchmarks/vs_trl.py: as fast as the whole step, a quarter of the
+    # peak memory), the whole step on a GPU, where bigger matmuls pay
+    size = t.micro_batch or (1 if device.type == "cpu" else max(len(kept), 1))
     micro = []
     for chunk in (kept[i : i + size] for i in range(0, len(kept), size)):
         # rows are interleaved [chosen_0, rejected_0, chosen_1, ...]; each prompt runs once per forward
