@@ -137,11 +137,7 @@ class SFTConfig:
 class TrainConfig:
     steps: int = setting(16, "T: optimizer steps")
     batch_size: int = setting(8, "B: prompts per step, 2 responses each")
-    micro_batch: int = setting(
-        0,
-        "prompts per forward/backward in a step, same update (0: 1 on CPU, measured as fast at a third of the "
-        "memory; all B on a GPU)",
-    )
+    micro_batch: int = setting(0, "prompts per forward/backward in a step, same update (0: 1 on CPU, all B on GPU)")
     phases: int = setting(2, "F: behavior refreshes (annotation phases); 1 = offline DAP, T = on-policy")
     reference: Literal["behavior", "sft", "ema"] = setting(
         "behavior", "behavior = BPO; sft = online DAP; ema (ablation)"
