@@ -270,7 +270,8 @@ def write(a: argparse.Namespace, model: str, rows: list[dict]) -> None:
             f"{a.threads}` on {where}, "
             f"bpo {getattr(bpo, '__version__', '')}: {a.steps} steps of {a.batch} {a.task} training prompts x 2 "
             f"samples x up to {a.tokens} new tokens, LoRA r {a.rank} on all linear layers, {a.dtype} base "
-            "weights, one process each. s/step is the mean over all steps; the parts are where it went (see the script's docstring).",
+            "weights, one process each. s/step is the mean over all steps; the parts are where it went (see "
+            "the script's docstring).",
             "",
             *lines,
             "",
