@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from conftest import adapters, tiny_config
@@ -23,20 +24,14 @@ def test_two_processes_match_one(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *one], check=True, env=env, capture_output=True
     )
-    # --multi_gpu picks accelerate's torch.distributed launcher; device=cpu makes it gloo on CPUs
+    # the shipped config: accelerate's torch.distributed launcher, 2 processes; device=cpu makes it gloo
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu-2-processes.yaml"
     res = subprocess.run(
         [
             accelerate,
             "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            "--config_file",
+            str(config),
             "-m",
             "bpo.cli",
             "train",

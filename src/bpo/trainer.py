@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from rich.console import Console
 from rich.progress import Progress
 from rich.text import Text
@@ -257,6 +258,13 @@ def train(
         return {}
     started = time.time()
     acc = Accelerator(cpu=cfg.device == "cpu")
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # bpo keeps the base model whole on every process and sums the members' LoRA gradients itself;
+        # a sharding launcher would not shard anything, so it is refused instead of silently ignored
+        raise ConfigError(
+            f"accelerate launched bpo with {acc.distributed_type.value}; bpo trains data-parallel only (the "
+            "model is whole on every process): launch with configs/accelerate/ddp.yaml"
+        )
     lock = None
     if acc.is_main_process:  # one writer per run folder; the kernel drops the lock if this process dies
         try:

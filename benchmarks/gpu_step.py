@@ -1,0 +1,133 @@
+"""A paper-scale BPO step on one GPU: seconds per part, peak memory and training MFU.
+
+The paper's batch (16 prompts x 2 samples x 128 new tokens, K = 5 members of LoRA r 256 on every
+linear layer) on Gemma-3-270M in bf16, through bpo's own loop (``bpo.trainer.train``) with F = T, so
+every step samples its prompts (the worst case for BPO; F = 2 samples a whole phase at once). The
+first step is a warm-up and is left out of the means. The training FLOPs are counted by torch's
+``FlopCounterMode`` around the warm-up step's update (reference pass, every member's forward,
+backward and AdamW); MFU = those FLOPs / (seconds of reference + update) / the chip's dense bf16 peak.
+
+Sized to finish in under 8 minutes on an H100 (the model load and a 3-step run). On CPU with a tiny
+model it is the smoke test that keeps it runnable (tests/test_benchmarks.py).
+
+Run: python benchmarks/gpu_step.py --model FOLDER [--prompts 16 --tokens 128 --k 5 --rank 256 --steps 4]
+     [--out docs/benchmarks/gpu-step.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense, SXM where it varies
+PARTS = ("sample", "annotate", "reference", "update")
+
+
+def reward(record, response: str) -> float:
+    """A cheap pointwise annotator (the GPU time is the subject): responses near 60 words score best."""
+    return -abs(len(response.split()) - 60) / 60
+
+
+def peak_flops(device: str, given: float) -> float | None:
+    if given:
+        return given * 1e12
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="gemma3-270m", help="a model folder, Hub name or bpo offline name")
+    parser.add_argument("--task", default="quickstart", help="preset whose prompts are sampled")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--prompts", type=int, default=16, help="B")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4, help="T; the first is a warm-up")
+    parser.add_argument("--micro-batch", type=int, default=0, help="train.micro_batch (0: all B on a GPU)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the chip's dense bf16 peak (default: by name)")
+    parser.add_argument("--out", type=Path, default=None)
+    a = parser.parse_args()
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import bpo.trainer
+    from bpo.config import load_config
+
+    counted: list[float] = []
+    real_step = bpo.trainer.train_step
+
+    def counting_step(*args, **kwargs):  # FLOPs of the first step only: counting slows what it counts
+        if counted:
+            return real_step(*args, **kwargs)
+        with FlopCounterMode(display=False) as fc:
+            out = real_step(*args, **kwargs)
+        counted.append(float(fc.get_total_flops()))
+        return out
+
+    bpo.trainer.train_step = counting_step
+    with tempfile.TemporaryDirectory() as tmp:
+        over = [
+            f"model.name={a.model}", f"model.dtype={a.dtype}", f"device={a.device}", f"output_dir={tmp}/run",
+            f"sft_dir={tmp}/sft", "sft.epochs=0", f"sft.seeds=[{','.join(str(i) for i in range(a.k))}]",
+            f"lora.r={a.rank}", f"lora.alpha={2 * a.rank}", "lora.dropout=0", "lora.target_modules=all-linear",
+            f"train.steps={a.steps}", f"train.batch_size={a.prompts}", f"train.phases={a.steps}",
+            f"train.micro_batch={a.micro_batch}", "train.log_kl_sft=false",
+            f"sampling.max_new_tokens={a.tokens}", f"sampling.batch_size={a.prompts}",
+            "annotator.kind=callable", f"annotator.callable={Path(__file__).resolve()}:reward",
+            f"data.sft_examples={a.prompts}",
+        ]  # fmt: skip
+        cfg = load_config(a.task, over)
+        started = time.time()
+        bpo.trainer.train(cfg, evaluate=False)
+        wall = time.time() - started
+        metrics = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        info = json.loads((Path(tmp) / "run" / "run.json").read_text())
+    timed = metrics[1:] or metrics  # the first step warms up (allocator, kernels)
+    mean = {p: sum(m.get(f"time/{p}", 0.0) for m in timed) / len(timed) for p in PARTS}
+    step = sum(m["time/step"] for m in timed) / len(timed)
+    train_s = mean["reference"] + mean["update"]
+    peak = peak_flops(a.device, a.peak_tflops)
+    mfu = counted[0] / train_s / peak if peak and counted and train_s else None
+    where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    rows = [
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| s/step (mean of {len(timed)} after a warm-up) | {step:.2f} |",
+        *(f"| {p} s/step | {mean[p]:.2f} |" for p in PARTS),
+        f"| training FLOPs per step (reference + update) | {counted[0] / 1e12:.2f} T |" if counted else "",
+        f"| training MFU | {mfu:.1%} |" if mfu is not None else "| training MFU | (no peak known for this device) |",
+        f"| peak GPU memory | {info.get('peak_cuda_mib', 0) / 1024:.1f} GiB |",
+        f"| peak RSS | {info['peak_rss_mib'] / 1024:.1f} GB |",
+        f"| wall time of the run (load, {a.steps} steps) | {wall:.0f} s |",
+    ]
+    text = "\n".join(
+        [
+            "# A paper-scale BPO step on one GPU",
+            "",
+            f"`python benchmarks/gpu_step.py --model {a.model} --task {a.task} --device {a.device} --dtype {a.dtype} "
+            f"--prompts {a.prompts} --tokens {a.tokens} --k {a.k} --rank {a.rank} --steps {a.steps} --micro-batch "
+            f"{a.micro_batch}` on {where}, torch {torch.__version__}: F = T (every step samples its {a.prompts} "
+            f"prompts x 2), K = {a.k}, LoRA r {a.rank} on every linear layer.",
+            "",
+            *[r for r in rows if r],
+            "",
+        ]
+    )
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

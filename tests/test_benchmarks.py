@@ -1,0 +1,46 @@
+"""The benchmark scripts stay runnable: each runs end to end on a tiny model on CPU (numbers not checked)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "tiny-random-llama", "--task", "quickstart"]
+
+
+def bench(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_gpu_step_runs_bpos_loop_and_counts_flops():
+    out = bench("gpu_step.py", *TINY, "--device", "cpu", "--dtype", "float32", "--prompts", "2", "--tokens", "4",
+                "--k", "2", "--rank", "4", "--steps", "2")  # fmt: skip
+    flops = next(line for line in out.splitlines() if "training FLOPs" in line)
+    assert float(flops.split("|")[2].split()[0]) > 0
+    assert "| update s/step |" in out and "| sample s/step |" in out
+
+
+def test_generation_variants_sample_the_same_tokens():
+    out = bench("generation.py", *TINY, "--prompts", "2", "--tokens", "6", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert len(rows) == 4 and all(line.rstrip(" |").endswith("yes") for line in rows), out
+
+
+def test_memory_breakdown_has_every_stage():
+    out = bench("memory.py", *TINY, "--batch", "2", "--tokens", "4", "--k", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| micro") or line.startswith("| whole")]
+    assert len(rows) == 4 and all(len(line.split("|")) == 9 for line in rows), out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (pip install -e .[bench])")
+def test_vs_trl_runs_both_sides():
+    out = bench("vs_trl.py", *TINY, "--steps", "2", "--batch", "2", "--tokens", "4", "--threads", "1",
+                "--only", "TRL OnlineDPOTrainer,F = 2")  # fmt: skip
+    assert "| TRL OnlineDPOTrainer" in out and "| bpo BPO F = 2" in out
