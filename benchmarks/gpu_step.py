@@ -20,6 +20,7 @@ import argparse
 import json
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -29,8 +30,9 @@ PARTS = ("sample", "annotate", "reference", "update")
 
 
 def reward(record, response: str) -> float:
-    """A cheap pointwise annotator (the GPU time is the subject): responses near 60 words score best."""
-    return -abs(len(response.split()) - 60) / 60
+    """A cheap pointwise annotator (the GPU time is the subject): responses near 300 characters score best,
+    a hash of the text breaks ties (equal lengths would leave a step with nothing to train)."""
+    return -abs(len(response) - 300) / 300 + zlib.crc32(response.encode()) / 2**32 * 1e-3
 
 
 def peak_flops(device: str, given: float) -> float | None:
@@ -104,7 +106,7 @@ def main() -> None:
         "| --- | ---: |",
         f"| s/step (mean of {len(timed)} after a warm-up) | {step:.2f} |",
         *(f"| {p} s/step | {mean[p]:.2f} |" for p in PARTS),
-        f"| training FLOPs per step (reference + update) | {counted[0] / 1e12:.2f} T |" if counted else "",
+        f"| training FLOPs in the first step (reference + update) | {counted[0]:.3g} |" if counted else "",
         f"| training MFU | {mfu:.1%} |" if mfu is not None else "| training MFU | (no peak known for this device) |",
         f"| peak GPU memory | {info.get('peak_cuda_mib', 0) / 1024:.1f} GiB |",
         f"| peak RSS | {info['peak_rss_mib'] / 1024:.1f} GB |",

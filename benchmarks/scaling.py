@@ -53,8 +53,9 @@ def main() -> None:
         subprocess.run(sft, check=True, env={**env, "OMP_NUM_THREADS": str(a.threads)}, capture_output=True)
         for n in (1, a.processes):
             out = Path(tmp) / f"p{n}"
-            launch = [sys.executable, "-m"] if n == 1 else [accelerate, "launch", "--multi_gpu", "--num_processes",
-                      str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]  # fmt: skip
+            config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu-2-processes.yaml"
+            many = [accelerate, "launch", "--config_file", str(config), "--num_processes", str(n), "-m"]
+            launch = [sys.executable, "-m"] if n == 1 else many
             cmd = [*launch, "bpo.cli", "train", *common, f"output_dir={out}"]
             started = time.time()
             done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": str(max(1, a.threads // n))}, capture_output=True)

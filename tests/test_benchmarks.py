@@ -23,19 +23,19 @@ def test_gpu_step_runs_bpos_loop_and_counts_flops():
     out = bench("gpu_step.py", *TINY, "--device", "cpu", "--dtype", "float32", "--prompts", "2", "--tokens", "4",
                 "--k", "2", "--rank", "4", "--steps", "2")  # fmt: skip
     flops = next(line for line in out.splitlines() if "training FLOPs" in line)
-    assert float(flops.split("|")[2].split()[0]) > 0
+    assert float(flops.split("|")[2]) > 0
     assert "| update s/step |" in out and "| sample s/step |" in out
 
 
 def test_generation_variants_sample_the_same_tokens():
     out = bench("generation.py", *TINY, "--prompts", "2", "--tokens", "6", "--repeats", "1")
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
+    rows = {line for line in out.splitlines() if line.startswith("| ") and line.endswith("|") and "x |" in line}
     assert len(rows) == 4 and all(line.rstrip(" |").endswith("yes") for line in rows), out
 
 
 def test_memory_breakdown_has_every_stage():
     out = bench("memory.py", *TINY, "--batch", "2", "--tokens", "4", "--k", "1")
-    rows = [line for line in out.splitlines() if line.startswith("| micro") or line.startswith("| whole")]
+    rows = {line for line in out.splitlines() if line.startswith("| micro") or line.startswith("| whole")}
     assert len(rows) == 4 and all(len(line.split("|")) == 9 for line in rows), out
 
 

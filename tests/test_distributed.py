@@ -55,3 +55,24 @@ def test_two_processes_match_one(tmp_path):
     assert worst < TOLERANCE, worst
     assert moved > 100 * TOLERANCE  # the runs trained: the match is not two untouched adapters
     assert torch.isfinite(torch.tensor(worst))
+
+
+def test_a_sharding_launcher_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    # accelerate's FSDP cannot start on CPU here (it wants an accelerator device), so the launcher's
+    # state is faked: bpo must refuse FSDP/DeepSpeed with one line, not run unsharded as if it were DDP
+    from accelerate.utils import DistributedType
+    from typer.testing import CliRunner
+
+    import bpo.trainer
+    from bpo.cli import app
+
+    class Sharded:
+        def __init__(self, **kwargs):
+            self.distributed_type = DistributedType.FSDP
+
+    monkeypatch.setattr(bpo.trainer, "Accelerator", Sharded)
+    res = CliRunner().invoke(app, ["train", "quickstart", *tiny_config(tmp_path), "--no-eval"])
+    assert res.exit_code == 2
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("error: accelerate launched bpo with FSDP") and "ddp.yaml" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sft").exists()
