@@ -157,3 +157,68 @@ def test_adapters_record_their_base_model(tmp_path):
     assert runner.invoke(app, ["sft", "quickstart", *over]).exit_code == 0
     config = json.loads((tmp_path / "sft" / "member0" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "tiny-random-llama"
+
+
+def test_a_redirected_run_logs_a_line_per_step_while_it_runs(tmp_path):
+    # stdout/stderr to a file (nohup, CI, a cluster job): the log must show each step as it happens,
+    # not only the header until the run ends
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tiny_config
+
+    log = tmp_path / "log.txt"
+    over = tiny_config(tmp_path, **{"train.steps": 30, "train.phases": 2, "train.batch_size": 2})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with log.open("w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "bpo.cli", "train", "quickstart", *over, "--no-eval"],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        seen_while_running = None
+        while proc.poll() is None:
+            text = log.read_text()
+            if "step 3/30 " in text:
+                seen_while_running = text
+                break
+            time.sleep(0.05)
+        running = proc.poll() is None
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert running and seen_while_running, log.read_text()[-3000:]
+    text = log.read_text()
+    steps = [line for line in text.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == [f"{i}/30" for i in range(1, 31)]
+    assert all(" loss " in s and " s/step eta " in s and " annotations " in s for s in steps)
+    phases = [line for line in text.splitlines() if line.startswith("phase ") and "prompts" in line]
+    assert [p.split(":")[0] for p in phases] == ["phase 0", "phase 1"]
+    assert "\x1b[" not in text  # no terminal control codes in a log
+
+
+def test_plain_bpo_shows_help_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, [])
+    assert res.exit_code == 0
+    assert "Start here:" in res.output and "bpo train " in res.output and "bpo config show" in res.output
+    for command in ("train", "eval", "compare", "rm", "config"):
+        assert f"\n  {command} " in res.output
+    assert "``" not in res.output and not (tmp_path / "runs").exists()
+
+
+def test_override_syntax_shows_in_command_help():
+    res = runner.invoke(app, ["train", "--help"])
+    assert "[CONFIG] [section.key=value ...]" in res.output  # rich markup would have eaten the brackets
+
+
+def test_a_config_error_comes_before_torch_is_imported():
+    # the error must not wait for torch/transformers (seconds): it is decided from the config alone
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom bpo.cli import app\n"
+        "res = CliRunner().invoke(app, ['train', 'tldr-local', 'train.steps=0'])\n"
+        "assert res.exit_code == 2 and 'train.steps = 0' in res.output, res.output\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported before the error'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

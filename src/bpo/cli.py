@@ -23,7 +23,17 @@ from bpo.errors import BpoError, Interrupted
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
+HELP = """Online preference alignment with BPO (arXiv 2406.12168).
+
+Commands: train, sft, generate, annotate, eval, compare, rm, config, info. Each takes an optional config
+(a YAML file or a preset: {presets}) and section.key=value overrides, e.g.
+bpo train tldr-local train.phases=2 train.loss=ipo; bpo config keys lists every key.
+""".format(presets=", ".join(PRESETS))
+START = """Start here:
+  bpo train                     align SmolLM2-135M on the embedded task (the quickstart, ~7 min on 2 CPU cores)
+  bpo train CONFIG key=value    your own run; bpo config show CONFIG prints every setting with its help"""
+# rich markup off: help texts hold [CONFIG] [section.key=value ...], which rich would read as markup tags
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help=HELP)
 console = Console(stderr=True)
 
 
@@ -61,12 +71,13 @@ def user_errors(command: Callable) -> Callable:
 
 @app.callback(invoke_without_command=True)
 def main(ctx: typer.Context) -> None:
-    """Online preference alignment with BPO. With no command: `bpo train` on the quickstart."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # rich shows our own progress
+    """Plain ``bpo`` shows the help and where to start; it starts nothing."""
+    # our own progress replaces the Hub's and transformers' bars; an environment variable, read when
+    # transformers is imported, so that a config error is told before that 2-5 s import
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if ctx.invoked_subcommand is None:
-        ctx.invoke(train, args=None, resume=None, no_eval=False)
+        print(ctx.get_help())
+        print("\n" + START)
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -78,9 +89,10 @@ def train(
 ) -> None:
     """Member SFT (cached), BPO training and a final evaluation."""
     from bpo.config import resume_config
+
+    cfg = resume_config(resume, list(args or [])) if resume else _config(args)  # before torch is imported
     from bpo.trainer import train as run_train
 
-    cfg = resume_config(resume, list(args or [])) if resume else _config(args)
     run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
 
 

@@ -13,11 +13,10 @@ import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from rich.progress import Progress
-
 from bpo.annotators import Judgement, check_finite
 from bpo.data import PromptRecord
 from bpo.ledger import Annotation, AnnotationLog
+from bpo.progress import Bars, Lines
 from bpo.sampling import HFBackend, identical
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ def phase_bounds(steps: int, phases: int) -> list[int]:
     return [p * steps // phases for p in range(phases + 1)]
 
 
-def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) -> dict[int, Annotation]:
+def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Bars | Lines) -> dict[int, Annotation]:
     """Sample and annotate the phase's prompts that the log does not have yet; return the phase's pairs."""
     cfg, t = run.cfg, run.cfg.train
     bounds = phase_bounds(t.steps, t.phases)
@@ -77,7 +76,15 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Progress) 
             )
         log.append(entries)
         progress.advance(bar, len(chunk))
-    return log.phase(phase)
+    pairs = log.phase(phase)
+    ties = sum(a.choice is None and not a.identical for a in pairs.values())
+    spent = run.timer.seconds
+    progress.line(
+        f"phase {phase}: {len(pairs)} prompts ({len(todo)} sampled now), {sum(a.identical for a in pairs.values())} "
+        f"identical pairs, {ties} ties; sampling {spent.get('sample', 0):.1f} s, "
+        f"annotator {spent.get('annotate', 0):.1f} s"
+    )
+    return pairs
 
 
 def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) -> list[tuple[Judgement | None, int]]:

@@ -1,16 +1,74 @@
-"""Progress bars: rich bars from the main process only (one set, however many processes run)."""
+"""Progress: rich bars on a terminal, plain lines in a log; from the main process only.
+
+A redirected run (nohup, CI, a cluster job) would show nothing of a bar until it finished, so
+when the console is not a terminal the same calls print lines instead: every step's line from
+the trainer (:meth:`Lines.line`), and the other tasks' progress at most every ``interval``
+seconds and when they finish. Both kinds take the same calls, so no caller asks which it has.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
-def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
+class Bars(Progress):
+    """Rich bars for a terminal; the bars already show what :meth:`line` would print."""
+
+    def line(self, text: str) -> None:
+        pass
+
+
+class Lines:
+    """The subset of rich's ``Progress`` bpo uses, as lines for a log."""
+
+    def __init__(self, console: Console, disable: bool = False, interval: float = 30.0):
+        self.console, self.disable, self.interval = console, disable, interval
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def line(self, text: str) -> None:
+        if not self.disable:
+            self.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        """``quiet=True``: a task whose progress the caller reports itself (the training steps)."""
+        key = len(self.tasks)
+        now, quiet = time.time(), fields.get("quiet", False)
+        self.tasks[key] = dict(
+            description=description, total=total, completed=completed, started=now, said=now, quiet=quiet
+        )
+        return key
+
+    def update(self, task: int, advance: float = 0, description: str | None = None, **_) -> None:
+        t = self.tasks[task]
+        t["completed"] += advance
+        t["description"] = description or t["description"]
+        done = t["total"] is not None and t["completed"] >= t["total"]
+        now = time.time()
+        if not t["quiet"] and advance and (done or now - t["said"] >= self.interval):
+            t["said"] = now
+            total = f"/{t['total']:.0f}" if t["total"] is not None else ""
+            self.line(f"{t['description']} {t['completed']:.0f}{total} ({now - t['started']:.0f} s)")
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+
+def progress_bar(console: Console | None = None, disable: bool = False) -> Bars | Lines:
+    console = console or Console(stderr=True)
     disable = disable or int(os.environ.get("RANK", "0")) != 0  # one set of bars, from the main process
-    return Progress(
+    if not console.is_terminal:
+        return Lines(console, disable)
+    return Bars(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

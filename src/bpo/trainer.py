@@ -30,7 +30,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from rich.console import Console
-from rich.progress import Progress
 from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
 from transformers import get_linear_schedule_with_warmup
@@ -54,7 +53,7 @@ from bpo.io import FolderLock, append_lines, write_json
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
-from bpo.progress import progress_bar
+from bpo.progress import Bars, Lines, progress_bar
 from bpo.sft import member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
 from bpo.timing import Timer
@@ -80,7 +79,7 @@ class Run:
         self.index = {r.id: i for i, r in enumerate(self.prompts)}
 
 
-def setup(cfg: Config, progress: Progress, acc: Accelerator | None = None, evaluate: bool = True) -> Run:
+def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, evaluate: bool = True) -> Run:
     acc = acc or Accelerator(cpu=cfg.device == "cpu")
     t = cfg.train
     if t.batch_size % acc.num_processes:
@@ -159,12 +158,13 @@ def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console)
     return Loop(optimizers, schedulers, log, writer, start, start)
 
 
-def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) -> None:
+def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=None) -> None:
     """Steps ``loop.start`` .. T-1: refresh and collect at phase starts, one update per step, checkpoints."""
     t, acc, log = run.cfg.train, run.acc, loop.log
     bounds = phase_bounds(t.steps, t.phases)
     pairs: dict[int, Annotation] = {}
-    bar = progress.add_task("training", total=t.steps, completed=loop.start)
+    bar = progress.add_task("training", total=t.steps, completed=loop.start, quiet=True)
+    session = time.time()
     for step in range(loop.start, t.steps):
         step_started = time.time()
         phase = max(p for p in range(t.phases) if bounds[p] <= step)
@@ -199,6 +199,7 @@ def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) 
                 if isinstance(value, (int, float)) and not math.isnan(value):
                     loop.writer.add_scalar(key, value, step + 1)
             progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
+            progress.line(step_line(metrics, t.steps, (time.time() - session) / (step + 1 - loop.start)))
         loop.done = step + 1
         if on_step:
             on_step(run, step, metrics)
@@ -207,7 +208,17 @@ def fit(run: Run, loop: Loop, progress: Progress, started: float, on_step=None) 
             save_checkpoint(run, step + 1, loop.optimizers, loop.schedulers)
 
 
-def finish(run: Run, loop: Loop, progress: Progress, evaluate: bool, resume: bool, started: float) -> dict:
+def step_line(m: dict, steps: int, per_step: float) -> str:
+    """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
+    eta = per_step * (steps - m["step"])
+    return (
+        f"step {m['step']}/{steps} phase {m['phase']} loss {m.get('loss', float('nan')):.4f} "
+        f"margin {m.get('rewards/margins', float('nan')):.4f} kl {m.get('kl/behavior', float('nan')):.4f} "
+        f"annotations {m['annotations/used']:.0f} {m['time/step']:.1f} s/step eta {eta / 60:.1f} min"
+    )
+
+
+def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume: bool, started: float) -> dict:
     """Final merge and save, the evaluation, and run.json (its presence marks the run finished)."""
     run.ens.merge("behavior", run.cfg.train.merge)
     save_final(run)
