@@ -1,4 +1,4 @@
-"""The ``bpo`` command line: sft, train, generate, annotate, eval, compare, rm, config, info.
+"""The ``bpo`` command line: sft, train, generate, annotate, eval, compare, rm, report, config, info.
 
 Every command takes an optional config (a YAML path or a preset name) followed by
 ``section.key=value`` overrides, e.g. ``bpo train tldr-local train.phases=2 train.loss=ipo``.
@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 HELP = """Online preference alignment with BPO (arXiv 2406.12168).
 
-Commands: train, sft, generate, annotate, eval, compare, rm, config, info. Each takes an optional config
+Commands: train, sft, generate, annotate, eval, compare, rm, report, config, info. Each takes an optional config
 (a YAML file or a preset: {presets}) and section.key=value overrides, e.g.
 bpo train tldr-local train.phases=2 train.loss=ipo; bpo config keys lists every key.
 """.format(presets=", ".join(PRESETS))
@@ -330,6 +330,21 @@ def config_keys_cmd() -> None:
     from bpo.config import config_keys
 
     print("\n".join(config_keys()))
+
+
+@app.command()
+@user_errors
+def report(
+    runs: list[Path] = typer.Argument(..., help="run folders (RUN holds config.yaml and metrics.jsonl)"),
+    out: Path = typer.Option(None, help="where report.md and curves.png go (default: the run itself, for one run)"),
+) -> None:
+    """A run's report (report.md + curves.png), or several runs overlaid. Every run writes its own at the end."""
+    from bpo.report import ReportError, write_report
+
+    if out is None and len(runs) > 1:
+        raise ReportError(f"{len(runs)} runs overlaid need --out DIR (one run's report goes into the run)")
+    command = " ".join(["bpo report", *map(str, runs), *([f"--out {out}"] if out else [])])
+    console.print(f"report: {write_report(runs, out or runs[0], command)}")
 
 
 @app.command()

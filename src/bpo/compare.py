@@ -20,6 +20,7 @@ from bpo.annotators import REPORTS
 from bpo.config import load_config
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, write_text_atomic
+from bpo.report import plot
 
 
 class GridError(BpoError, RuntimeError):
@@ -275,11 +276,6 @@ def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
 
 
 def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     # Runs before kl/behavior_to_sft was logged have kl/sft = E_beta[log sft - log theta]; with
     # kl/behavior = E_beta[log beta - log theta], the difference is E_beta[log beta - log sft] = KL(beta || sft).
     for rs in runs.values():
@@ -288,20 +284,9 @@ def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
                 if "kl/behavior_to_sft" not in m and "kl/sft" in m and "kl/behavior" in m:
                     m["kl/behavior_to_sft"] = m["kl/behavior"] - m["kl/sft"]
     keys = [
-        ("score/behavior_samples", "gold score of the sampled pairs"),
-        ("loss", "loss (member mean)"),
-        ("kl/behavior", "KL(behavior || policy)"),
-        ("kl/behavior_to_sft", "KL(behavior || SFT)"),
+        ("score/behavior_samples", "gold score of the sampled pairs, mean over seeds"),
+        ("loss", "loss (member mean), mean over seeds"),
+        ("kl/behavior", "KL(behavior || policy), mean over seeds"),
+        ("kl/behavior_to_sft", "KL(behavior || SFT), mean over seeds"),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, (key, title) in zip(axes, keys):
-        for method, rs in runs.items():
-            steps = [m["step"] for m in rs[0]["metrics"]]
-            curves = [[m.get(key, np.nan) for m in r["metrics"]] for r in rs if len(r["metrics"]) == len(steps)]
-            ax.plot(steps, np.nanmean(np.array(curves, dtype=float), axis=0), label=method)
-        ax.set_title(f"{title}, mean over seeds", fontsize=10)
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot({method: [r["metrics"] for r in rs] for method, rs in runs.items()}, path, keys, phase_marks=False)

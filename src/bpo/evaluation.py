@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from bpo.data import load_source
@@ -101,7 +102,8 @@ def _judge(judge, records, responses: dict[str, list[str]], bootstrap: int) -> t
 def print_result(console: Console, r: dict, seconds: float) -> None:
     s, tr, imp, w = r["start"], r["trained"], r["improvement"], r["win_rate_vs_start"]
     console.print(
-        f"\n[bold]gold score[/] on {r['n']} held-out prompts (greedy): start {s['mean']:.2f} "
+        f"\n[bold]score by {escape(str(r.get('judge', 'the judge')))}[/] on {r['n']} held-out prompts (greedy): "
+        f"start {s['mean']:.2f} "
         f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] -> trained {tr['mean']:.2f} [{tr['ci_low']:.2f}, {tr['ci_high']:.2f}]"
         f"\n[bold]improvement[/] {imp['mean']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}] (95% bootstrap)"
         f"\n[bold]win rate vs start[/] {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "

@@ -54,6 +54,7 @@ from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
 from bpo.progress import Bars, Lines, progress_bar
+from bpo.report import write_report
 from bpo.sft import member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
 from bpo.timing import Timer
@@ -241,6 +242,10 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
         if torch.cuda.is_available():
             info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         write_json(run.out / "run.json", info)
+        try:  # the run is done and saved; a report that cannot be drawn must not undo that
+            write_report([run.out], run.out)
+        except Exception as err:  # noqa: BLE001 - said, not hidden: bpo report RUN redraws it
+            progress.line(f"warning: {run.out}/report.md not written ({err}); try `bpo report {run.out}`")
     run.acc.wait_for_everyone()
     return result
 

@@ -1,0 +1,140 @@
+"""A report for any run, or several overlaid: ``report.md`` and ``curves.png`` from the run folders.
+
+Every finished run writes its own (``RUN/report.md``, ``RUN/curves.png``); ``bpo report RUN ...``
+overlays runs. Everything comes from what a run folder already holds (``config.yaml``,
+``metrics.jsonl``, ``eval.json``, ``run.json``), so a report can be rebuilt at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bpo.errors import BpoError
+
+CURVES = [  # metric, title
+    ("loss", "loss (member mean)"),
+    ("rewards/margins", "reward margin (beta x log-ratio)"),
+    ("rewards/accuracies", "reward accuracy"),
+    ("kl/behavior", "KL(behavior || policy)"),
+    ("kl/behavior_to_sft", "KL(behavior || SFT)"),
+    ("score/behavior_samples", "annotator score of the samples"),
+    ("lr", "learning rate"),
+    ("time/step", "seconds per step"),
+]
+
+
+class ReportError(BpoError, ValueError):
+    """A folder is not a bpo run (no config.yaml or metrics.jsonl)."""
+
+
+def load_run(folder: str | Path) -> dict:
+    """A run folder's config, per-step metrics, evaluation and run summary (the last two may be absent)."""
+    folder = Path(folder)
+    if not (folder / "config.yaml").exists() or not (folder / "metrics.jsonl").exists():
+        raise ReportError(f"{folder} is not a bpo run folder (it needs config.yaml and metrics.jsonl)")
+
+    def read(name: str) -> dict:
+        path = folder / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {
+        "folder": folder,
+        "config": yaml.safe_load((folder / "config.yaml").read_text()),
+        "metrics": metrics,
+        "eval": read("eval.json"),
+        "run": read("run.json"),
+    }
+
+
+def plot(series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_marks: bool = True) -> None:
+    """One panel per metric; each label's curve is the mean of its runs (seeds), dotted lines at its
+    phase starts when it has one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [(k, t) for k, t in keys if any(k in m for runs in series.values() for r in runs for m in r)]
+    cols = min(4, len(keys)) or 1
+    rows = -(-len(keys) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, keys):
+        for label, runs in series.items():
+            steps = [m["step"] for m in runs[0]]
+            curves = [[m.get(key, np.nan) for m in r] for r in runs if len(r) == len(steps)]
+            line = ax.plot(steps, np.nanmean(np.array(curves, dtype=float), axis=0), label=label)[0]
+            if phase_marks and len(runs) == 1:
+                starts = [m["step"] for j, m in enumerate(runs[0]) if j == 0 or m["phase"] != runs[0][j - 1]["phase"]]
+                for s in starts[1:]:
+                    ax.axvline(s - 0.5, color=line.get_color(), ls=":", lw=0.8, alpha=0.6)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _method(cfg: dict) -> str:
+    t, k = cfg["train"], len(cfg["sft"]["seeds"])
+    name = {"behavior": "BPO", "sft": "online DAP, SFT reference", "ema": "EMA reference"}[t["reference"]]
+    if t["phases"] == 1:
+        name = "offline (F = 1), " + name
+    return f"{name}: {t['loss'].upper()} F={t['phases']} T={t['steps']} B={t['batch_size']} K={k}"
+
+
+def _eval_lines(ev: dict) -> list[str]:
+    if not ev:
+        return ["not evaluated (--no-eval, or the run has not finished)"]
+    s, tr, imp, w = ev["start"], ev["trained"], ev["improvement"], ev["win_rate_vs_start"]
+    out = [
+        f"judge `{ev.get('judge', '?')}`, {ev['n']} held-out prompts, greedy: score {s['mean']:.2f} -> "
+        f"{tr['mean']:.2f}, improvement {imp['mean']:+.2f} [{imp['ci_low']:+.2f}, {imp['ci_high']:+.2f}]; "
+        f"win rate vs start {w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
+        f"({w['wins']}/{w['ties']}/{w['losses']} wins/ties/losses)"
+    ]
+    if "win_rate_vs_reference" in ev:
+        v = ev["win_rate_vs_reference"]
+        out.append(f"win rate vs the reference {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]")
+    return out
+
+
+def _run_lines(r: dict) -> list[str]:
+    cfg, info, t, ann = r["config"], r["run"], r["config"]["train"], r["config"]["annotator"]
+    judge = f" (`{ann['model']}`)" if ann["kind"] in ("reward_model", "llm_judge") else ""
+    used = info.get("annotations", r["metrics"][-1].get("annotations/used", 0) if r["metrics"] else 0)
+    cost = f"; wall {info['wall_seconds'] / 60:.1f} min, peak RSS {info['peak_rss_mib'] / 1024:.1f} GB" if info else ""
+    return [
+        f"- method: {_method(cfg)}, lr {t['lr']}, beta {t['beta']}, seed {t['seed']}",
+        f"- model: `{cfg['model']['name']}` ({cfg['model']['dtype']}), LoRA r {cfg['lora']['r']}",
+        f"- annotator: `{ann['kind']}`{judge}",
+        f"- steps logged: {len(r['metrics'])} of {t['steps']}; annotations {used:.0f}{cost}",
+        *[f"- {x}" for x in _eval_lines(r["eval"])],
+    ]
+
+
+def write_report(folders: list[str | Path], out: str | Path, command: str = "") -> Path:
+    """``out/report.md`` and ``out/curves.png`` for one run or several overlaid; returns the report's path."""
+    runs = [load_run(f) for f in folders]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [r["folder"].name if len(runs) > 1 else "run" for r in runs]
+    if len(set(labels)) < len(labels):  # same leaf names (seed0 of two methods): use the parent too
+        labels = [f"{r['folder'].parent.name}/{r['folder'].name}" for r in runs]
+    plot({label: [r["metrics"]] for label, r in zip(labels, runs)}, out / "curves.png")
+    lines = ["# Run report" if len(runs) == 1 else "# Runs overlaid", ""]
+    if command:
+        lines += [f"Made with `{command}`.", ""]
+    for label, r in zip(labels, runs):
+        lines += [f"## {label}" if len(runs) > 1 else f"`{r['folder']}`", "", *_run_lines(r), ""]
+    lines += ["![curves](curves.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,36 @@
+"""Every run writes report.md + curves.png; bpo report overlays runs."""
+
+from conftest import tiny_config
+from PIL import Image
+from typer.testing import CliRunner
+
+from bpo.cli import app
+
+runner = CliRunner()
+
+
+def _run(tmp_path, name: str, **over) -> str:
+    args = tiny_config(tmp_path / name, **{"sft_dir": str(tmp_path / "sft"), **over})
+    res = runner.invoke(app, ["train", "quickstart", *args])
+    assert res.exit_code == 0, res.output
+    return str(tmp_path / name / "run")
+
+
+def test_a_run_reports_itself_and_two_runs_overlay(tmp_path):
+    bpo = _run(tmp_path, "bpo")
+    report = (tmp_path / "bpo" / "run" / "report.md").read_text()
+    assert "BPO: DPO F=2 T=6 B=4 K=1" in report and "judge `quickstart-judge`" in report
+    assert "win rate vs start" in report and "![curves](curves.png)" in report
+    w, h = Image.open(tmp_path / "bpo" / "run" / "curves.png").size
+    assert w > 400 and h > 200
+    offline = _run(tmp_path, "offline", **{"train.phases": 1})
+    res = runner.invoke(app, ["report", bpo, offline, "--out", str(tmp_path / "both")])
+    assert res.exit_code == 0, res.output
+    both = (tmp_path / "both" / "report.md").read_text()
+    assert "offline (F = 1)" in both and "BPO: DPO F=2" in both and both.count("## ") == 2
+    assert (tmp_path / "both" / "curves.png").exists()
+    # several runs need --out; a folder that is not a run is one error line
+    res = runner.invoke(app, ["report", bpo, offline])
+    assert res.exit_code == 2 and "need --out" in res.output
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.startswith("error:") and "not a bpo run folder" in res.output
