@@ -222,3 +222,36 @@ def test_a_config_error_comes_before_torch_is_imported():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_run_aware_generate_and_eval(tmp_path):
+    # --run takes the model, adapter, data and judge from the run folder: the same answers as spelling them out
+    from conftest import tiny_config
+
+    over = tiny_config(tmp_path)
+    res = runner.invoke(app, ["train", "quickstart", *over])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("hello", "summarise this")))
+    res = runner.invoke(app, ["generate", "--run", str(run), "--prompts", str(prompts), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    spelled = ["generate", "quickstart", *over, "--adapter", str(run / "final" / "behavior")]
+    res = runner.invoke(app, [*spelled, "--prompts", str(prompts), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a").read_text() == (tmp_path / "b").read_text()
+    res = runner.invoke(app, ["eval", "--run", str(run), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    mine = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    own = json.loads((run / "eval.json").read_text())
+    assert mine["win_rate"] == own["win_rate_vs_reference"]["win_rate"] and mine["judge"] == own["judge"]
+    # an adapter trained on another base model is refused in one line
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = json.loads((run / "final" / "behavior" / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "some/other-model"}))
+    res = runner.invoke(app, ["generate", "--run", str(run), "--adapter", str(other), "--prompts", str(prompts),
+                              "--out", str(tmp_path / "c")])  # fmt: skip
+    assert res.exit_code == 2 and "trained on base model 'some/other-model'" in res.output
+    res = runner.invoke(app, ["eval", "--run", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and res.output.startswith("error:")

@@ -43,6 +43,32 @@ def _config(args: list[str] | None) -> Config:
     return load_config(path, args)
 
 
+def _run_config(
+    run: Path | None, args: list[str] | None, adapter: str | None, need_adapter: bool = True
+) -> tuple[Config, str | None]:
+    """The config and adapter for ``--run RUN``: the run's own config.yaml (plus overrides) and its
+    final behavior adapter; without --run, the config from ``args`` and ``--adapter`` as given."""
+    from bpo.config import resume_config
+    from bpo.models import check_adapter
+
+    if run is None:
+        return _config(args), adapter
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        raise ConfigError(f"--run {run} brings its own config; {args[0]!r} is not a section.key=value override")
+    cfg = resume_config(run, args)
+    if not need_adapter:
+        return cfg, None
+    adapter = adapter or str(run / "final" / "behavior")
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ConfigError(
+            f"{adapter} does not exist: run {run} has not finished; finish it with `bpo train --resume {run}` "
+            f"or pass --adapter RUN/checkpoints/<step>/adapters/behavior"
+        )
+    check_adapter(adapter, cfg.model.name)
+    return cfg, adapter
+
+
 def _fail(err: Exception) -> None:
     """One line, ``error: <what, where, how to fix>``, exit 2: never wrapped, never read as markup."""
     console.print(Text.assemble(("error:", "red"), " " + " ".join(str(err).split())), soft_wrap=True)
@@ -122,6 +148,7 @@ def generate(
     adapter: str = typer.Option(None, help="a PEFT adapter folder (e.g. RUN/final/behavior); none: the base model"),
     n: int = typer.Option(1, help="responses per prompt"),
     sample: bool = typer.Option(False, help="sample (temperature/top-k from the config) instead of greedy"),
+    run: Path = typer.Option(None, help="a run folder: its config, model and final behavior adapter"),
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
 ) -> None:
     """Responses of the base model or an adapter to a file of prompts."""
@@ -132,7 +159,7 @@ def generate(
     from bpo.models import check_adapter, load_policy
     from bpo.sampling import HFBackend
 
-    cfg = _config(args)
+    cfg, adapter = _run_config(run, args, adapter)
     if adapter:
         check_adapter(adapter, cfg.model.name)
     records = load_prompts(prompts, cfg.data.prompt_field, None, id_field="id", skip_bad=cfg.data.skip_bad_rows)
@@ -187,15 +214,18 @@ def eval_(
     adapter: str = typer.Option(None, help="PEFT adapter to evaluate (e.g. RUN/final/behavior)"),
     responses: str = typer.Option(None, help="instead of --adapter: a file of responses aligned with the prompts"),
     against: str = typer.Option("reference", help="reference | base | ADAPTER_DIR | RESPONSES_FILE"),
-    judge: str = typer.Option("task", help="task (the config's annotator as scorer) | http (pairwise LLM)"),
+    judge: str = typer.Option(
+        "task", help="task (eval.gold, else the config's annotator, as scorer) | http (pairwise LLM)"
+    ),
     judge_url: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
     judge_model: str = typer.Option(None, help="model name for the HTTP judge"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the judge's API key"),
+    run: Path = typer.Option(None, help="a run folder: its config (model, data, judge) and final behavior adapter"),
 ) -> None:
     """Win rate (95% bootstrap interval, ties apart) of an adapter or a responses file."""
     from bpo.evaluation import run_eval
 
-    cfg = _config(args)
+    cfg, adapter = _run_config(run, args, adapter, need_adapter=not responses)
     r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
     console.print(
         f"win rate vs {against}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "

@@ -201,10 +201,10 @@ def run_eval(
 
     ``against`` is ``reference`` (the human reference text, as in the paper), a PEFT adapter
     folder, ``base`` (the model without adapter) or a responses file. ``judge`` is ``task``
-    (the config's annotator as a scorer: the quickstart judge, a reward model or a callable)
-    or ``http`` (a pairwise LLM judge).
+    (``eval.gold`` when set, else the config's annotator as a scorer: the quickstart judge, a reward
+    model or a callable) or ``http`` (a pairwise LLM judge).
     """
-    from bpo.annotators import build_annotator
+    from bpo.annotators import build_annotator, build_gold
     from bpo.models import load_policy
 
     check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
@@ -237,8 +237,8 @@ def run_eval(
         outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
         scores = None
         name = j.name
-    else:
-        annotator = build_annotator(cfg)
+    else:  # the judge a run's own evaluation uses: eval.gold when there is one, else the annotator
+        annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
         scores = (annotator.scores(records, mine), annotator.scores(records, other))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
