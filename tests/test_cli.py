@@ -255,3 +255,33 @@ def test_run_aware_generate_and_eval(tmp_path):
     assert res.exit_code == 2 and "trained on base model 'some/other-model'" in res.output
     res = runner.invoke(app, ["eval", "--run", str(tmp_path), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and res.output.startswith("error:")
+
+
+def test_export_merged_and_adapter(tmp_path):
+    # the merged folder is a plain transformers model with the same outputs as base + adapter
+    import torch
+    from conftest import tiny_config
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from bpo.models import load_policy
+
+    res = runner.invoke(app, ["train", "quickstart", *tiny_config(tmp_path)])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["export", str(run), "--merged", str(tmp_path / "m"), "--adapter", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    base = PeftModel.from_pretrained(load_policy("tiny-random-llama", "cpu").model, str(tmp_path / "a")).eval()
+    ids = torch.tensor([[1, 5, 9, 42, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, base(ids).logits, atol=1e-4, rtol=1e-4)
+        a = merged.generate(ids, max_new_tokens=8, do_sample=False)
+        b = base.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(a, b)
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "base_model: tiny-random-llama" in card and "F=2 T=6 B=4 K=1" in card and "win rate vs start" in card
+    assert (tmp_path / "a" / "README.md").read_text().startswith("---\nbase_model: tiny-random-llama")
+    assert "base_model: tiny-random-llama" in (run / "final" / "README.md").read_text()  # PEFT's card left it empty
+    res = runner.invoke(app, ["export", str(tmp_path), "--merged", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "no final/behavior adapter" in res.output

@@ -24,6 +24,7 @@ from bpo.config import Config
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_jsonl, write_text_atomic
 from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
+from bpo.models import HUB_NAMES
 
 if TYPE_CHECKING:
     from bpo.trainer import Run
@@ -176,6 +177,11 @@ def save_final(run: Run) -> None:
     if run.acc.is_main_process:
         tmp = temp_dir(run.out, ".final-")
         run.ens.save(tmp, ["behavior", "sft", *run.ens.members], base_model=run.cfg.model.name)
+        card = tmp / "README.md"  # PEFT's card names the base model only when it came from the Hub
+        if card.exists():
+            base = HUB_NAMES.get(run.cfg.model.name, run.cfg.model.name)
+            text = card.read_text().replace("base_model: ''", f"base_model: {base}")
+            card.write_text(text.replace("'base_model:adapter:'", f"'base_model:adapter:{base}'"))
         replace_dir(tmp, run.out / "final")
 
 

@@ -1,4 +1,4 @@
-"""The ``bpo`` command line: sft, train, generate, annotate, eval, compare, rm, report, config, info.
+"""The ``bpo`` command line: sft, train, generate, annotate, eval, compare, rm, report, export, config, info.
 
 Every command takes an optional config (a YAML path or a preset name) followed by
 ``section.key=value`` overrides, e.g. ``bpo train tldr-local train.phases=2 train.loss=ipo``.
@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 HELP = """Online preference alignment with BPO (arXiv 2406.12168).
 
-Commands: train, sft, generate, annotate, eval, compare, rm, report, config, info. Each takes an optional config
+Commands: train, sft, generate, annotate, eval, compare, rm, report, export, config, info. Each takes an optional config
 (a YAML file or a preset: {presets}) and section.key=value overrides, e.g.
 bpo train tldr-local train.phases=2 train.loss=ipo; bpo config keys lists every key.
 """.format(presets=", ".join(PRESETS))
@@ -375,6 +375,20 @@ def report(
         raise ReportError(f"{len(runs)} runs overlaid need --out DIR (one run's report goes into the run)")
     command = " ".join(["bpo report", *map(str, runs), *([f"--out {out}"] if out else [])])
     console.print(f"report: {write_report(runs, out or runs[0], command)}")
+
+
+@app.command()
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="a finished run folder"),
+    merged: Path = typer.Option(None, help="write the behavior model merged into the base weights here"),
+    adapter: Path = typer.Option(None, help="write the behavior model as a PEFT adapter here"),
+) -> None:
+    """The run's behavior model for the Hub: merged (a plain transformers folder) or a PEFT adapter, with a card."""
+    from bpo.export import export as run_export
+
+    for path in run_export(run, merged, adapter):
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -30,6 +30,10 @@ from bpo.errors import BpoError
 from bpo.io import replace_dir, temp_dir
 
 OFFLINE_MODELS = ("smollm2-135m-instruct", "gemma3-270m", "tiny-random-llama")
+HUB_NAMES = {  # the built-in offline models' Hub ids, for model cards
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "gemma3-270m": "google/gemma-3-270m",
+}
 
 
 class ModelLoadError(BpoError, RuntimeError):

@@ -82,7 +82,7 @@ def plot(series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_mar
     plt.close(fig)
 
 
-def _method(cfg: dict) -> str:
+def method_line(cfg: dict) -> str:
     t, k = cfg["train"], len(cfg["sft"]["seeds"])
     name = {"behavior": "BPO", "sft": "online DAP, SFT reference", "ema": "EMA reference"}[t["reference"]]
     if t["phases"] == 1:
@@ -90,7 +90,7 @@ def _method(cfg: dict) -> str:
     return f"{name}: {t['loss'].upper()} F={t['phases']} T={t['steps']} B={t['batch_size']} K={k}"
 
 
-def _eval_lines(ev: dict) -> list[str]:
+def eval_lines(ev: dict) -> list[str]:
     if not ev:
         return ["not evaluated (--no-eval, or the run has not finished)"]
     s, tr, imp, w = ev["start"], ev["trained"], ev["improvement"], ev["win_rate_vs_start"]
@@ -112,11 +112,11 @@ def _run_lines(r: dict) -> list[str]:
     used = info.get("annotations", r["metrics"][-1].get("annotations/used", 0) if r["metrics"] else 0)
     cost = f"; wall {info['wall_seconds'] / 60:.1f} min, peak RSS {info['peak_rss_mib'] / 1024:.1f} GB" if info else ""
     return [
-        f"- method: {_method(cfg)}, lr {t['lr']}, beta {t['beta']}, seed {t['seed']}",
+        f"- method: {method_line(cfg)}, lr {t['lr']}, beta {t['beta']}, seed {t['seed']}",
         f"- model: `{cfg['model']['name']}` ({cfg['model']['dtype']}), LoRA r {cfg['lora']['r']}",
         f"- annotator: `{ann['kind']}`{judge}",
         f"- steps logged: {len(r['metrics'])} of {t['steps']}; annotations {used:.0f}{cost}",
-        *[f"- {x}" for x in _eval_lines(r["eval"])],
+        *[f"- {x}" for x in eval_lines(r["eval"])],
     ]
 
 

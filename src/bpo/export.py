@@ -1,0 +1,76 @@
+"""Exporting a run's behavior model for the Hub: merged into the base weights, or as a PEFT adapter.
+
+Both carry a model card that says what made them (base model, method, F, T, B, K, annotator) and
+how they did (the run's win rates with their intervals), from the run folder itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bpo.config import ConfigError, resume_config
+from bpo.io import replace_dir, temp_dir
+from bpo.models import HUB_NAMES
+from bpo.report import eval_lines, load_run, method_line
+
+
+def model_card(run: Path, kind: str) -> str:
+    r = load_run(run)
+    cfg = r["config"]
+    base = HUB_NAMES.get(cfg["model"]["name"], cfg["model"]["name"])
+    ann = cfg["annotator"]
+    judge = f" ({ann['model']})" if ann["kind"] in ("reward_model", "llm_judge") else ""
+    what = (
+        "The behavior model merged into the base weights" if kind == "merged" else "The behavior model, a LoRA adapter"
+    )
+    return "\n".join(
+        [
+            "---",
+            f"base_model: {base}",
+            f"library_name: {'transformers' if kind == 'merged' else 'peft'}",
+            "tags: [bpo, dpo, preference-alignment, lora]",
+            "---",
+            "",
+            f"# {run.name}: {base} aligned with bpo",
+            "",
+            f"{what} (the 1/K merge of the ensemble's members), trained by bpo with BPO (arXiv 2406.12168).",
+            "",
+            f"- method: {method_line(cfg)}, lr {cfg['train']['lr']}, beta {cfg['train']['beta']}",
+            f"- annotator: {ann['kind']}{judge}",
+            *[f"- {line}" for line in eval_lines(r["eval"])],
+            "",
+        ]
+    )
+
+
+def export(run: str | Path, merged: str | Path | None = None, adapter: str | Path | None = None) -> list[Path]:
+    """Write the run's behavior model to ``merged`` (a plain transformers folder) and/or ``adapter``."""
+    run = Path(run)
+    behavior = run / "final" / "behavior"
+    if not merged and not adapter:
+        raise ConfigError("bpo export needs --merged DIR and/or --adapter DIR")
+    if not (behavior / "adapter_config.json").exists():
+        raise ConfigError(f"{run} has no final/behavior adapter: export a finished run (bpo train --resume {run})")
+    cfg = resume_config(run)
+    written = []
+    if adapter:
+        tmp = temp_dir(Path(adapter).parent, ".export-")
+        shutil.copytree(behavior, tmp, dirs_exist_ok=True)
+        (tmp / "README.md").write_text(model_card(run, "adapter"))
+        replace_dir(tmp, Path(adapter))
+        written.append(Path(adapter))
+    if merged:
+        from peft import PeftModel
+
+        from bpo.models import load_policy
+
+        policy = load_policy(cfg.model.name, "cpu", cfg.model.dtype, cfg.model.chat_template)
+        model = PeftModel.from_pretrained(policy.model, str(behavior)).merge_and_unload()
+        tmp = temp_dir(Path(merged).parent, ".export-")
+        model.save_pretrained(tmp, safe_serialization=True)
+        policy.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(run, "merged"))
+        replace_dir(tmp, Path(merged))
+        written.append(Path(merged))
+    return written
