@@ -317,3 +317,37 @@ def test_micro_batches_give_the_same_update(tmp_path):
         for f, a in w_files.items():
             for k in a:
                 torch.testing.assert_close(a[k], m_files[f][k], atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_saved_before_micro_batch_and_fast_sampling_resumes_as_it_started(tmp_path):
+    # a run written before train.micro_batch / sampling.fold_adapter / sampling.prefill_once existed has
+    # none of them in config.yaml: --resume must accept its ledger and continue with the old code paths,
+    # bit for bit the run that was never interrupted
+    import yaml
+
+    from bpo.config import resume_config
+    from bpo.errors import Interrupted
+
+    old = {"train.micro_batch": 10**9, "sampling.fold_adapter": False, "sampling.prefill_once": False}
+    run_tiny(tmp_path / "whole", **old)
+    cfg = load_config(None, tiny_config(tmp_path / "cut", **old))
+
+    def stop(run, step, m):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        train(cfg, evaluate=False, on_step=stop)
+    folder = tmp_path / "cut" / "run"
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    del saved["train"]["micro_batch"], saved["sampling"]["fold_adapter"], saved["sampling"]["prefill_once"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    lines = (folder / "annotations.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])  # an old ledger's header has none of them either
+    for section, key in (("train", "micro_batch"), ("sampling", "fold_adapter"), ("sampling", "prefill_once")):
+        header["settings"][section].pop(key, None)
+    (folder / "annotations.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    train(resume_config(folder), resume=True, evaluate=False)
+    want, got = adapters(tmp_path / "whole" / "run" / "final"), adapters(folder / "final")
+    assert want.keys() == got.keys() and want
+    assert all(torch.equal(want[k], got[k]) for k in want)

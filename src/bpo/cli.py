@@ -348,18 +348,19 @@ app.add_typer(config_app, name="config")
 @user_errors
 def config_show(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]")) -> None:
     """The resolved config as YAML with each field's help (it loads back as a config file)."""
-    from bpo.config import show_config
+    from bpo.fields import show
 
-    print(show_config(_config(args)), end="")
+    print(show(_config(args)), end="")
 
 
 @config_app.command("keys")
 @user_errors
 def config_keys_cmd() -> None:
     """Every section.key an override can set, with its default and help."""
-    from bpo.config import config_keys
+    from bpo.config import Config
+    from bpo.fields import keys
 
-    print("\n".join(config_keys()))
+    print("\n".join(keys(Config())))
 
 
 @app.command()

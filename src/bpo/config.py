@@ -7,7 +7,6 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -346,43 +345,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def show_config(cfg: Config) -> str:
-    """The resolved config as YAML, each field under a comment with its help: loads back to ``cfg``."""
-    lines = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        lines.append(f"# {f.metadata.get('help', '')}")
-        if not dataclasses.is_dataclass(value):
-            lines.append(f"{f.name}: {json.dumps(value)}")
-            continue
-        lines.append(f"{f.name}:")
-        for g in dataclasses.fields(value):
-            lines += [f"  # {g.metadata.get('help', '')}", f"  {g.name}: {json.dumps(getattr(value, g.name))}"]
-    return "\n".join(lines) + "\n"
-
-
-def config_keys(cfg: Config | None = None) -> list[str]:
-    """Every ``section.key`` an override can set, with its type and help."""
-    cfg = cfg or Config()
-    out = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        subs = dataclasses.fields(value) if dataclasses.is_dataclass(value) else [f]
-        for g in subs:
-            name = f"{f.name}.{g.name}" if dataclasses.is_dataclass(value) else f.name
-            out.append(
-                f"{name} = {json.dumps(cfg.get(name) if '.' in name else value)}  # {g.metadata.get('help', '')}"
-            )
-    return out
-
-
 def save_config(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # Settings added after runs were already written, with the value those runs used: a run saved by
 # an older bpo resumes exactly as it started, not with today's defaults.
-BEFORE_THEY_EXISTED = {"train.weight_decay": 0.01, "train.adam_eps": 1e-8, "train.ema_update": "step"}
+BEFORE_THEY_EXISTED = {  # micro_batch 1e9: the whole step at once; fold/prefill: the plain generate path
+    "train.weight_decay": 0.01,
+    "train.adam_eps": 1e-8,
+    "train.ema_update": "step",
+    "train.micro_batch": 10**9,
+    "sampling.fold_adapter": False,
+    "sampling.prefill_once": False,
+}
 
 
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:

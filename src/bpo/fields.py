@@ -7,6 +7,7 @@ them into the declared types and names the file (or override) and key of anythin
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import field
@@ -82,3 +83,31 @@ def apply_values(obj: Any, values: dict[str, Any], where: str) -> None:
             apply_values(current, value, f"{where}: {key}")
         else:
             setattr(obj, key, _coerce(value, hints[key], f"{where}: {key}"))
+
+
+def show(cfg: Any) -> str:
+    """A config as YAML, each field under a comment with its help: it loads back to the same config."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        lines.append(f"# {f.metadata.get('help', '')}")
+        if not dataclasses.is_dataclass(value):
+            lines.append(f"{f.name}: {json.dumps(value)}")
+            continue
+        lines.append(f"{f.name}:")
+        for g in dataclasses.fields(value):
+            lines += [f"  # {g.metadata.get('help', '')}", f"  {g.name}: {json.dumps(getattr(value, g.name))}"]
+    return "\n".join(lines) + "\n"
+
+
+def keys(cfg: Any) -> list[str]:
+    """Every ``section.key`` (or top-level key) an override can set, with its value and help."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(value):
+            out.append(f"{f.name} = {json.dumps(value)}  # {f.metadata.get('help', '')}")
+            continue
+        for g in dataclasses.fields(value):
+            out.append(f"{f.name}.{g.name} = {json.dumps(getattr(value, g.name))}  # {g.metadata.get('help', '')}")
+    return out

@@ -184,15 +184,17 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
         "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
         "sampling": _sampling_settings(d["sampling"]),
         "annotator": _annotator_settings(d["annotator"]),
-        "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft")},
+        # micro_batch splits the same update (gradients accumulate): a memory knob, like save_every
+        "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft", "micro_batch")},
         "device": d["device"],
         "processes": processes,
     }
 
 
 def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
-    """Sampling keys that change samples (keyed noise: not the batch size); best-of-n keys only when used."""
-    skip = {"batch_size"} | ({"n", "pairs"} if s["n"] == 2 else set())  # ledgers from before best-of-n match
+    """Sampling keys that change samples (keyed noise: not the batch size, nor the speed-ups that give the
+    same tokens); best-of-n keys only when used."""
+    skip = {"batch_size", "fold_adapter", "prefill_once"} | ({"n", "pairs"} if s["n"] == 2 else set())
     return {k: v for k, v in s.items() if k not in skip}
 
 
