@@ -179,6 +179,12 @@ class EvalConfig:
 
 
 @dataclass
+class LoggingConfig:
+    wandb: bool = setting(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")
+    wandb_project: str = setting("bpo", "the W&B project; the W&B run is named after the run folder")
+
+
+@dataclass
 class Config:
     model: ModelConfig = section(ModelConfig, "the policy")
     lora: LoraConfig = section(LoraConfig, "the LoRA of each ensemble member")
@@ -188,6 +194,7 @@ class Config:
     sft: SFTConfig = section(SFTConfig, "member SFT (cached by its settings)")
     train: TrainConfig = section(TrainConfig, "the BPO loop")
     eval: EvalConfig = section(EvalConfig, "the final evaluation and bpo eval")
+    logging: LoggingConfig = section(LoggingConfig, "metric trackers besides metrics.jsonl and TensorBoard")
     output_dir: str = setting("runs/quickstart", "the run folder")
     sft_dir: str = setting("", "where member SFT adapters are cached (empty: <output_dir>/../sft-<hash of settings>)")
     device: str = setting("", "cpu, cuda, cuda:1 ... (empty: cuda when available)")

@@ -63,6 +63,16 @@ class Lines:
         self.update(task, advance=advance)
 
 
+def step_line(m: dict, steps: int, per_step: float) -> str:
+    """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
+    eta = per_step * (steps - m["step"])
+    return (
+        f"step {m['step']}/{steps} phase {m['phase']} loss {m.get('loss', float('nan')):.4f} "
+        f"margin {m.get('rewards/margins', float('nan')):.4f} kl {m.get('kl/behavior', float('nan')):.4f} "
+        f"annotations {m['annotations/used']:.0f} {m['time/step']:.1f} s/step eta {eta / 60:.1f} min"
+    )
+
+
 def progress_bar(console: Console | None = None, disable: bool = False) -> Bars | Lines:
     console = console or Console(stderr=True)
     disable = disable or int(os.environ.get("RANK", "0")) != 0  # one set of bars, from the main process

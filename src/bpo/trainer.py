@@ -19,7 +19,6 @@ folder, check ledger and checkpoint, ``setup``, ``prepare``, ``fit``, ``finish``
 from __future__ import annotations
 
 import json
-import math
 import resource
 import time
 from collections.abc import Callable
@@ -31,7 +30,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from rich.console import Console
 from rich.text import Text
-from torch.utils.tensorboard import SummaryWriter
 from transformers import get_linear_schedule_with_warmup
 
 from bpo.annotators import Annotator, build_annotator, build_gold
@@ -53,11 +51,12 @@ from bpo.io import FolderLock, append_lines, write_json
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
-from bpo.progress import Bars, Lines, progress_bar
+from bpo.progress import Bars, Lines, progress_bar, step_line
 from bpo.report import write_report
 from bpo.sft import member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
 from bpo.timing import Timer
+from bpo.tracking import Trackers, check_wandb, win_rates
 
 
 @dataclass
@@ -128,7 +127,7 @@ class Loop:
     optimizers: dict
     schedulers: dict
     log: AnnotationLog
-    writer: SummaryWriter | None
+    trackers: Trackers | None  # TensorBoard (+ W&B), main process only
     start: int
     done: int = 0  # steps completed (this session or before the resume)
 
@@ -149,14 +148,15 @@ def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console)
     start = restore(run, found, optimizers, schedulers)
     if acc.is_main_process:
         trim_metrics(out / "metrics.jsonl", start)
-    writer = SummaryWriter(str(out / "tb")) if acc.is_main_process else None
+    lg = run.cfg.logging
+    trackers = Trackers(out, run.cfg.to_dict(), lg.wandb, lg.wandb_project) if acc.is_main_process else None
     if acc.is_main_process and start == 0:
         console.print(
             f"[bold]bpo[/] {t.loss.upper()} reference={t.reference} F={t.phases} T={t.steps} "
             f"B={t.batch_size} K={len(run.ens.members)} merge={t.merge} (exact = mean of members' "
             f"delta-W; linear = PEFT linear, the paper's code) processes={acc.num_processes}"
         )
-    return Loop(optimizers, schedulers, log, writer, start, start)
+    return Loop(optimizers, schedulers, log, trackers, start, start)
 
 
 def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=None) -> None:
@@ -196,9 +196,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
         metrics["pairs/identical"] = total(acc, float(log.identical_pairs), device).item()
         if acc.is_main_process:
             append_lines(run.out / "metrics.jsonl", [json.dumps(metrics)])
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not math.isnan(value):
-                    loop.writer.add_scalar(key, value, step + 1)
+            loop.trackers.log(metrics, step + 1)
             progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
             progress.line(step_line(metrics, t.steps, (time.time() - session) / (step + 1 - loop.start)))
         loop.done = step + 1
@@ -209,26 +207,17 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
             save_checkpoint(run, step + 1, loop.optimizers, loop.schedulers)
 
 
-def step_line(m: dict, steps: int, per_step: float) -> str:
-    """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
-    eta = per_step * (steps - m["step"])
-    return (
-        f"step {m['step']}/{steps} phase {m['phase']} loss {m.get('loss', float('nan')):.4f} "
-        f"margin {m.get('rewards/margins', float('nan')):.4f} kl {m.get('kl/behavior', float('nan')):.4f} "
-        f"annotations {m['annotations/used']:.0f} {m['time/step']:.1f} s/step eta {eta / 60:.1f} min"
-    )
-
-
 def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume: bool, started: float) -> dict:
     """Final merge and save, the evaluation, and run.json (its presence marks the run finished)."""
     run.ens.merge("behavior", run.cfg.train.merge)
     save_final(run)
     result = {}
     if run.acc.is_main_process:
-        loop.writer.close()
         if evaluate:
             result = evaluate_run(run, progress)
             write_json(run.out / "eval.json", result)
+            loop.trackers.summary(win_rates(result))
+        loop.trackers.close()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         info = {
             "wall_seconds": round(time.time() - started, 1),
@@ -265,6 +254,7 @@ def train(
     out = Path(cfg.output_dir)
     cfg.check_sources()
     cfg.check_annotator()
+    check_wandb(cfg.logging.wandb)
     if evaluate:
         cfg.check_evaluation()
     if not resume and has_checkpoint(out):
