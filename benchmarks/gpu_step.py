@@ -44,29 +44,16 @@ def peak_flops(device: str, given: float) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="gemma3-270m", help="a model folder, Hub name or bpo offline name")
-    parser.add_argument("--task", default="quickstart", help="preset whose prompts are sampled")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bf16")
-    parser.add_argument("--prompts", type=int, default=16, help="B")
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--rank", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=4, help="T; the first is a warm-up")
-    parser.add_argument("--micro-batch", type=int, default=0, help="train.micro_batch (0: all B on a GPU)")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the chip's dense bf16 peak (default: by name)")
-    parser.add_argument("--out", type=Path, default=None)
-    a = parser.parse_args()
-
+def one_run(a: argparse.Namespace, k: int) -> dict:
+    """bpo's loop at K members; the means of the timed steps, the first step's FLOPs, the run's peaks."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    import bpo.step
     import bpo.trainer
     from bpo.config import load_config
 
     counted: list[float] = []
-    real_step = bpo.trainer.train_step
+    real_step = bpo.step.train_step
 
     def counting_step(*args, **kwargs):  # FLOPs of the first step only: counting slows what it counts
         if counted:
@@ -80,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         over = [
             f"model.name={a.model}", f"model.dtype={a.dtype}", f"device={a.device}", f"output_dir={tmp}/run",
-            f"sft_dir={tmp}/sft", "sft.epochs=0", f"sft.seeds=[{','.join(str(i) for i in range(a.k))}]",
+            f"sft_dir={tmp}/sft", "sft.epochs=0", f"sft.seeds=[{','.join(str(i) for i in range(k))}]",
             f"lora.r={a.rank}", f"lora.alpha={2 * a.rank}", "lora.dropout=0", "lora.target_modules=all-linear",
             f"train.steps={a.steps}", f"train.batch_size={a.prompts}", f"train.phases={a.steps}",
             f"train.micro_batch={a.micro_batch}", "train.log_kl_sft=false",
@@ -88,40 +75,69 @@ def main() -> None:
             "annotator.kind=callable", f"annotator.callable={Path(__file__).resolve()}:reward",
             f"data.sft_examples={a.prompts}",
         ]  # fmt: skip
-        cfg = load_config(a.task, over)
         started = time.time()
-        bpo.trainer.train(cfg, evaluate=False)
+        bpo.trainer.train(load_config(a.task, over), evaluate=False)
         wall = time.time() - started
         metrics = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         info = json.loads((Path(tmp) / "run" / "run.json").read_text())
+    bpo.trainer.train_step = real_step
     timed = metrics[1:] or metrics  # the first step warms up (allocator, kernels)
-    mean = {p: sum(m.get(f"time/{p}", 0.0) for m in timed) / len(timed) for p in PARTS}
-    step = sum(m["time/step"] for m in timed) / len(timed)
-    train_s = mean["reference"] + mean["update"]
+    out = {p: sum(m.get(f"time/{p}", 0.0) for m in timed) / len(timed) for p in PARTS}
+    out.update(step=sum(m["time/step"] for m in timed) / len(timed), flops=counted[0] if counted else 0.0)
+    out.update(
+        k=k, timed=len(timed), wall=wall, cuda=info.get("peak_cuda_mib", 0) / 1024, rss=info["peak_rss_mib"] / 1024
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="gemma3-270m", help="a model folder, Hub name or bpo offline name")
+    parser.add_argument("--task", default="quickstart", help="preset whose prompts are sampled")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--prompts", type=int, default=16, help="B")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--k", default="5", help="ensemble members; a list (1,2,5) measures the ensemble's cost")
+    parser.add_argument("--rank", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4, help="T; the first is a warm-up")
+    parser.add_argument("--micro-batch", type=int, default=0, help="train.micro_batch (0: all B on a GPU)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the chip's dense bf16 peak (default: by name)")
+    parser.add_argument("--out", type=Path, default=None)
+    a = parser.parse_args()
+    ks = [int(k) for k in a.k.split(",")]
+    results = {k: one_run(a, k) for k in ks}
     peak = peak_flops(a.device, a.peak_tflops)
-    mfu = counted[0] / train_s / peak if peak and counted and train_s else None
-    where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    rows = [
-        "| figure | value |",
-        "| --- | ---: |",
-        f"| s/step (mean of {len(timed)} after a warm-up) | {step:.2f} |",
-        *(f"| {p} s/step | {mean[p]:.2f} |" for p in PARTS),
-        f"| training FLOPs in the first step (reference + update) | {counted[0]:.3g} |" if counted else "",
-        f"| training MFU | {mfu:.1%} |" if mfu is not None else "| training MFU | (no peak known for this device) |",
-        f"| peak GPU memory | {info.get('peak_cuda_mib', 0) / 1024:.1f} GiB |",
-        f"| peak RSS | {info['peak_rss_mib'] / 1024:.1f} GB |",
-        f"| wall time of the run (load, {a.steps} steps) | {wall:.0f} s |",
+
+    def mfu(r: dict) -> str:
+        train_s = r["reference"] + r["update"]
+        return f"{r['flops'] / train_s / peak:.1%}" if peak and r["flops"] and train_s else "(no peak for this device)"
+
+    one = results.get(1)
+    figures = [
+        ("s/step", lambda r: f"{r['step']:.2f}"),
+        *((f"{p} s/step", lambda r, p=p: f"{r[p]:.2f}") for p in PARTS),
+        ("update / (K x update at K = 1)", lambda r: f"{r['update'] / one['update'] / r['k']:.2f}" if one else "-"),
+        ("training FLOPs, first step", lambda r: f"{r['flops']:.3g}"),
+        ("training MFU", mfu),
+        ("peak GPU memory", lambda r: f"{r['cuda']:.1f} GiB"),
+        ("peak RSS", lambda r: f"{r['rss']:.1f} GB"),
+        ("wall (load + steps)", lambda r: f"{r['wall']:.0f} s"),
     ]
+    rows = ["| figure | " + " | ".join(f"K = {k}" for k in ks) + " |", "| --- |" + " ---: |" * len(ks)]
+    rows += [f"| {name} | " + " | ".join(fn(results[k]) for k in ks) + " |" for name, fn in figures]
+    where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     text = "\n".join(
         [
-            "# A paper-scale BPO step on one GPU",
+            "# A paper-scale BPO step",
             "",
             f"`python benchmarks/gpu_step.py --model {a.model} --task {a.task} --device {a.device} --dtype {a.dtype} "
             f"--prompts {a.prompts} --tokens {a.tokens} --k {a.k} --rank {a.rank} --steps {a.steps} --micro-batch "
             f"{a.micro_batch}` on {where}, torch {torch.__version__}: F = T (every step samples its {a.prompts} "
-            f"prompts x 2), K = {a.k}, LoRA r {a.rank} on every linear layer.",
+            f"prompts x 2), LoRA r {a.rank} on every linear layer; means of {results[ks[0]]['timed']} steps after a "
+            "warm-up step. update / (K x update at K = 1) <= 1: K members cost at most K times one.",
             "",
-            *[r for r in rows if r],
+            *rows,
             "",
         ]
     )

@@ -8,6 +8,7 @@ overlays runs. Everything comes from what a run folder already holds (``config.y
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,10 @@ def plot(series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_mar
         for label, runs in series.items():
             steps = [m["step"] for m in runs[0]]
             curves = [[m.get(key, np.nan) for m in r] for r in runs if len(r) == len(steps)]
-            line = ax.plot(steps, np.nanmean(np.array(curves, dtype=float), axis=0), label=label)[0]
+            with warnings.catch_warnings():  # a step no run logged this metric at is a gap, not a warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(np.array(curves, dtype=float), axis=0)
+            line = ax.plot(steps, mean, label=label)[0]
             if phase_marks and len(runs) == 1:
                 starts = [m["step"] for j, m in enumerate(runs[0]) if j == 0 or m["phase"] != runs[0][j - 1]["phase"]]
                 for s in starts[1:]:
