@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import publish  # benchmarks/common.py (scripts run from this folder)
 from peft import LoraConfig
 
 from bpo.config import load_config
@@ -103,20 +104,16 @@ def main() -> None:
     where = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if a.device.startswith("cuda"):
         where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    text = "\n".join(
+    publish(
+        "Generation speed-ups, same samples",
+        f"{command} on {where}: {a.prompts} {a.task} training prompts (mean {prompt_tokens:.0f} tokens) x "
+        f"{a.n} samples x up to {a.tokens} new tokens, behavior adapter of rank {a.members} x {a.rank} on "
+        f"every linear layer, best of {a.repeats} runs after a warm-up.",
         [
-            f"{command} on {where}: {a.prompts} {a.task} training prompts (mean {prompt_tokens:.0f} tokens) x "
-            f"{a.n} samples x up to {a.tokens} new tokens, behavior adapter of rank {a.members} x {a.rank} on "
-            f"every linear layer, best of {a.repeats} runs after a warm-up.",
-            "",
             *rows,
-            "",
-        ]
+        ],
+        a.out,
     )
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

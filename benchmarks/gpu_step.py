@@ -91,6 +91,9 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
 
 
 def main() -> None:
+    # here, not at the top: bpo imports this file for its reward callable, without benchmarks/ on the path
+    from common import publish
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gemma3-270m", help="a model folder, Hub name or bpo offline name")
     parser.add_argument("--task", default="quickstart", help="preset whose prompts are sampled")
@@ -127,24 +130,18 @@ def main() -> None:
     rows = ["| figure | " + " | ".join(f"K = {k}" for k in ks) + " |", "| --- |" + " ---: |" * len(ks)]
     rows += [f"| {name} | " + " | ".join(fn(results[k]) for k in ks) + " |" for name, fn in figures]
     where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    text = "\n".join(
+    publish(
+        "A paper-scale BPO step",
+        f"`python benchmarks/gpu_step.py --model {a.model} --task {a.task} --device {a.device} --dtype {a.dtype} "
+        f"--prompts {a.prompts} --tokens {a.tokens} --k {a.k} --rank {a.rank} --steps {a.steps} --micro-batch "
+        f"{a.micro_batch}` on {where}, torch {torch.__version__}: F = T (every step samples its {a.prompts} "
+        f"prompts x 2), LoRA r {a.rank} on every linear layer; means of {results[ks[0]]['timed']} steps after a "
+        "warm-up step. update / (K x update at K = 1) <= 1: K members cost at most K times one.",
         [
-            "# A paper-scale BPO step",
-            "",
-            f"`python benchmarks/gpu_step.py --model {a.model} --task {a.task} --device {a.device} --dtype {a.dtype} "
-            f"--prompts {a.prompts} --tokens {a.tokens} --k {a.k} --rank {a.rank} --steps {a.steps} --micro-batch "
-            f"{a.micro_batch}` on {where}, torch {torch.__version__}: F = T (every step samples its {a.prompts} "
-            f"prompts x 2), LoRA r {a.rank} on every linear layer; means of {results[ks[0]]['timed']} steps after a "
-            "warm-up step. update / (K x update at K = 1) <= 1: K members cost at most K times one.",
-            "",
             *rows,
-            "",
-        ]
+        ],
+        a.out,
     )
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

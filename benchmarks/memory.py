@@ -19,6 +19,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from common import publish  # benchmarks/common.py (scripts run from this folder)
+
 STAGES = ("python + torch", "model loaded", "members + merge", "sampled", "reference", "update")
 VARIANTS = {  # name: (fold_adapter, micro_batch; 0 = all B at once)
     "micro-batch 1, adapter folded (bpo's CPU default)": (True, 1),
@@ -101,23 +103,17 @@ def main() -> None:
         print(rows[-1], flush=True)
     import torch
 
-    text = "\n".join(
+    publish(
+        "Peak memory of one step, stage by stage",
+        f"`.venv/bin/python benchmarks/memory.py --task {a.task} --model {a.model} --batch {a.batch} --tokens "
+        f"{a.tokens} --rank {a.rank} --k {a.k}` on {platform.machine()}, torch {torch.__version__}, fp32: peak "
+        f"RSS (GB) of the process after each stage of one BPO step ({a.batch} prompts x 2 samples x up to "
+        f"{a.tokens} new tokens, K = {a.k} members of LoRA r {a.rank} on all linear layers).",
         [
-            "# Peak memory of one step, stage by stage",
-            "",
-            f"`.venv/bin/python benchmarks/memory.py --task {a.task} --model {a.model} --batch {a.batch} --tokens "
-            f"{a.tokens} --rank {a.rank} --k {a.k}` on {platform.machine()}, torch {torch.__version__}, fp32: peak "
-            f"RSS (GB) of the process after each stage of one BPO step ({a.batch} prompts x 2 samples x up to "
-            f"{a.tokens} new tokens, K = {a.k} members of LoRA r {a.rank} on all linear layers).",
-            "",
             *rows,
-            "",
-        ]
+        ],
+        a.out,
     )
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 
 import torch
+from common import publish  # benchmarks/common.py (scripts run from this folder)
 from peft import LoraConfig
 
 from bpo.config import load_config
@@ -58,28 +59,22 @@ def main() -> None:
         g = gap(dtype, a.prompts, a.tokens)
         rows.append(f"| {dtype} | {g['rows']} | {g['mean_logp']:.2f} | {g['mean']:.2e} | {g['max']:.2e} |")
         print(rows[-1], flush=True)
-    text = "\n".join(
+    publish(
+        "Sampler log-probs vs the teacher-forced pass",
+        f"`.venv/bin/python benchmarks/sampler_logps.py --prompts {a.prompts} --tokens {a.tokens}` on "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}: "
+        f"SmolLM2-135M-Instruct with a random LoRA (r 16) merged into the behavior adapter, quickstart "
+        f"prompts, {a.prompts} prompts x 2 samples x up to {a.tokens} new tokens (temperature 1, top-k 50). "
+        "Gap = |summed log-prob returned by the sampler - summed log-prob of a teacher-forced pass|.",
         [
-            "# Sampler log-probs vs the teacher-forced pass",
-            "",
-            f"`.venv/bin/python benchmarks/sampler_logps.py --prompts {a.prompts} --tokens {a.tokens}` on "
-            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}: "
-            f"SmolLM2-135M-Instruct with a random LoRA (r 16) merged into the behavior adapter, quickstart "
-            f"prompts, {a.prompts} prompts x 2 samples x up to {a.tokens} new tokens (temperature 1, top-k 50). "
-            "Gap = |summed log-prob returned by the sampler - summed log-prob of a teacher-forced pass|.",
-            "",
             *rows,
             "",
             "bpo reuses the sampler's numbers as BPO's reference only in fp32; in bf16/fp16 it runs the "
             "teacher-forced pass (`bpo.trainer.reference_logps`), so the loss at a phase start is exactly log 2.",
-            "",
-        ]
+        ],
+        a.out,
     )
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import publish  # benchmarks/common.py (scripts run from this folder)
 from safetensors.torch import load_file
 
 
@@ -77,25 +78,19 @@ def main() -> None:
             for n, s, w, r in rows
         ),
     ]
-    text = "\n".join(
+    publish(
+        "Data parallel: one process against several",
+        f"`.venv/bin/python benchmarks/scaling.py --preset {a.preset} --processes {a.processes} --steps "
+        f"{a.steps} --threads {a.threads} --device {a.device}` on {platform.machine()}, torch "
+        f"{torch.__version__}: the {a.preset} preset for {a.steps} steps, the same global batch, SFT shared.",
         [
-            "# Data parallel: one process against several",
-            "",
-            f"`.venv/bin/python benchmarks/scaling.py --preset {a.preset} --processes {a.processes} --steps "
-            f"{a.steps} --threads {a.threads} --device {a.device}` on {platform.machine()}, torch "
-            f"{torch.__version__}: the {a.preset} preset for {a.steps} steps, the same global batch, SFT shared.",
-            "",
             *table,
             "",
             f"Largest difference between the two runs' final adapters: {diff:.2e} (same pairs by keyed sampling; "
             "float reduction order differs).",
-            "",
-        ]
+        ],
+        a.out,
     )
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

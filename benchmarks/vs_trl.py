@@ -250,8 +250,10 @@ def main() -> None:
 
 
 def write(a: argparse.Namespace, model: str, rows: list[dict]) -> None:
+    # here, not at the top: bpo imports this file for its reward callable, without benchmarks/ on the path
     import torch
     import trl
+    from common import publish
 
     import bpo
 
@@ -260,27 +262,21 @@ def write(a: argparse.Namespace, model: str, rows: list[dict]) -> None:
     for r in rows:
         lines.append("| " + " | ".join([r["run"]] + [f"{r[h]:.3g}" for h in heads[1:]]) + " |")
     where = f"{platform.machine()}, {a.threads} threads, torch {torch.__version__}, TRL {trl.__version__}"
-    text = "\n".join(
+    publish(
+        "bpo vs TRL's OnlineDPOTrainer",
+        f"`.venv/bin/python benchmarks/vs_trl.py --task {a.task} --model {model} --device {a.device} --dtype "
+        f"{a.dtype} --steps "
+        f"{a.steps} --batch {a.batch} --tokens {a.tokens} --rank {a.rank} --micro-batch {a.micro_batch} --threads "
+        f"{a.threads}` on {where}, "
+        f"bpo {getattr(bpo, '__version__', '')}: {a.steps} steps of {a.batch} {a.task} training prompts x 2 "
+        f"samples x up to {a.tokens} new tokens, LoRA r {a.rank} on all linear layers, {a.dtype} base "
+        "weights, one process each. s/step is the mean over all steps; the parts are where it went (see "
+        "the script's docstring).",
         [
-            "# bpo vs TRL's OnlineDPOTrainer",
-            "",
-            f"`.venv/bin/python benchmarks/vs_trl.py --task {a.task} --model {model} --device {a.device} --dtype "
-            f"{a.dtype} --steps "
-            f"{a.steps} --batch {a.batch} --tokens {a.tokens} --rank {a.rank} --micro-batch {a.micro_batch} --threads "
-            f"{a.threads}` on {where}, "
-            f"bpo {getattr(bpo, '__version__', '')}: {a.steps} steps of {a.batch} {a.task} training prompts x 2 "
-            f"samples x up to {a.tokens} new tokens, LoRA r {a.rank} on all linear layers, {a.dtype} base "
-            "weights, one process each. s/step is the mean over all steps; the parts are where it went (see "
-            "the script's docstring).",
-            "",
             *lines,
-            "",
-        ]
+        ],
+        a.out,
     )
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":
