@@ -76,3 +76,38 @@ def test_a_sharding_launcher_is_refused_before_anything_loads(tmp_path, monkeypa
     line = res.output.strip().splitlines()[-1]
     assert line.startswith("error: accelerate launched bpo with FSDP") and "ddp.yaml" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "sft").exists()
+
+
+def test_other_processes_wait_until_the_folder_is_locked_and_cleaned(tmp_path, monkeypatch):
+    # rank 0 removes a killed run's *.tmp leftovers at start; a rank writing its ledger at that moment
+    # would lose its temp file (CI: "No such file ... annotations.rank1.jsonl.tmp"). The barrier must sit
+    # between the cleaning and the first write to the folder.
+    from accelerate.utils import DistributedType
+
+    import bpo.trainer
+    from bpo.config import load_config
+
+    order = []
+
+    class Acc:
+        def __init__(self, **kwargs):
+            self.distributed_type, self.is_main_process, self.num_processes = DistributedType.NO, True, 2
+
+        def wait_for_everyone(self):
+            order.append("barrier")
+
+    class Stop(Exception):
+        pass
+
+    def ledger(*args, **kwargs):
+        order.append("ledger")
+        raise Stop
+
+    monkeypatch.setattr(bpo.trainer, "Accelerator", Acc)
+    monkeypatch.setattr(bpo.trainer, "clean_leftovers", lambda out: order.append("clean"))
+    monkeypatch.setattr(bpo.trainer, "open_ledger", ledger)
+    try:
+        bpo.trainer.train(load_config(None, tiny_config(tmp_path)), evaluate=False)
+    except Stop:
+        pass
+    assert order == ["clean", "barrier", "ledger"]

@@ -280,6 +280,9 @@ def train(
                 f"output_dir {out} cannot be created or locked ({err}); choose a writable folder"
             ) from None
         clean_leftovers(out)
+    # the other processes touch the folder only once it is locked and cleaned: the cleaning removes
+    # *.tmp leftovers, and a rank's ledger being written right then is one (seen in CI, 2 processes)
+    acc.wait_for_everyone()
     try:
         say = (
             (lambda msg: console.print(Text(msg, style="yellow"), soft_wrap=True))
