@@ -19,8 +19,8 @@ import numpy as np
 from bpo.annotators import REPORTS
 from bpo.config import load_config
 from bpo.errors import BpoError
-from bpo.io import read_jsonl, write_text_atomic
-from bpo.report import plot
+from bpo.io import write_text_atomic
+from bpo.report import load_run, plot
 
 
 class GridError(BpoError, RuntimeError):
@@ -88,18 +88,17 @@ def _seed(folder: Path) -> int:
 def _load(folder: Path) -> dict | None:
     if not (folder / "eval.json").exists():
         return None
-    metrics = read_jsonl(folder / "metrics.jsonl")
+    run = load_run(folder)  # its eval, run summary and metrics (the last of each step)
     rows = [json.loads(x) for x in (folder / "eval_items.jsonl").read_text().splitlines()]
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float))]  # scores; not ids or responses
     items = {k: np.array([row[k] for row in rows], dtype=float) for k in numeric}
-    by_step = {m["step"]: m for m in metrics}  # a resumed run may repeat steps: keep the last
     return {
         "seed": _seed(folder),
         "config": load_config(folder / "config.yaml"),
         "rows": rows,
-        "eval": json.loads((folder / "eval.json").read_text()),
-        "run": json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {},
-        "metrics": [by_step[s] for s in sorted(by_step)],
+        "eval": run["eval"],
+        "run": run["run"],
+        "metrics": run["metrics"],
         "items": items,
     }
 

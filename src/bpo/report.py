@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from bpo.errors import BpoError
+from bpo.io import read_jsonl
 
 CURVES = [  # metric, title
     ("loss", "loss (member mean)"),
@@ -42,11 +43,11 @@ def load_run(folder: str | Path) -> dict:
         path = folder / name
         return json.loads(path.read_text()) if path.exists() else {}
 
-    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    by_step = {m["step"]: m for m in read_jsonl(folder / "metrics.jsonl")}  # a resumed run may repeat steps
     return {
         "folder": folder,
         "config": yaml.safe_load((folder / "config.yaml").read_text()),
-        "metrics": metrics,
+        "metrics": [by_step[s] for s in sorted(by_step)],  # the last of each step
         "eval": read("eval.json"),
         "run": read("run.json"),
     }
