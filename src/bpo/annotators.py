@@ -234,6 +234,13 @@ def _llm_judge(cfg: Config) -> Annotator:
     return LLMJudgeAnnotator(judge, a.concurrency)
 
 
+@register_annotator("human")
+def _human(cfg: Config) -> Annotator:
+    from bpo.human import HumanAnnotator  # people label in the browser: bpo label RUN
+
+    return HumanAnnotator(cfg)
+
+
 @register_annotator("callable")
 def _callable(cfg: Config) -> Annotator:
     return ScoreAnnotator(load_callable(cfg.annotator.callable), f"callable:{cfg.annotator.callable}")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bpo.config import PRESETS, Config, ConfigError, load_config
-from bpo.errors import BpoError, Interrupted
+from bpo.errors import AwaitingLabels, BpoError, Interrupted
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
 
@@ -119,7 +119,10 @@ def train(
     cfg = resume_config(resume, list(args or [])) if resume else _config(args)  # before torch is imported
     from bpo.trainer import train as run_train
 
-    run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
+    try:
+        run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
+    except AwaitingLabels as wait:  # annotator.kind=human: not a fault, the run goes on once people label
+        console.print(Text(f"status: waiting for labels; {wait}"), soft_wrap=True)
 
 
 @app.command()

@@ -99,10 +99,11 @@ class SamplingConfig:
 
 @dataclass
 class AnnotatorConfig:
-    kind: Literal["quickstart", "reward_model", "callable", "pairwise", "llm_judge"] = setting(
+    kind: Literal["quickstart", "reward_model", "callable", "pairwise", "llm_judge", "human"] = setting(
         "quickstart",
         "who judges the pairs: quickstart, reward_model, callable (a score per response), pairwise (a Python "
-        "pick per pair), llm_judge (an LLM behind an OpenAI-compatible API, asked in both orders)",
+        "pick per pair), llm_judge (an LLM behind an OpenAI-compatible API, asked in both orders), human "
+        "(people, in the browser: the run stops at each phase until `bpo label RUN` has its labels)",
     )
     model: str = setting(
         "OpenAssistant/reward-model-deberta-v3-large-v2",
@@ -119,6 +120,15 @@ class AnnotatorConfig:
         "package.module:fn or path/to/file.py:fn; kind=callable: fn(prompt_record, response) -> float; "
         "kind=pairwise: fn(prompt, response_a, response_b) -> 0 | 1 | None, or (that, rationale)",
     )
+    overlap: int = setting(1, "human: different people who label each pair (2+: their agreement is measured)")
+    quorum: float = setting(1.0, "human: share of a phase's pairs labelled before training goes on (rest unused)")
+    prelabel: Literal["", "reward_model", "callable", "pairwise", "llm_judge", "quickstart"] = setting(
+        "", "human: a model annotator that judges each phase first (its settings: the other annotator.* keys)"
+    )
+    review: Literal["all", "disagreements"] = setting(
+        "disagreements", "human with prelabel: people label all pairs, or only those the pre-labeller leaves open"
+    )
+    review_margin: float = setting(0.0, "human with prelabel: a scorer's pair is open when its scores differ <= this")
     batch_size: int = setting(16, "responses per reward-model forward")
     max_length: int = setting(1024, "reward-model input tokens (prompt + response), truncated beyond")
 
@@ -224,6 +234,9 @@ class Config:
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
+        need(self.annotator.kind != "human" or sm.n == 2, "sampling.n", "2 with annotator.kind=human", sm.n)
+        need(0 < self.annotator.quorum <= 1, "annotator.quorum", "in (0, 1]", self.annotator.quorum)
+        need(self.annotator.review_margin >= 0, "annotator.review_margin", ">= 0", self.annotator.review_margin)
         need(sm.n >= 2, "sampling.n", "at least 2 (a pair)", sm.n)
         scorer = self.annotator.kind not in PAIRWISE
         need(
@@ -301,6 +314,7 @@ COUNTS = (
     "annotator.batch_size",
     "annotator.max_length",
     "annotator.concurrency",
+    "annotator.overlap",
 )
 POSITIVE = (
     "train.beta",
@@ -312,7 +326,7 @@ POSITIVE = (
     "lora.alpha",
 )
 
-PAIRWISE = ("pairwise", "llm_judge")  # annotator kinds without a score per response
+PAIRWISE = ("pairwise", "llm_judge", "human")  # annotator kinds without a score per response
 
 PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
 

@@ -14,3 +14,7 @@ class Interrupted(BpoError):
 
 class ConfigError(BpoError, ValueError):
     """A config file or override is wrong; the message says where and what."""
+
+
+class AwaitingLabels(Exception):
+    """A human-labelled run stopped at a phase whose pairs wait for people (not a fault: the CLI exits 0)."""

@@ -48,6 +48,7 @@ class Annotation:
     usage: dict[str, int] | None = None  # what this judgement cost: requests and tokens (an LLM judge)
     rejected: int | None = None  # best-of-n: the response trained against (None: the other of two)
     calls: int = 1  # annotator calls made: a pair judged counts one, a response scored alone (best-of-n) one
+    labels: list[dict] | None = None  # annotator.kind=human: each person's label {labeller, choice, left, time}
 
     def trained_pair(self) -> tuple[int, int]:
         """(chosen, rejected) indices into ``responses``; only for a judged pair (``choice`` not None)."""
@@ -199,9 +200,13 @@ def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _annotator_settings(a: dict[str, Any]) -> dict[str, Any]:
-    """The annotator settings that change a judgement: an LLM judge's URL and model, not its cache or key."""
-    http = ("url",) if a["kind"] == "llm_judge" else ()
-    return {k: v for k, v in a.items() if k not in ("url", "api_key_env", "concurrency", "cache") or k in http}
+    """The annotator settings that change a judgement: an LLM judge's URL and model, not its cache or key,
+    nor the quorum of a human-labelled run (lowering it on a resume lets slow rounds go on)."""
+    http = ("url",) if "llm_judge" in (a["kind"], a.get("prelabel")) else ()
+    skip = ("url", "api_key_env", "concurrency", "cache", "quorum")
+    if a["kind"] != "human":  # people's keys only where people label (older ledgers lack them)
+        skip += ("overlap", "prelabel", "review", "review_margin")
+    return {k: v for k, v in a.items() if k not in skip or k in http}
 
 
 def digest(path: Path, lines: int | None = None) -> dict[str, Any]:

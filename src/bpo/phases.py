@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bpo.annotators import Judgement, check_finite
+from bpo.config import ConfigError
 from bpo.data import PromptRecord
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.progress import Bars, Lines
@@ -41,17 +42,13 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Bars | Lin
     per_phase = (bounds[phase + 1] - bounds[phase]) * run.local_batch
     have = log.phase(phase)
     todo = [i for i in range(per_phase) if i not in have]
-    params = replace(cfg.sampling, do_sample=True)
-    backend = HFBackend(run.policy, run.ens)
+    if getattr(run.annotator, "deferred", False):
+        return collect_deferred(run, phase, log, progress, todo, start)
     bar = progress.add_task(f"phase {phase}: sample + annotate", total=per_phase, completed=per_phase - len(todo))
-    for i in range(0, len(todo), params.batch_size):
-        chunk = todo[i : i + params.batch_size]
-        records = [run.prompts[start + j] for j in chunk]
-        keys = [f"{t.seed}:{r.id}" for r in records]
-        with run.timer.part("sample"):
-            groups = backend.generate(
-                [run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys
-            )
+    batch = cfg.sampling.batch_size
+    for i in range(0, len(todo), batch):
+        chunk = todo[i : i + batch]
+        records, keys, groups = sample(run, start, chunk)
         with run.timer.part("annotate"):
             judged = judge(run, records, groups, keys)
         entries = []
@@ -84,6 +81,81 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Bars | Lin
         f"identical pairs, {ties} ties; sampling {spent.get('sample', 0):.1f} s, "
         f"annotator {spent.get('annotate', 0):.1f} s"
     )
+    return pairs
+
+
+def sample(run: Run, start: int, chunk: list[int]) -> tuple[list[PromptRecord], list[str], list]:
+    """The behavior model's samples for the phase's prompts ``chunk`` (keyed: the same on a resume)."""
+    params = replace(run.cfg.sampling, do_sample=True)
+    records = [run.prompts[start + j] for j in chunk]
+    keys = [f"{run.cfg.train.seed}:{r.id}" for r in records]
+    with run.timer.part("sample"):
+        groups = HFBackend(run.policy, run.ens).generate(
+            [run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys
+        )
+    return records, keys, groups
+
+
+def collect_deferred(
+    run: Run, phase: int, log: AnnotationLog, progress: Bars | Lines, todo: list[int], start: int
+) -> dict[int, Annotation]:
+    """A phase judged later (people): sample it all into the label queue once, then take its verdicts.
+
+    The annotator raises :class:`~bpo.errors.AwaitingLabels` while the labels are not in; the
+    queue keeps the samples (tokens and log-probs too), so the resume trains on what was shown.
+    """
+    from bpo.labels import Item, item_id, left_side
+
+    ann, fp = run.annotator, log.header["fingerprint"]
+    if run.acc.num_processes > 1:
+        raise ConfigError("annotator.kind=human runs in one process (people, not compute, set the pace)")
+    if todo and not ann.queue.has(phase, fp):
+        bar = progress.add_task(f"phase {phase}: sample for people", total=len(todo))
+        items, records = [], []
+        for i in range(0, len(todo), run.cfg.sampling.batch_size):
+            chunk = todo[i : i + run.cfg.sampling.batch_size]
+            got, _, groups = sample(run, start, chunk)
+            for j, r, g in zip(chunk, got, groups):
+                items.append(
+                    Item(
+                        item_id(phase, j),
+                        phase,
+                        j,
+                        r.id,
+                        r.prompt,
+                        [c.text for c in g],
+                        [c.token_ids for c in g],
+                        [c.logp for c in g],
+                        left_side(run.cfg.train.seed, r.id),
+                        identical(g),
+                    )
+                )
+            records += got
+            progress.advance(bar, len(chunk))
+        with run.timer.part("annotate"):
+            ann.queue_phase(phase, records, items, fp)
+    if todo:
+        entries = [
+            Annotation(
+                phase=phase,
+                index=item.index,
+                prompt_id=item.prompt_id,
+                responses=item.responses,
+                tokens=item.tokens,
+                choice=jd.choice,
+                scores=list(jd.scores) if jd.scores else None,
+                rationale=jd.rationale,
+                behavior_logps=item.behavior_logps,
+                identical=item.identical,
+                calls=calls,
+                labels=labels or None,
+            )
+            for item, jd, calls, labels in ann.collect(phase, str(run.out))
+        ]
+        log.append(entries)
+    pairs = log.phase(phase)
+    labelled = sum(bool(a.labels) for a in pairs.values())
+    progress.line(f"phase {phase}: {len(pairs)} pairs, {labelled} labelled by people")
     return pairs
 
 

@@ -257,7 +257,7 @@ def train(
     check_wandb(cfg.logging.wandb)
     if evaluate:
         cfg.check_evaluation()
-    if not resume and has_checkpoint(out):
+    if not resume and (has_checkpoint(out) or (out / "labels").is_dir()):
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
     if resume and (out / "run.json").exists():
         console.print(f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help")

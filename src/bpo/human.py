@@ -1,0 +1,103 @@
+"""``annotator.kind=human``: people label each phase's pairs in the browser (``bpo label RUN``).
+
+The annotator is *deferred*: at a phase start the trainer samples the whole phase and hands it
+here; the pairs go to the run's label queue (:mod:`bpo.labels`) and the run stops with
+:class:`~bpo.errors.AwaitingLabels` (exit 0). ``bpo train --resume RUN`` asks again; once enough
+pairs are labelled (``annotator.quorum``) each becomes a judgement, with who labelled it and when,
+and training goes on to the next phase, where it stops again. With ``annotator.prelabel`` a model
+annotator judges the phase first and people see only the pairs it could not decide
+(``review=disagreements``) or all of them (``review=all``, which measures the model against people).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+
+from bpo.annotators import Annotator, Judgement, PairsOnly
+from bpo.config import Config, ConfigError
+from bpo.data import PromptRecord
+from bpo.errors import AwaitingLabels
+from bpo.io import write_text_atomic
+from bpo.labels import Item, LabelQueue, LabelStore
+
+
+class HumanAnnotator(PairsOnly):
+    deferred = True  # answers arrive later: the trainer queues a whole phase, then asks for its verdicts
+    name = "human"
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.queue = cfg, LabelQueue(cfg.output_dir)
+        a = cfg.annotator
+        if a.prelabel == "human":
+            raise ConfigError("annotator.prelabel=human: the pre-labeller must be a model annotator")
+        self.prelabeller: Annotator | None = None
+        if a.prelabel:
+            from bpo.annotators import build_annotator
+
+            self.prelabeller = build_annotator(replace(cfg, annotator=replace(a, kind=a.prelabel)))
+
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
+        raise ConfigError(
+            "annotator.kind=human labels a training run's phases (bpo train, then bpo label RUN); it cannot "
+            "judge a file of pairs on the spot"
+        )
+
+    def queue_phase(self, phase: int, records: list[PromptRecord], items: list[Item], fingerprint: str) -> None:
+        """Pre-label (if configured) and write the phase's pairs to the label queue."""
+        if self.prelabeller is not None:
+            asked = [k for k, i in enumerate(items) if not i.identical]
+            verdicts = self.prelabeller.annotate(
+                [records[k] for k in asked], [tuple(items[k].responses) for k in asked]
+            )
+            margin = self.cfg.annotator.review_margin
+            for k, jd in zip(asked, verdicts):
+                unsure = jd.choice is None or (jd.scores is not None and abs(jd.scores[0] - jd.scores[1]) <= margin)
+                items[k].prelabel = {"choice": jd.choice, "scores": jd.scores, "rationale": jd.rationale}
+                items[k].review = self.cfg.annotator.review == "all" or unsure
+        self.queue.write(phase, items, fingerprint)
+
+    def collect(self, phase: int, out: str) -> list[tuple[Item, Judgement, int, list[dict]]]:
+        """Per pair of the phase: its judgement, the calls it cost and the people's labels.
+
+        Raises :class:`AwaitingLabels` (after writing ``RUN/status.json``) while fewer than
+        ``annotator.quorum`` of the pairs that need people are labelled.
+        """
+        a = self.cfg.annotator
+        store = LabelStore(out, a.overlap)
+        progress = store.progress(phase)
+        need = progress["pairs"]
+        if progress["labelled"] < a.quorum * need:
+            status = {"status": "waiting for labels", **progress, "quorum": a.quorum, "overlap": a.overlap}
+            write_text_atomic(f"{out}/status.json", json.dumps(status, indent=2))
+            raise AwaitingLabels(
+                f"phase {phase + 1} of {self.cfg.train.phases} waits for labels: {progress['labelled']} of {need} "
+                f"pairs labelled (quorum {a.quorum:g}, {a.overlap} label(s) each). Label them: bpo label {out}   "
+                f"then continue: bpo train --resume {out}"
+            )
+        state = store.current()
+        out_rows = []
+        for item in sorted((i for i in store.items.values() if i.phase == phase), key=lambda i: i.index):
+            pre = item.prelabel or {}
+            model = f"pre-label ({self.prelabeller.name}): {pre.get('choice')}" if pre else ""
+            if not store.needs_people(item):
+                jd = Judgement(pre.get("choice"), pre.get("scores"), model or None)
+                out_rows.append((item, jd, int(bool(pre)), []))
+                continue
+            choice, got = store.verdict(item, state)
+            given = [
+                {k: v for k, v in asdict(e).items() if k in ("labeller", "choice", "left", "time", "source")}
+                for e in got
+            ]
+            said = ", ".join(f"{e.labeller}: {'tie' if e.choice is None else e.choice}" for e in got)
+            if len(got) < a.overlap:
+                why = f"not labelled ({len(got)} of {a.overlap}; continued at quorum {a.quorum:g})"
+            else:
+                why = f"people ({said})" + ("" if choice is not None or len(got) < 2 else ": no majority, a tie")
+            jd = Judgement(
+                choice if len(got) >= a.overlap else None, pre.get("scores"), "; ".join(x for x in (why, model) if x)
+            )
+            out_rows.append((item, jd, len(got) + int(bool(pre)), given))
+        (self.queue.dir.parent / "status.json").unlink(missing_ok=True)
+        return out_rows

@@ -1,0 +1,87 @@
+"""annotator.kind=human: the run stops at each phase, people's labels (as the store records them) train it."""
+
+import json
+
+import pytest
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from bpo.cli import app
+from bpo.labels import LabelError, LabelStore, kappa
+from bpo.ledger import AnnotationLog
+
+runner = CliRunner()
+
+
+def human_run(tmp_path, **over):
+    return tiny_config(tmp_path, **{"annotator.kind": "human", **over})
+
+
+def label_all(run, who="ana", pick=lambda item: 0):
+    """Label every open pair as ``pick(item)`` says (a sampled-order index); returns {pair id: choice}."""
+    store, given = LabelStore(run), {}
+    while (item := store.next_item(who)) is not None:
+        store.add(who, item.id, pick(item))
+        given[item.id] = pick(item)
+    return given
+
+
+def test_a_human_run_waits_at_each_phase_and_trains_on_exactly_the_labels_given(tmp_path):
+    over, run = human_run(tmp_path), tmp_path / "run"
+    res = runner.invoke(app, ["train", *over, "--no-eval"])
+    assert res.exit_code == 0, res.output
+    assert "waiting for labels" in res.output and f"bpo label {run}" in res.output
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "waiting for labels" and status["phase"] == 0 and status["labelled"] == 0
+    assert not (run / "checkpoints").exists()  # nothing trained yet
+    again = runner.invoke(app, ["train", *over, "--no-eval"])  # a new run in this folder is refused
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    longer = lambda item: int(len(item.responses[1]) > len(item.responses[0]))  # noqa: E731
+    given = label_all(run, pick=longer)
+    assert given
+    res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval"])
+    assert res.exit_code == 0, res.output
+    assert "phase 2 of 2 waits for labels" in res.output  # phase 0 trained, stopped at phase 1
+    given.update(label_all(run, who="bo", pick=longer))
+    res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval"])
+    assert res.exit_code == 0, res.output
+    assert (run / "final" / "behavior").is_dir() and not (run / "status.json").exists()
+
+    log = AnnotationLog(run / "annotations.jsonl")
+    people = {f"{e.phase}-{e.index}": e for e in log.entries if e.labels}
+    assert people.keys() == given.keys()  # every label given is in the ledger, once
+    for pid, e in people.items():
+        assert e.choice == given[pid] and len(e.labels) == 1
+        assert e.labels[0]["labeller"] == ("ana" if e.phase == 0 else "bo")
+    assert all(e.identical for e in log.entries if not e.labels)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_store_refuses_doubles_and_undo_reopens_a_pair(tmp_path):
+    over, run = human_run(tmp_path, **{"annotator.overlap": 2}), tmp_path / "run"
+    assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0
+    store = LabelStore(run, overlap=2)
+    first = store.next_item("ana")
+    assert store.next_item("bo").id != first.id  # leased to ana for a while
+    store.add("ana", first.id, 1)
+    with pytest.raises(LabelError, match="already"):
+        store.add("ana", first.id, 0)
+    assert store.undo("ana") == first.id
+    assert store.next_item("ana").id == first.id  # back to ana
+    store.add("ana", first.id, 0)
+    store.add("bo", first.id, None)
+    with pytest.raises(LabelError, match="has its 2 label"):
+        store.add("cy", first.id, 1)
+    choice, got = store.verdict(store.items[first.id], store.current())
+    assert choice is None and [e.labeller for e in got] == ["ana", "bo"]  # 1 vs tie: no majority
+    assert LabelStore(run, overlap=2).labels(first.id) == got  # read back from disk
+
+
+def test_cohens_kappa():
+    assert kappa([0, 1, 0, 1], [0, 1, 0, 1]) == 1
+    assert kappa([0, 0, 1, 1], [0, 1, 0, 1]) == 0
+    assert kappa([0, 0], [0, 0]) is None
+    # a worked example: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5, kappa = 0.4
+    assert kappa([0] * 5 + [1] * 5, [0, 0, 0, 0, 1, 0, 0, 1, 1, 1]) == pytest.approx(0.4)
