@@ -1,4 +1,4 @@
-"""The ``bpo`` command line: sft, train, generate, annotate, eval, compare, rm, report, export, config, info.
+"""The ``bpo`` command line: sft, train, label, generate, annotate, eval, compare, rm, report, export, config, info.
 
 Every command takes an optional config (a YAML path or a preset name) followed by
 ``section.key=value`` overrides, e.g. ``bpo train tldr-local train.phases=2 train.loss=ipo``.
@@ -25,8 +25,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 HELP = """Online preference alignment with BPO (arXiv 2406.12168).
 
-Commands: train, sft, generate, annotate, eval, compare, rm, report, export, config, info. Each takes an optional config
-(a YAML file or a preset: {presets}) and section.key=value overrides, e.g.
+Commands: train, label, sft, generate, annotate, eval, compare, rm, report, export, config, info. Each takes an
+optional config (a YAML file or a preset: {presets}) and section.key=value overrides, e.g.
 bpo train tldr-local train.phases=2 train.loss=ipo; bpo config keys lists every key.
 """.format(presets=", ".join(PRESETS))
 START = """Start here:
@@ -393,6 +393,52 @@ def export(
 
     for path in run_export(run, merged, adapter):
         console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def label(
+    run: Path = typer.Argument(..., help="a run with annotator.kind=human (its pairs wait in RUN/labels)"),
+    host: str = typer.Option("127.0.0.1", help="address to serve on (the token in the URL guards the labels)"),
+    port: int = typer.Option(8765, help="port to serve on"),
+    export_to: Path = typer.Option(None, "--export", help="write the open pairs as JSONL (+ Label Studio tasks)"),
+    import_from: Path = typer.Option(None, "--import", help="read labels: JSONL {id, choice} or a Label Studio export"),
+    labeller: str = typer.Option("import", help="--import: the name recorded for rows that name nobody"),
+    summary: bool = typer.Option(False, "--summary", help="print progress and agreement, serve nothing"),
+) -> None:
+    """Label a human-annotated run's pairs in the browser (keys 1/2/t/s/u), or export/import them."""
+    from bpo.config import resume_config
+    from bpo.labels import LabelStore
+
+    cfg = resume_config(run)
+    if cfg.annotator.kind != "human":
+        raise ConfigError(f"{run} is judged by annotator.kind={cfg.annotator.kind}; only human runs have labels")
+    if not (run / "labels").is_dir():
+        raise ConfigError(f"{run} has no pairs waiting yet: start it with bpo train (it stops at the first phase)")
+    overlap, phases = cfg.annotator.overlap, cfg.train.phases
+    if export_to or import_from:
+        from bpo.io import FolderLock
+        from bpo.label_files import export, import_labels
+
+        with FolderLock(run / "labels", what="label queue"):
+            store = LabelStore(run, overlap)
+            if export_to:
+                console.print(f"wrote {', '.join(map(str, export(store, export_to)))}")
+            if import_from:
+                n = import_labels(store, import_from, labeller)
+                console.print(f"imported {n} labels from {import_from}")
+    elif not summary:
+        from bpo.label_server import serve
+
+        serve(run, overlap, phases, host, port, say=lambda m: console.print(Text(m), soft_wrap=True))
+        return
+    store = LabelStore(run, overlap)
+    for phase in store.queue.phases():
+        p = store.progress(phase)
+        console.print(f"phase {phase + 1} of {phases}: {p['labelled']} of {p['pairs']} pairs labelled")
+    for r in store.agreement():
+        k = "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}"
+        console.print(f"{' / '.join(r['raters'])}: {r['pairs']} pairs, agreement {r['agreement']:.0%}, kappa {k}")
 
 
 @app.command()

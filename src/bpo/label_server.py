@@ -1,0 +1,157 @@
+"""``bpo label RUN``: the page where people label a phase's pairs (Starlette, served by uvicorn).
+
+Every request carries the run's token (``?token=``, printed with the URL; 403 without it), so
+nobody else on the machine can post labels. A label is on disk (fsync'd) before the page hears
+back, so a reload or a killed server loses nothing given. Requests run in uvicorn's thread pool;
+the store's lock makes concurrent labellers safe (a pair is never labelled twice by one person,
+nor beyond its overlap). The page is one HTML file, no build step.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from bpo.labels import Item, LabelError, LabelStore
+
+KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
+
+
+def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
+    """The label page and its API for run ``out`` (``phases``: F, shown as progress)."""
+    store = LabelStore(out, overlap)
+    token = store.queue.token()
+    page = files("bpo").joinpath("label_page.html").read_text(encoding="utf-8")
+
+    def allowed(request: Request) -> bool:
+        given = request.query_params.get("token") or request.headers.get("x-bpo-token") or ""
+        return secrets.compare_digest(given.encode(), token.encode())
+
+    def guarded(endpoint):
+        async def run(request: Request) -> Response:
+            if not allowed(request):
+                return JSONResponse({"error": "wrong or missing token: use the URL bpo label printed"}, 403)
+            try:
+                return await endpoint(request)
+            except LabelError as err:
+                return JSONResponse({"error": str(err)}, 409)
+
+        return run
+
+    def shown(item: Item | None, labeller: str) -> dict[str, Any]:
+        """The pair as the page shows it (left/right, never the sampled order) and the progress."""
+        if store.queue.phases() != sorted({i.phase for i in store.items.values()}):
+            store.refresh()  # training queued a new phase while the server ran
+        phase = item.phase if item else max(store.queue.phases(), default=0)
+        progress = {**store.progress(phase), "phases": phases, "mine": _given_by(store, labeller)}
+        if item is None:
+            return {"item": None, "progress": progress}
+        left, right = item.responses[item.left], item.responses[1 - item.left]
+        return {"item": {"id": item.id, "prompt": item.prompt, "left": left, "right": right}, "progress": progress}
+
+    def labeller_of(data: dict[str, Any]) -> str:
+        return str(data.get("labeller") or "")
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def next_pair(request: Request) -> Response:
+        who = request.query_params.get("labeller", "")
+        return JSONResponse(shown(store.next_item(who, request.query_params.get("id")), who))
+
+    async def label(request: Request) -> Response:
+        data = await request.json()
+        who, key, pair = labeller_of(data), str(data.get("key")), str(data.get("id"))
+        if key not in KEYS:
+            raise LabelError(f"key {key!r}: use 1 (left), 2 (right), t (tie) or s (skip)")
+        item = store.items.get(pair)
+        if item is None:
+            raise LabelError(f"pair {pair!r} is not in this run's label queue")
+        choice = {"1": item.left, "2": 1 - item.left}.get(key)
+        await _in_thread(store.add, who, pair, choice, key == "s")
+        return JSONResponse(shown(store.next_item(who), who))
+
+    async def undo(request: Request) -> Response:
+        who = labeller_of(await request.json())
+        pair = await _in_thread(store.undo, who)
+        return JSONResponse(shown(store.next_item(who, pair), who))
+
+    async def summary(request: Request) -> Response:
+        return HTMLResponse(summary_html(store, phases))
+
+    return Starlette(
+        routes=[
+            Route("/", guarded(index)),
+            Route("/api/next", guarded(next_pair)),
+            Route("/api/label", guarded(label), methods=["POST"]),
+            Route("/api/undo", guarded(undo), methods=["POST"]),
+            Route("/summary", guarded(summary)),
+        ]
+    )
+
+
+async def _in_thread(fn, *args):
+    """Run a blocking store call (an fsync) off the event loop, so other labellers are not held up."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def _given_by(store: LabelStore, labeller: str) -> int:
+    state = store.current()
+    return sum(1 for by in state.values() for who, e in by.items() if who == labeller and not e.skip)
+
+
+def summary_html(store: LabelStore, phases: int) -> str:
+    """Progress per phase, labels per person and agreement between raters, as a small HTML page."""
+    state = store.current()
+    rows = []
+    for phase in store.queue.phases():
+        p = store.progress(phase)
+        rows.append(f"<tr><td>{phase + 1} of {phases}</td><td>{p['labelled']} of {p['pairs']}</td></tr>")
+    people: dict[str, int] = {}
+    for by in state.values():
+        for who, e in by.items():
+            people[who] = people.get(who, 0) + (not e.skip)
+    who_rows = "".join(f"<tr><td>{html.escape(w)}</td><td>{n}</td></tr>" for w, n in sorted(people.items()))
+    agree = "".join(
+        f"<tr><td>{html.escape(' / '.join(r['raters']))}</td><td>{r['pairs']}</td><td>{r['agreement']:.0%}</td>"
+        f"<td>{'n/a' if r['kappa'] is None else format(r['kappa'], '.2f')}</td></tr>"
+        for r in store.agreement()
+    )
+    return (
+        "<!doctype html><meta charset=utf-8><title>bpo labels: summary</title>"
+        "<style>body{font:15px system-ui;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+        "td,th{border:1px solid #ccc;padding:.3em .8em}</style><h1>Labels</h1>"
+        f"<table><tr><th>phase</th><th>pairs labelled</th></tr>{''.join(rows)}</table>"
+        f"<table><tr><th>labeller</th><th>labels</th></tr>{who_rows}</table>"
+        "<h2>Agreement</h2><p>On the pairs both raters labelled (set annotator.overlap=2 or more for people to "
+        "overlap): percent agreement and Cohen's kappa over response 1 / response 2 / tie.</p>"
+        f"<table id=agreement><tr><th>raters</th><th>pairs</th><th>agreement</th><th>kappa</th></tr>{agree}</table>"
+    )
+
+
+def serve(out: str | Path, overlap: int, phases: int, host: str, port: int, say=print) -> None:
+    """Serve the page until Ctrl-C, holding the label queue's lock (one writer of labels.jsonl)."""
+    import uvicorn
+
+    from bpo.io import FolderLock
+
+    lock = FolderLock(Path(out) / "labels", what="label queue")
+    try:
+        app = create_app(out, overlap, phases)
+        token = LabelStore(out, overlap).queue.token()
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        say(f"label the pairs at http://{shown_host}:{port}/?token={token}&labeller=YOUR_NAME")
+        say(f"summary: http://{shown_host}:{port}/summary?token={token}   (Ctrl-C stops; nothing given is lost)")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        lock.release()
