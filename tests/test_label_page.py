@@ -243,6 +243,20 @@ def test_export_then_import_jsonl_and_label_studio(run, tmp_path):
     assert f"{len(pairs)} of {len(pairs)} pairs labelled" in res.output
 
 
+def test_a_busy_port_and_a_second_server_are_refused_in_one_line(run):
+    server = Server(run)
+    try:
+        res = runner.invoke(app, ["label", str(run), "--port", str(server.port)])
+        assert res.exit_code == 2 and res.output.startswith("error: cannot serve on 127.0.0.1")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        res = runner.invoke(app, ["label", str(run), "--port", str(free)])
+        assert res.exit_code == 2 and "label queue" in res.output and "in use" in res.output
+    finally:
+        server.stop()
+
+
 JUDGE = """
 def score(record, response):
     return float(len(response) > 20)

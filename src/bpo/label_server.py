@@ -141,10 +141,18 @@ def summary_html(store: LabelStore, phases: int) -> str:
 
 def serve(out: str | Path, overlap: int, phases: int, host: str, port: int, say=print) -> None:
     """Serve the page until Ctrl-C, holding the label queue's lock (one writer of labels.jsonl)."""
+    import socket
+
     import uvicorn
 
     from bpo.io import FolderLock
 
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # say it now, in one line
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise LabelError(f"cannot serve on {host}:{port} ({err.strerror}); pass --port with a free port") from None
     lock = FolderLock(Path(out) / "labels", what="label queue")
     try:
         app = create_app(out, overlap, phases)
