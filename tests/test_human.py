@@ -85,3 +85,9 @@ def test_cohens_kappa():
     assert kappa([0, 0], [0, 0]) is None
     # a worked example: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5, kappa = 0.4
     assert kappa([0] * 5 + [1] * 5, [0, 0, 0, 0, 1, 0, 0, 1, 1, 1]) == pytest.approx(0.4)
+
+
+def test_compare_refuses_a_human_annotator_before_any_run(tmp_path):
+    res = runner.invoke(app, ["compare", "quickstart", "annotator.kind=human", "--seeds", "0", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.startswith("error: bpo compare runs its grid unattended")
+    assert not any(tmp_path.iterdir())

@@ -41,6 +41,11 @@ def run_grid(
 ) -> list[Path]:
     base = load_config(config, overrides)
     base.check_sources()  # every run would meet a missing file: say so before the first starts
+    if base.annotator.kind == "human":
+        raise ValueError(
+            "bpo compare runs its grid unattended; annotator.kind=human stops at every phase for people: "
+            "run each method with bpo train and label it with bpo label"
+        )
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")

@@ -158,6 +158,11 @@ def serve(out: str | Path, overlap: int, phases: int, host: str, port: int, say=
         app = create_app(out, overlap, phases)
         token = LabelStore(out, overlap).queue.token()
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            say(
+                f"warning: serving on {host} over plain HTTP: the token travels in clear. For labellers elsewhere "
+                f"prefer the default host and an SSH tunnel (ssh -L {port}:127.0.0.1:{port} THIS_MACHINE)"
+            )
         say(f"label the pairs at http://{shown_host}:{port}/?token={token}&labeller=YOUR_NAME")
         say(f"summary: http://{shown_host}:{port}/summary?token={token}   (Ctrl-C stops; nothing given is lost)")
         uvicorn.run(app, host=host, port=port, log_level="warning")
