@@ -1,6 +1,7 @@
 """annotator.kind=human: the run stops at each phase, people's labels (as the store records them) train it."""
 
 import json
+import shutil
 
 import pytest
 from conftest import tiny_config
@@ -91,3 +92,20 @@ def test_compare_refuses_a_human_annotator_before_any_run(tmp_path):
     res = runner.invoke(app, ["compare", "quickstart", "annotator.kind=human", "--seeds", "0", "--out", str(tmp_path)])
     assert res.exit_code == 2 and res.output.startswith("error: bpo compare runs its grid unattended")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_ledger_cut_mid_phase_is_completed_from_the_queue_never_doubled(tmp_path):
+    over, run = human_run(tmp_path, **{"train.phases": 1, "train.steps": 2}), tmp_path / "run"
+    assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0
+    label_all(run)
+    assert runner.invoke(app, ["train", "--resume", str(run), "--no-eval"]).exit_code == 0
+    ledger = run / "annotations.jsonl"
+    whole = ledger.read_text().splitlines(keepends=True)
+    assert len(whole) >= 4
+    ledger.write_text("".join(whole[:3]))  # the header and two pairs: the rest lost mid-append
+    for gone in ("checkpoints", "final"):  # ...before any checkpoint saw them
+        shutil.rmtree(run / gone)
+    (run / "run.json").unlink()
+    res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval"])
+    assert res.exit_code == 0, res.output
+    assert ledger.read_text().splitlines(keepends=True) == whole  # completed from the queue, each pair once

@@ -151,6 +151,7 @@ def collect_deferred(
                 labels=labels or None,
             )
             for item, jd, calls, labels in ann.collect(phase, str(run.out))
+            if item.index in set(todo)  # a kill mid-append left some in the ledger: never twice
         ]
         log.append(entries)
     pairs = log.phase(phase)
