@@ -273,3 +273,27 @@ def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):
     assert res.exit_code == 0, res.output
     assert "left out 5 of 20 pairs" in res.output
     assert json.loads((out / "rm.json").read_text())["pairs_train"] == 15
+
+
+def test_a_pairwise_annotator_is_evaluated_by_the_gold_judge_alone(tmp_path):
+    """A judge without scores (pairwise, llm_judge, human) trains; eval.gold judges, nothing asks it for scores."""
+    from conftest import tiny_config
+
+    judge = tmp_path / "judge.py"
+    judge.write_text("def pick(prompt, a, b):\n    return None if len(a) == len(b) else int(len(b) < len(a))\n")
+    gold = _tiny_rm(tmp_path, "gold")
+    over = tiny_config(
+        tmp_path,
+        **{
+            "train.steps": 2,
+            "train.phases": 1,
+            "annotator.kind": "pairwise",
+            "annotator.callable": f"{judge}:pick",
+            "eval.gold": str(gold),
+            "eval.max_new_tokens": 6,
+        },
+    )
+    res = runner.invoke(app, ["train", "quickstart", *over])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["judge"] == f"rm:{gold}" and "annotator" not in result

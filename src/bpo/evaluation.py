@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
+from bpo.annotators import PairsOnly
 from bpo.data import load_source
 from bpo.io import write_json, write_jsonl
 from bpo.sft import sft_dir, sft_key
@@ -67,7 +68,7 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
         responses[name] = texts
         progress.advance(bar)
     scores, result = _judge(run.gold or run.annotator, records, responses, cfg.eval.bootstrap)
-    if run.gold:
+    if run.gold and not isinstance(run.annotator, PairsOnly):  # a pairwise judge (or people) gives no scores
         own, result["annotator"] = _judge(run.annotator, records, responses, cfg.eval.bootstrap)
         scores |= {f"annotator_{k}": v for k, v in own.items()}
     result["judge"] = (run.gold or run.annotator).name
