@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from bpo.annotators import Annotator, Judgement, PairsOnly
 from bpo.config import Config, ConfigError
@@ -64,13 +65,13 @@ class HumanAnnotator(PairsOnly):
         Raises :class:`AwaitingLabels` (after writing ``RUN/status.json``) while fewer than
         ``annotator.quorum`` of the pairs that need people are labelled.
         """
-        a = self.cfg.annotator
+        a, status_file = self.cfg.annotator, Path(out) / "status.json"
         store = LabelStore(out, a.overlap)
         progress = store.progress(phase)
         need = progress["pairs"]
         if progress["labelled"] < a.quorum * need:
             status = {"status": "waiting for labels", **progress, "quorum": a.quorum, "overlap": a.overlap}
-            write_text_atomic(f"{out}/status.json", json.dumps(status, indent=2))
+            write_text_atomic(status_file, json.dumps(status, indent=2))
             raise AwaitingLabels(
                 f"phase {phase + 1} of {self.cfg.train.phases} waits for labels: {progress['labelled']} of {need} "
                 f"pairs labelled (quorum {a.quorum:g}, {a.overlap} label(s) each). Label them: bpo label {out}   "
@@ -99,5 +100,5 @@ class HumanAnnotator(PairsOnly):
                 choice if len(got) >= a.overlap else None, pre.get("scores"), "; ".join(x for x in (why, model) if x)
             )
             out_rows.append((item, jd, len(got) + int(bool(pre)), given))
-        (self.queue.dir.parent / "status.json").unlink(missing_ok=True)
+        status_file.unlink(missing_ok=True)
         return out_rows

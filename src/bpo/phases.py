@@ -135,6 +135,7 @@ def collect_deferred(
         with run.timer.part("annotate"):
             ann.queue_phase(phase, records, items, fp)
     if todo:
+        wanted = set(todo)  # a kill mid-append left some in the ledger: never twice
         entries = [
             Annotation(
                 phase=phase,
@@ -151,7 +152,7 @@ def collect_deferred(
                 labels=labels or None,
             )
             for item, jd, calls, labels in ann.collect(phase, str(run.out))
-            if item.index in set(todo)  # a kill mid-append left some in the ledger: never twice
+            if item.index in wanted
         ]
         log.append(entries)
     pairs = log.phase(phase)
