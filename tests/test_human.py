@@ -109,3 +109,18 @@ def test_a_ledger_cut_mid_phase_is_completed_from_the_queue_never_doubled(tmp_pa
     res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval"])
     assert res.exit_code == 0, res.output
     assert ledger.read_text().splitlines(keepends=True) == whole  # completed from the queue, each pair once
+
+
+def test_a_lowered_quorum_on_resume_trains_on_the_labelled_pairs_only(tmp_path):
+    over, run = human_run(tmp_path, **{"train.phases": 1, "train.steps": 2}), tmp_path / "run"
+    assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0
+    store = LabelStore(run)
+    first = store.next_item("ana")
+    store.add("ana", first.id, 1)
+    res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval"])
+    assert res.exit_code == 0 and "waits for labels: 1 of" in res.output  # quorum 1.0: still waiting
+    res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval", "annotator.quorum=0.1"])
+    assert res.exit_code == 0 and (run / "final").is_dir(), res.output
+    entries = [e for e in AnnotationLog(run / "annotations.jsonl").entries if not e.identical]
+    assert [(f"{e.phase}-{e.index}", e.choice) for e in entries if e.choice is not None] == [(first.id, 1)]
+    assert all(e.rationale.startswith("not labelled") for e in entries if e.choice is None)
