@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bpo.labels import Item, LabelError, LabelStore
+from bpo.labels import Item, LabelError, LabelQueue, LabelStore
 
 KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
 
@@ -51,7 +51,7 @@ def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
         if store.queue.phases() != sorted({i.phase for i in store.items.values()}):
             store.refresh()  # training queued a new phase while the server ran
         phase = item.phase if item else max(store.queue.phases(), default=0)
-        progress = {**store.progress(phase), "phases": phases, "mine": _given_by(store, labeller)}
+        progress = {**store.progress(phase), "phases": phases, "mine": store.given().get(labeller, 0)}
         if item is None:
             return {"item": None, "progress": progress}
         left, right = item.responses[item.left], item.responses[1 - item.left]
@@ -105,23 +105,13 @@ async def _in_thread(fn, *args):
     return await run_in_threadpool(fn, *args)
 
 
-def _given_by(store: LabelStore, labeller: str) -> int:
-    state = store.current()
-    return sum(1 for by in state.values() for who, e in by.items() if who == labeller and not e.skip)
-
-
 def summary_html(store: LabelStore, phases: int) -> str:
     """Progress per phase, labels per person and agreement between raters, as a small HTML page."""
-    state = store.current()
     rows = []
     for phase in store.queue.phases():
         p = store.progress(phase)
         rows.append(f"<tr><td>{phase + 1} of {phases}</td><td>{p['labelled']} of {p['pairs']}</td></tr>")
-    people: dict[str, int] = {}
-    for by in state.values():
-        for who, e in by.items():
-            people[who] = people.get(who, 0) + (not e.skip)
-    who_rows = "".join(f"<tr><td>{html.escape(w)}</td><td>{n}</td></tr>" for w, n in sorted(people.items()))
+    who_rows = "".join(f"<tr><td>{html.escape(w)}</td><td>{n}</td></tr>" for w, n in sorted(store.given().items()))
     agree = "".join(
         f"<tr><td>{html.escape(' / '.join(r['raters']))}</td><td>{r['pairs']}</td><td>{r['agreement']:.0%}</td>"
         f"<td>{'n/a' if r['kappa'] is None else format(r['kappa'], '.2f')}</td></tr>"
@@ -156,7 +146,7 @@ def serve(out: str | Path, overlap: int, phases: int, host: str, port: int, say=
     lock = FolderLock(Path(out) / "labels", what="label queue")
     try:
         app = create_app(out, overlap, phases)
-        token = LabelStore(out, overlap).queue.token()
+        token = LabelQueue(out).token()
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         if host not in ("127.0.0.1", "localhost", "::1"):
             say(

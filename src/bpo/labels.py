@@ -153,14 +153,25 @@ class LabelStore:
             self.events = [Label(**row) for row in read_jsonl(self.path)]
 
     # ------------------------------------------------------------------ state
-    def current(self) -> dict[str, dict[str, Label]]:
-        """pair id -> labeller -> that labeller's standing label or skip (undone ones removed)."""
+    def standing(self) -> list[Label]:
+        """The labels and skips not undone, in the order given."""
         undone = {e.undo for e in self.events if e.undo is not None}
+        return [e for e in self.events if e.undo is None and e.seq not in undone]
+
+    def current(self) -> dict[str, dict[str, Label]]:
+        """pair id -> labeller -> that labeller's standing label or skip (a later one replaces a skip)."""
         state: dict[str, dict[str, Label]] = {}
-        for e in self.events:
-            if e.undo is None and e.seq not in undone:
-                state.setdefault(e.id, {})[e.labeller] = e
+        for e in self.standing():
+            state.setdefault(e.id, {})[e.labeller] = e
         return state
+
+    def given(self) -> dict[str, int]:
+        """Labels (not skips) standing per labeller; one who only skipped counts 0."""
+        counts: dict[str, int] = {}
+        for by in self.current().values():
+            for who, e in by.items():
+                counts[who] = counts.get(who, 0) + (not e.skip)
+        return counts
 
     def labels(self, pair: str, state: dict | None = None) -> list[Label]:
         """The standing labels (not skips) of a pair, in the order given."""
@@ -210,8 +221,7 @@ class LabelStore:
         """Cancel the labeller's latest standing label or skip; returns its pair id (None: nothing to undo)."""
         labeller = _check_name(labeller)
         with self.lock:
-            undone = {e.undo for e in self.events if e.undo is not None}
-            mine = [e for e in self.events if e.labeller == labeller and e.undo is None and e.seq not in undone]
+            mine = [e for e in self.standing() if e.labeller == labeller]
             if not mine:
                 return None
             last = mine[-1]
