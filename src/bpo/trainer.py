@@ -257,11 +257,6 @@ def train(
     check_wandb(cfg.logging.wandb)
     if evaluate:
         cfg.check_evaluation()
-    if not resume and (has_checkpoint(out) or (out / "labels").is_dir()):
-        raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
-    if resume and (out / "run.json").exists():
-        console.print(f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help")
-        return {}
     started = time.time()
     acc = Accelerator(cpu=cfg.device == "cpu")
     if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -284,6 +279,12 @@ def train(
     # *.tmp leftovers, and a rank's ledger being written right then is one (seen in CI, 2 processes)
     acc.wait_for_everyone()
     try:
+        # after the lock: a second process started beside a running one is told "in use", not "--resume"
+        if not resume and (has_checkpoint(out) or (out / "labels").is_dir()):
+            raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
+        if resume and (out / "run.json").exists():
+            console.print(f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help")
+            return {}
         say = (
             (lambda msg: console.print(Text(msg, style="yellow"), soft_wrap=True))
             if acc.is_main_process
