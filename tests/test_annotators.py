@@ -110,3 +110,47 @@ def test_the_quickstart_judge_refuses_records_that_are_not_its_posts():
     for record in (PromptRecord("test-12", "Summarize this thread"), PromptRecord("mine", post.prompt)):
         with pytest.raises(ValueError, match="scores only the embedded task's posts"):
             task.score(record, "a summary")
+
+
+def test_a_folder_without_a_trained_score_head_is_refused(tmp_path):
+    """A causal LM loads as a sequence classifier with a random head: two loads gave win rates 0.125 and 1.0."""
+    from transformers import LlamaForCausalLM
+    from typer.testing import CliRunner
+
+    from bpo.cli import app
+    from bpo.rm import RewardModelError
+
+    tok = byte_tokenizer()
+    LlamaForCausalLM(tiny_llama_config(tok, num_hidden_layers=1)).save_pretrained(tmp_path / "clm")
+    tok.save_pretrained(tmp_path / "clm")
+    with pytest.raises(RewardModelError, match=r"clm is not a trained reward model: score.weight is not in it"):
+        RewardModelAnnotator(str(tmp_path / "clm"), device="cpu")
+    LlamaForSequenceClassification(tiny_llama_config(tok, num_hidden_layers=1, num_labels=2)).save_pretrained(
+        tmp_path / "two"
+    )
+    tok.save_pretrained(tmp_path / "two")
+    with pytest.raises(RewardModelError, match=r"has 2 outputs; a reward model gives one score"):
+        RewardModelAnnotator(str(tmp_path / "two"), device="cpu")
+    from conftest import tiny_config
+
+    over = tiny_config(tmp_path, **{"eval.gold": str(tmp_path / "clm")})
+    res = CliRunner().invoke(app, ["train", "quickstart", *over])
+    last = res.output.strip().splitlines()[-1]  # transformers' own load bar may stand above it
+    assert res.exit_code == 2 and last.startswith("error: ") and "Traceback" not in res.output
+    assert "not a trained reward model" in last and not (tmp_path / "sft").exists()  # before member SFT
+
+
+def test_a_reward_model_scores_at_the_length_it_was_trained_at(tmp_path):
+    rm = make_tiny_rm(tmp_path)
+    (rm / "bpo_rm.json").write_text(json.dumps({"input": "concat", "max_length": 24}))
+    recs = [PromptRecord("a", "a long prompt " * 10)]
+    own = RewardModelAnnotator(str(rm), device="cpu")
+    assert own.rm.max_length == 24 and own.note == ""
+    assert own.scores(recs, ["x " * 40]) == RewardModelAnnotator(str(rm), max_length=24, device="cpu").scores(
+        recs, ["x " * 40]
+    )
+    longer = RewardModelAnnotator(str(rm), max_length=64, device="cpu")
+    assert longer.rm.max_length == 64 and "trained at 24 tokens; it scores at 64" in longer.note
+    assert longer.scores(recs, ["x " * 40]) != own.scores(recs, ["x " * 40])  # the length moves the score
+    plain = make_tiny_rm(tmp_path / "other")  # no bpo_rm.json: 1024, as before
+    assert RewardModelAnnotator(str(plain), device="cpu").rm.max_length == 1024

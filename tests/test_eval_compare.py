@@ -21,7 +21,7 @@ runner = CliRunner()
 @pytest.fixture()
 def judge_url():
     """The fault-injecting judge of test_judges (prefers the longer response), failing its first call."""
-    Server.faults, Server.requests = ["503"], 0
+    Server.faults, Server.requests, Server.phrase = ["503"], 0, "{}"
     server = HTTPServer(("127.0.0.1", 0), Server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -110,6 +110,25 @@ def test_eval_cli_adapter_vs_base_with_http_judge(tmp_path, judge_url):
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert r["n"] == 4 and r["judge"] == "http:fake" and r["wins"] + r["ties"] + r["losses"] == 4
+
+
+@pytest.mark.parametrize(
+    "phrase, want", [("I prefer a concise reply, so {}.", (6, 0, 0)), ("The answer is a clear {}.", (6, 0, 0)),
+                     ("Answer: a tie", (0, 6, 0))]
+)
+def test_bpo_eval_http_reads_the_judges_prose(tmp_path, judge_url, phrase, want):
+    """The judge picks the longer response in prose: 'a' the article is not response A, 'a tie' is a tie."""
+    Server.phrase = phrase
+    over = tiny_config(tmp_path, **{"data.eval_examples": 6})
+    mine, other = tmp_path / "mine.txt", tmp_path / "other.txt"
+    mine.write_text("\n".join(f"a long and careful answer number {i}" for i in range(6)))
+    other.write_text("\n".join("short" for _ in range(6)))
+    args = ["eval", "quickstart", *over, "--out", str(tmp_path / "ev"), "--responses", str(mine)]
+    args += ["--against", str(other), "--judge", "http", "--judge-url", judge_url, "--judge-model", "fake"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert (r["wins"], r["ties"], r["losses"]) == want and r["invalid"] == 0
 
 
 def test_eval_with_a_reward_model(tmp_path):

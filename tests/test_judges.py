@@ -14,6 +14,7 @@ class Server(BaseHTTPRequestHandler):
 
     faults: list[str] = []
     requests = 0
+    phrase = "{}"  # how the answer names the letter it picks ("I prefer a concise reply, so {}.")
 
     def do_POST(self):  # noqa: N802
         Server.requests += 1
@@ -36,7 +37,8 @@ class Server(BaseHTTPRequestHandler):
         text = body["messages"][0]["content"]
         a = text.split("### Response A\n")[1].split("\n\n### Response B")[0]
         b = text.split("### Response B\n")[1].rstrip("\n")
-        answer = fault[len("say:") :] if fault and fault.startswith("say:") else ("A" if len(a) >= len(b) else "B")
+        pick = Server.phrase.format("A" if len(a) >= len(b) else "B")
+        answer = fault[len("say:") :] if fault and fault.startswith("say:") else pick
         self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode())
 
     def _send(self, code: int, payload: bytes) -> None:
@@ -52,7 +54,7 @@ class Server(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def url():
-    Server.faults, Server.requests = [], 0
+    Server.faults, Server.requests, Server.phrase = [], 0, "{}"
     server = HTTPServer(("127.0.0.1", 0), Server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/v1"
@@ -63,25 +65,52 @@ def judge(url, tmp_path, **kw) -> HTTPPairwiseJudge:
     return HTTPPairwiseJudge(url, "fake", tmp_path / "cache.jsonl", backoff=0.001, **{"retries": 3, **kw})
 
 
-@pytest.mark.parametrize(
-    "text, want",
-    [
-        ("A", "A"),
-        ("B.", "B"),
-        ("(B)", "B"),
-        ("Response A is better.", "A"),
-        ("**B**", "B"),
-        ("The answer is B", "B"),
-        ('{"winner": "A"}', "A"),
-        ('{"choice": "Response B"}', "B"),
-        ("I prefer response B because it is shorter.", "B"),
-        ("B, since A misses the point", "B"),
-        ("I cannot decide.", None),
-        ("Both A and B are fine", None),
-        ("", None),
-        ('{"winner": "tie"}', None),
-    ],
-)
+# Answers as judges write them (prose, markdown, JSON, ties, refusals, both letters named), each
+# with the reading a person would give it. The first three were read as A before the letters
+# became case-sensitive: "a" the article is not "A" the response.
+VERDICTS = [
+    ("I prefer a concise reply, so B.", "B"),
+    ("The answer is a clear B.", "B"),
+    ("Answer: a tie", "tie"),
+    ("A tie.", "tie"),
+    ("It's a tie.", "tie"),
+    ("Tie", "tie"),
+    ("A clear win for B.", "B"),
+    ("A concise reply wins: B", "B"),
+    ("A", "A"),
+    ("a", "A"),
+    ("B.", "B"),
+    ("(B)", "B"),
+    ("[[A]]", "A"),
+    ("Response A is better.", "A"),
+    ("Response B is better than response A.", "B"),
+    ("A is better than B.", "A"),
+    ("B is clearly better; A rambles.", "B"),
+    ("**B**", "B"),
+    ("**Answer:** B", "B"),
+    ("### Verdict\nB", "B"),
+    ("The answer is B", "B"),
+    ("Winner: A", "A"),
+    ("While A is detailed, B is more accurate. Verdict: B", "B"),
+    ('{"winner": "A"}', "A"),
+    ('{"choice": "Response B"}', "B"),
+    ('{"winner": "tie"}', "tie"),
+    ('{"winner": "A", "reason": "B misses the point"}', "A"),
+    ('```json\n{"verdict": "B"}\n```', "B"),
+    ("I prefer response B because it is shorter.", "B"),
+    ("B, since A misses the point", "B"),
+    ("Both are equally good.", "tie"),
+    ("A and B are equally helpful.", "tie"),
+    ("Neither response is better.", "tie"),
+    ("I cannot decide.", None),
+    ("I'm sorry, but I can't help with comparing these.", None),
+    ("Both A and B are fine", None),
+    ("", None),
+    ('{"reason": "no verdict given"}', None),
+]
+
+
+@pytest.mark.parametrize("text, want", VERDICTS)
 def test_verdicts_parse(text, want):
     assert parse_verdict(text) == want
 
@@ -139,3 +168,36 @@ def test_timeout_and_retries_are_settings():
 
     cfg = load_config("quickstart", ["eval.judge_timeout=5", "eval.judge_retries=0"])
     assert (cfg.eval.judge_timeout, cfg.eval.judge_retries) == (5.0, 0)
+
+
+def test_the_cache_key_holds_everything_that_shapes_the_answer(url, tmp_path):
+    assert judge(url, tmp_path).compare("p", "a longer answer", "short") == 1.0 and Server.requests == 2
+    same = judge(url, tmp_path)
+    assert same.compare("p", "a longer answer", "short") == 1.0 and same.requests == 0
+    for other in (
+        {"template": "Pick A or B.\n\n### Request\n{prompt}\n\n### Response A\n{a}\n\n### Response B\n{b}\n"},
+        {"temperature": 0.7},
+        {"max_tokens": 64},
+    ):
+        changed = judge(url, tmp_path, **other)
+        assert changed.compare("p", "a longer answer", "short") == 1.0
+        assert changed.requests == 2, f"{other}: answers to another question were reused"
+
+
+def test_cached_answers_are_read_again_from_their_raw_text(url, tmp_path):
+    j = judge(url, tmp_path)
+    key_ab, key_ba = j._key("p", "x", "yy"), j._key("p", "yy", "x")
+    rows = [  # what an earlier parser read as A, though the text names B; the other order says A
+        {"key": key_ab, "text": "I prefer a concise reply, so B.", "answer": "A"},
+        {"key": key_ba, "text": "Response A is better.", "answer": "A"},
+    ]
+    (tmp_path / "cache.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = judge(url, tmp_path)
+    assert again.compare("p", "x", "yy") == 0.0 and again.requests == 0  # yy wins both orders, nothing asked
+
+
+def test_a_tie_answer_is_a_tie_and_is_cached(url, tmp_path):
+    Server.phrase = "Answer: a tie"
+    j = judge(url, tmp_path)
+    assert j.compare("p", "a longer answer", "short") == 0.5 and j.invalid == 0
+    assert [json.loads(x)["answer"] for x in (tmp_path / "cache.jsonl").read_text().splitlines()] == ["tie", "tie"]

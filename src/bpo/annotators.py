@@ -81,11 +81,12 @@ class RewardModelAnnotator(ScoreAnnotator):
     read in its own tokenizer and input format (:class:`bpo.rm.RewardModel`), not the policy's.
     """
 
-    def __init__(self, model: str, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
+    def __init__(self, model: str, batch_size: int = 16, max_length: int = 0, device: str | None = None):
         from bpo.rm import RewardModel
 
         self.rm = RewardModel(model, batch_size, max_length, device)
         self.name = f"rm:{model}"
+        self.note = self.rm.note  # a length override that differs from the one it was trained at
 
     def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
         return self.rm.scores([p.prompt for p in prompts], responses)
@@ -197,13 +198,16 @@ class LLMJudgeAnnotator(PairsOnly):
         self.judge, self.concurrency, self.name = judge, concurrency, judge.name
 
     def _one(self, record: PromptRecord, pair: tuple[str, str]) -> Judgement:
+        from bpo.judges import outcome
+
         spent: dict[str, int] = {}
-        outcome = self.judge.compare(record.prompt, pair[0], pair[1], spent)
-        if outcome is None:
+        first, second = self.judge.both(record.prompt, pair[0], pair[1], spent)
+        result = outcome(first, second)
+        if result is None:
             return Judgement(None, None, "invalid: the judge's answer named neither response", spent)
-        choice = {1.0: 0, 0.0: 1}.get(outcome)
+        choice = {1.0: 0, 0.0: 1}.get(result)
         why = {0: "A in both orders", 1: "B in both orders"}.get(
-            choice, "split verdict: each order preferred its first"
+            choice, f"tie: order A/B answered {first}, order B/A answered {second}"
         )
         return Judgement(choice, None, why, spent)
 
@@ -221,17 +225,32 @@ def judge_cache(cfg: Config) -> Path:
     return Path(cfg.annotator.cache) if cfg.annotator.cache else cache_dir() / "judge-cache.jsonl"
 
 
+def http_judge(cfg: Config, url: str, model: str, api_key: str | None) -> Any:
+    """The pairwise HTTP judge ``llm_judge`` and ``bpo eval --judge http`` share: the config's template,
+    sampling, retries and time-out, and one answer cache."""
+    from bpo.judges import HTTPPairwiseJudge, read_template
+
+    a, e = cfg.annotator, cfg.eval
+    template = read_template(a.judge_template) if a.judge_template else None
+    return HTTPPairwiseJudge(
+        url,
+        model,
+        judge_cache(cfg),
+        api_key,
+        e.judge_retries,
+        timeout=e.judge_timeout,
+        template=template,
+        temperature=a.judge_temperature,
+        max_tokens=a.judge_max_tokens,
+    )
+
+
 @register_annotator("llm_judge")
 def _llm_judge(cfg: Config) -> Annotator:
     import os
 
-    from bpo.judges import HTTPPairwiseJudge
-
-    a, e = cfg.annotator, cfg.eval
-    judge = HTTPPairwiseJudge(
-        a.url, a.model, judge_cache(cfg), os.environ.get(a.api_key_env), e.judge_retries, timeout=e.judge_timeout
-    )
-    return LLMJudgeAnnotator(judge, a.concurrency)
+    a = cfg.annotator
+    return LLMJudgeAnnotator(http_judge(cfg, a.url, a.model, os.environ.get(a.api_key_env)), a.concurrency)
 
 
 @register_annotator("human")
@@ -249,6 +268,11 @@ def _callable(cfg: Config) -> Annotator:
 def build_annotator(cfg: Config) -> Annotator:
     """The annotator ``cfg.annotator.kind`` names."""
     return ANNOTATORS[cfg.annotator.kind](cfg)
+
+
+def judge_notes(*judges: Annotator | None) -> list[str]:
+    """What a user should know about the judges as they load (a reward model scored at another length)."""
+    return [j.note for j in judges if getattr(j, "note", "")]
 
 
 def build_gold(cfg: Config) -> Annotator:

@@ -188,7 +188,7 @@ def annotate(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
 ) -> None:
     """Judge a file of response pairs with the configured annotator (reward model, callable, pairwise, LLM judge)."""
-    from bpo.annotators import build_annotator
+    from bpo.annotators import build_annotator, judge_notes
     from bpo.data import PromptRecord, load_pairs
     from bpo.io import write_jsonl
 
@@ -201,6 +201,8 @@ def annotate(
     cfg.check_annotator()
     rows = load_pairs(pairs, skip_bad=cfg.data.skip_bad_rows)
     annotator = build_annotator(cfg)
+    for note in judge_notes(annotator):
+        console.print(note, soft_wrap=True, markup=False)
     records = [PromptRecord(r.id, r.prompt) for r in rows]
     judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
     fields = ("choice", "scores", "rationale", "usage")
@@ -237,6 +239,8 @@ def eval_(
     )
     if r["invalid"]:
         console.print(f"warning: {r['invalid']} items left out: the judge's answer named neither response")
+    for note in r.get("notes", []):
+        console.print(note, soft_wrap=True, markup=False)
 
 
 @app.command()

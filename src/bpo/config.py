@@ -129,8 +129,22 @@ class AnnotatorConfig:
         "disagreements", "human with prelabel: people label all pairs, or only those the pre-labeller leaves open"
     )
     review_margin: float = setting(0.0, "human with prelabel: a scorer's pair is open when its scores differ <= this")
+    both_orders: bool = setting(
+        False, "pairwise: ask the function in both orders (A/B, then B/A); a split verdict is a tie, not trained on"
+    )
+    judge_template: str = setting(
+        "",
+        "llm_judge and bpo eval --judge http: a file with the judge's prompt ({prompt}, {a}, {b}); empty: "
+        "bpo's, which asks for one letter",
+    )
+    judge_temperature: float = setting(0.0, "llm_judge and bpo eval --judge http: the judge's sampling temperature")
+    judge_max_tokens: int = setting(16, "llm_judge and bpo eval --judge http: tokens the judge may answer with")
     batch_size: int = setting(16, "responses per reward-model forward")
-    max_length: int = setting(1024, "reward-model input tokens (prompt + response), truncated beyond")
+    max_length: int = setting(
+        0,
+        "reward-model input tokens (prompt + response), truncated beyond; 0: the length it was trained at "
+        "(bpo_rm.json), else 1024",
+    )
 
 
 @dataclass
@@ -237,6 +251,15 @@ class Config:
         need(self.annotator.kind != "human" or sm.n == 2, "sampling.n", "2 with annotator.kind=human", sm.n)
         need(0 < self.annotator.quorum <= 1, "annotator.quorum", "in (0, 1]", self.annotator.quorum)
         need(self.annotator.review_margin >= 0, "annotator.review_margin", ">= 0", self.annotator.review_margin)
+        a = self.annotator
+        need(a.max_length >= 0, "annotator.max_length", ">= 0 (0: the reward model's own)", a.max_length)
+        need(a.judge_max_tokens >= 1, "annotator.judge_max_tokens", "at least 1", a.judge_max_tokens)
+        need(
+            math.isfinite(a.judge_temperature) and a.judge_temperature >= 0,
+            "annotator.judge_temperature",
+            ">= 0 and finite",
+            a.judge_temperature,
+        )
         need(sm.n >= 2, "sampling.n", "at least 2 (a pair)", sm.n)
         scorer = self.annotator.kind not in PAIRWISE
         need(
@@ -279,6 +302,10 @@ class Config:
         """An LLM judge needs its URL before anything is loaded."""
         if self.annotator.kind == "llm_judge" and not self.annotator.url:
             raise ConfigError("annotator.kind=llm_judge needs annotator.url (an OpenAI-compatible base URL)")
+        if self.annotator.judge_template:
+            from bpo.judges import read_template
+
+            read_template(self.annotator.judge_template)
 
     def check_evaluation(self) -> None:
         """A judge that only picks between two responses gives no scores for the final evaluation."""
@@ -312,7 +339,6 @@ COUNTS = (
     "eval.batch_size",
     "eval.bootstrap",
     "annotator.batch_size",
-    "annotator.max_length",
     "annotator.concurrency",
     "annotator.overlap",
 )

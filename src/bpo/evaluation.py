@@ -167,6 +167,10 @@ def check_eval_args(cfg, out: Path, adapter, responses, against: str, judge: str
         raise ConfigError(f"--judge {judge!r}: use task (the config's annotator as scorer) or http (a pairwise LLM)")
     if judge == "http" and (not judge_url or not judge_model):
         raise ConfigError("--judge http needs --judge-url and --judge-model")
+    if judge == "http" and cfg.annotator.judge_template:
+        from bpo.judges import read_template
+
+        read_template(cfg.annotator.judge_template)
     cfg.check_sources(("eval",), task_judge=judge == "task")
     if adapter and responses:
         raise ConfigError("give --adapter or --responses, not both")
@@ -205,7 +209,7 @@ def run_eval(
     (``eval.gold`` when set, else the config's annotator as a scorer: the quickstart judge, a reward
     model or a callable) or ``http`` (a pairwise LLM judge).
     """
-    from bpo.annotators import build_annotator, build_gold
+    from bpo.annotators import build_annotator, build_gold, judge_notes
     from bpo.models import load_policy
 
     check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
@@ -228,24 +232,24 @@ def run_eval(
     else:
         other = read_responses(against, len(records))
     if judge == "http":
-        from bpo.annotators import judge_cache
-        from bpo.judges import HTTPPairwiseJudge
+        from bpo.annotators import http_judge
 
-        e = cfg.eval
-        j = HTTPPairwiseJudge(
-            judge_url, judge_model, judge_cache(cfg), api_key, e.judge_retries, timeout=e.judge_timeout
-        )
+        j = http_judge(cfg, judge_url, judge_model, api_key)
+        notes: list[str] = []
         outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
         scores = None
         name = j.name
     else:  # the judge a run's own evaluation uses: eval.gold when there is one, else the annotator
         annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
+        notes = judge_notes(annotator)
         scores = (annotator.scores(records, mine), annotator.scores(records, other))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
     valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable
     result = summarize(valid, name, cfg.eval.bootstrap)
     result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
+    if notes:
+        result["notes"] = notes
     result["config"] = cfg.to_dict()
     rows = []
     for i, r in enumerate(records):

@@ -2,8 +2,10 @@
 
 Each pair is asked in both orders (A/B, then B/A) to cancel position bias: a response wins only
 when the judge prefers it both times; a split verdict is a tie. Every answer is a paid call, so
-answers are appended (fsync'd) to a cache keyed by (URL, model, prompt, first, second) and a rerun
-asks nothing it asked before; a cache line cut by a kill is dropped, not fatal.
+answers are appended (fsync'd) to a cache keyed by everything that shapes the answer (URL, model,
+prompt template, temperature, max tokens, prompt, first, second) and a rerun asks nothing it asked
+before. The cache keeps each answer's raw text and reads it again on load, so a reading fixed later
+applies to answers bought earlier. A judge may answer "tie"; a tie in either order is a tie.
 
 Faults: connection errors, time-outs, HTTP 429 and 5xx, a body cut short, a 200 that is not JSON
 or has no ``choices`` are retried with exponential backoff and end in one line naming the URL. An
@@ -24,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bpo.errors import BpoError
+from bpo.errors import BpoError, ConfigError
 from bpo.io import append_lines, read_jsonl
 
 
@@ -44,20 +46,38 @@ TRANSIENT = (
     TypeError,
 )
 
-_PATTERNS = [
-    re.compile(r"^\(?([AB])\)?[\s.:!)]*$"),  # "A", "(B)", "B."
-    re.compile(r"\b(?:response|answer|output|option|assistant)\s*\(?([AB])\)?\s+is\s+(?:better|preferred)", re.I),
-    re.compile(r"\b(?:answer|winner|verdict|choice|preference)\s*(?:is|:)\s*(?:response\s*)?\(?([AB])\)?\b", re.I),
-    re.compile(r"\b(?:prefer|choose|pick|select)\s+(?:response\s*)?\(?([AB])\)?\b", re.I),
-    re.compile(r"^(?:response\s*)?\(?([AB])\)?\b"),  # starts with the letter: "B, because ..."
+# Letters are case-sensitive: "I prefer a concise reply, so B." names B, and the article "a" is
+# not response A. A capital "A" that opens a noun phrase ("A tie.", "A clear win for B") is an
+# article too: it is followed by a lowercase word that is not a verb or a connective.
+_LETTER_WORDS = (
+    "is|was|wins|won|seems|looks|appears|provides|gives|has|does|answers|addresses|offers|better|because|"
+    "since|and|or|over|than|as|would|should|could|clearly|definitely|instead|but|stays|remains"
+)
+_ARTICLE = re.compile(rf"\bA(?=\s+(?!(?:{_LETTER_WORDS})\b)[a-z])")
+_NAMES = r"(?i:response|answer|output|option|assistant)"
+_STRONG = [  # a letter named as the winner: read first, whatever else the answer mentions
+    re.compile(r"^\[*\(?([AB])\)?\]*[\s.:!)]*$"),  # "A", "(B)", "B.", "[[A]]"
+    re.compile(rf"\b{_NAMES}\s*\(?([AB])\)?\s+(?i:is)\s+(?:\w+\s+)?(?i:better|preferred|superior|stronger)"),
+    re.compile(r"(?:^|[.;!\n]\s*)\(?([AB])\)?\s+is\s+(?:\w+\s+)?(?:better|preferred|superior|stronger)"),
+    re.compile(rf"\b(?i:answer|winner|verdict|choice|preference)\s*(?i:is|:)\s*(?:{_NAMES}\s*)?\(?([AB])\)?\b"),
+    re.compile(rf"\b(?i:prefer|choose|pick|select)\s+(?:{_NAMES}\s*)?\(?([AB])\)?\b"),
 ]
+_TIE = re.compile(r"(?i)\b(?:tie|tied|draw|equally|neither\s+(?:response|answer|one|is))\b")
+_LEADING = re.compile(rf"^(?:{_NAMES}\s*)?\(?([AB])\)?\b")  # "B, because ..."
 
 
 def parse_verdict(text: str) -> str | None:
-    """ "A" or "B" from a judge's answer, or None when it names neither (or both)."""
+    """ "A", "B" or "tie" from a judge's answer; None when it names neither (or both) and no tie.
+
+    Read in this order: a JSON object's verdict field (also inside a code fence); a letter named
+    as the winner ("the answer is B", "I prefer response A", "B is better"); a tie ("a tie",
+    "equally good", "neither is better"); an answer that opens with a letter; the one letter it
+    mentions. The whole answer being a single lowercase "a"/"b" counts as that letter.
+    """
     text = text.strip()
+    found = re.search(r"\{.*\}", text, re.S)
     try:
-        obj = json.loads(text)
+        obj = json.loads(found.group(0)) if found else None
     except (json.JSONDecodeError, ValueError):
         obj = None
     if isinstance(obj, dict):
@@ -65,13 +85,39 @@ def parse_verdict(text: str) -> str | None:
             if isinstance(obj.get(key), str):
                 return parse_verdict(obj[key])
         return None
-    plain = re.sub(r"[*_`#\"']", "", text).strip()
-    for pattern in _PATTERNS:
-        found = {m.upper() for m in pattern.findall(plain)}
-        if len(found) == 1:
-            return found.pop()
-    standalone = set(re.findall(r"\b([AB])\b", plain))
-    return standalone.pop() if len(standalone) == 1 else None
+    plain = _ARTICLE.sub("a", re.sub(r"[*_`#\"']", "", text)).strip()
+    if plain in ("a", "b"):
+        return plain.upper()
+    for pattern in _STRONG:
+        letters = set(pattern.findall(plain))
+        if len(letters) == 1:
+            return letters.pop()
+    if _TIE.search(plain):
+        return "tie"
+    for pattern in (_LEADING, re.compile(r"\b([AB])\b")):
+        letters = set(pattern.findall(plain))
+        if len(letters) == 1:
+            return letters.pop()
+    return None
+
+
+def read_template(path: str | Path) -> str:
+    """A judge prompt from a file: it must name {prompt}, {a} and {b} and no other field."""
+    path = Path(path)
+    where = f"annotator.judge_template = {path}"
+    try:
+        template = path.read_text(encoding="utf-8")
+        template.format(prompt="", a="", b="")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where}: cannot read it ({type(err).__name__}: {err})") from None
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(
+            f"{where}: {err} is not one of its fields {{prompt}}, {{a}}, {{b}} (write a literal brace as {{{{ or }}}})"
+        ) from None
+    missing = [f for f in ("{prompt}", "{a}", "{b}") if f not in template]
+    if missing:
+        raise ConfigError(f"{where}: it lacks {', '.join(missing)}")
+    return template
 
 
 class HTTPPairwiseJudge:
@@ -89,19 +135,31 @@ class HTTPPairwiseJudge:
         retries: int = 5,
         backoff: float = 1.0,
         timeout: float = 60.0,
+        template: str | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 16,
     ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, api_key
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.template, self.temperature, self.max_tokens = template or self.TEMPLATE, temperature, max_tokens
         self.cache_path = Path(cache)
-        self.cache: dict[str, str] = {row["key"]: row["answer"] for row in read_jsonl(self.cache_path)}
+        # the raw answer is kept and read again on load: a parser fix re-reads every cached answer
+        self.cache: dict[str, str] = {}
+        for row in read_jsonl(self.cache_path):
+            verdict = parse_verdict(row["text"]) if isinstance(row.get("text"), str) else None
+            if verdict is not None:
+                self.cache[row["key"]] = verdict
         self.name = f"http:{model}"
         self.requests = 0  # HTTP requests made by this instance (cache hits excluded, retries included)
         self.invalid = 0  # questions whose answers stayed unreadable
         self._lock = threading.Lock()  # annotators ask from several threads: one cache line, one count at a time
 
     def _key(self, prompt: str, first: str, second: str) -> str:
-        return hashlib.sha256(json.dumps([self.url, self.model, prompt, first, second]).encode()).hexdigest()
+        """Everything that shapes the answer: endpoint, model, the prompt template, sampling, both texts in order."""
+        template = hashlib.sha256(self.template.encode()).hexdigest()
+        shape = [self.url, self.model, template, self.temperature, self.max_tokens, prompt, first, second]
+        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()
 
     def _post(self, body: bytes, spent: dict[str, int]) -> str:
         """The answer text of one request, retrying transient faults; a JudgeError when they persist.
@@ -136,7 +194,7 @@ class HTTPPairwiseJudge:
         raise JudgeError(f"judge {self.url} failed after {self.retries + 1} tries (last: {problem})")
 
     def ask(self, prompt: str, first: str, second: str, spent: dict[str, int] | None = None) -> str | None:
-        """The judge's pick between ``first`` (A) and ``second`` (B); None when its answer stays unreadable."""
+        """The judge's pick between ``first`` (A) and ``second`` (B), or "tie"; None when it stays unreadable."""
         spent = {} if spent is None else spent
         key = self._key(prompt, first, second)
         if key in self.cache:
@@ -144,29 +202,38 @@ class HTTPPairwiseJudge:
         body = json.dumps(
             {
                 "model": self.model,
-                "temperature": 0,
-                "max_tokens": 16,
-                "messages": [{"role": "user", "content": self.TEMPLATE.format(prompt=prompt, a=first, b=second)}],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": self.template.format(prompt=prompt, a=first, b=second)}],
             }
         ).encode()
         for _ in range(self.retries + 1):
-            answer = parse_verdict(self._post(body, spent))
+            text = self._post(body, spent)
+            answer = parse_verdict(text)
             if answer is not None:
                 with self._lock:
                     self.cache[key] = answer
                     self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                    append_lines(self.cache_path, [json.dumps({"key": key, "answer": answer})])
+                    append_lines(self.cache_path, [json.dumps({"key": key, "text": text, "answer": answer})])
                 return answer
         with self._lock:
             self.invalid += 1
         return None
 
+    def both(self, prompt: str, a: str, b: str, spent: dict[str, int] | None = None) -> tuple[str | None, str | None]:
+        """The answers with ``a`` as A, then with ``a`` as B."""
+        return self.ask(prompt, a, b, spent), self.ask(prompt, b, a, spent)
+
     def compare(self, prompt: str, a: str, b: str, spent: dict[str, int] | None = None) -> float | None:
-        """1 when ``a`` wins in both orders, 0 when ``b`` does, 0.5 otherwise; None if an answer was unreadable."""
-        first = self.ask(prompt, a, b, spent)  # a is A
-        second = self.ask(prompt, b, a, spent)  # a is B
-        if first is None or second is None:
-            return None
-        a_votes = (first == "A") + (second == "B")
-        b_votes = (first == "B") + (second == "A")
-        return 1.0 if a_votes == 2 else 0.0 if b_votes == 2 else 0.5
+        """1 when ``a`` wins in both orders, 0 when ``b`` does, 0.5 for a tie or a split; None if unreadable."""
+        return outcome(*self.both(prompt, a, b, spent))
+
+
+def outcome(first: str | None, second: str | None) -> float | None:
+    """``a``'s result from the answers with ``a`` as A (``first``) and as B (``second``): a response wins
+    only when it wins both orders; a tie or a split verdict is 0.5; None when either stayed unreadable."""
+    if first is None or second is None:
+        return None
+    a_votes = (first == "A") + (second == "B")
+    b_votes = (first == "B") + (second == "A")
+    return 1.0 if a_votes == 2 else 0.0 if b_votes == 2 else 0.5

@@ -200,13 +200,20 @@ def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _annotator_settings(a: dict[str, Any]) -> dict[str, Any]:
-    """The annotator settings that change a judgement: an LLM judge's URL and model, not its cache or key,
-    nor the quorum of a human-labelled run (lowering it on a resume lets slow rounds go on)."""
-    http = ("url",) if "llm_judge" in (a["kind"], a.get("prelabel")) else ()
-    skip = ("url", "api_key_env", "concurrency", "cache", "quorum")
-    if a["kind"] != "human":  # people's keys only where people label (older ledgers lack them)
-        skip += ("overlap", "prelabel", "review", "review_margin")
-    return {k: v for k, v in a.items() if k not in skip or k in http}
+    """The annotator settings that change a judgement: each kind's own keys (an LLM judge's URL, model,
+    template and sampling, not its cache or key; a reward model's input length), not the quorum of a
+    human-labelled run (lowering it on a resume lets slow rounds go on)."""
+    kinds = {a["kind"], a.get("prelabel")}
+    own = {
+        "llm_judge": ("url", "judge_template", "judge_temperature", "judge_max_tokens"),
+        "pairwise": ("both_orders",),
+        "reward_model": ("max_length",),
+    }
+    skip = {"api_key_env", "concurrency", "cache", "quorum"} | {k for keys in own.values() for k in keys}
+    keep = {k for kind, keys in own.items() if kind in kinds for k in keys}
+    if a["kind"] != "human":  # people's keys only where people label
+        skip |= {"overlap", "prelabel", "review", "review_margin"}
+    return {k: v for k, v in a.items() if k not in skip or k in keep}
 
 
 def digest(path: Path, lines: int | None = None) -> dict[str, Any]:

@@ -107,23 +107,55 @@ def load_backbone(name: str, seed: int = 0) -> tuple[Any, Any, str]:
 
 
 class RewardModel:
-    """Scores (prompt, response) with a saved reward model, in its own tokenizer and input format."""
+    """Scores (prompt, response) with a saved reward model, in its own tokenizer and input format.
 
-    def __init__(self, folder: str, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
+    Refused in one line unless the folder holds a trained score head: a causal LM (or any model
+    whose head would be newly initialised) loads as a sequence classifier with a random head and
+    gives random scores. Scored at the length it was trained at (``bpo_rm.json``) unless
+    ``max_length`` overrides it; a different override is said in :attr:`note`.
+    """
+
+    def __init__(self, folder: str, batch_size: int = 16, max_length: int = 0, device: str | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         self.device = torch.device(device) if device else default_device()
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report of a random head: refused below, in one line
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(self.device).eval()
+            model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
         except OSError as err:
             raise ModelLoadError(
                 f"cannot load reward model {folder!r} ({err}). Offline, download it elsewhere with "
                 f"`hf download {folder} --local-dir DIR` and pass DIR, or train one with `bpo rm`."
             ) from err
+        finally:
+            hf_logging.set_verbosity(level)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise RewardModelError(
+                f"{folder} is not a trained reward model: {missing[0]} is not in it"
+                f"{f' (nor {len(missing) - 1} more weights)' if len(missing) > 1 else ''}, so its score head would be "
+                "random. Pass a sequence-classification reward model, or train one with `bpo rm PAIRS --out DIR`"
+            )
+        if model.config.num_labels != 1:
+            raise RewardModelError(
+                f"{folder} has {model.config.num_labels} outputs; a reward model gives one score (num_labels=1)"
+            )
+        self.model = model.to(self.device).eval()
         _set_pad(self.tokenizer, self.model)
         self.style = input_style(folder, self.tokenizer)
-        self.batch_size, self.max_length = batch_size, max_length
+        spec = Path(folder) / FORMAT_FILE
+        self.trained_length = json.loads(spec.read_text()).get("max_length") if spec.exists() else None
+        self.max_length = max_length or self.trained_length or 1024
+        self.note = ""
+        if max_length and self.trained_length and max_length != self.trained_length:
+            self.note = (
+                f"note: reward model {folder} was trained at {self.trained_length} tokens; it scores at {max_length} "
+                "(annotator.max_length; 0 uses its own)"
+            )
+        self.batch_size = batch_size
 
     @torch.no_grad()
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.text import Text
 from transformers import get_linear_schedule_with_warmup
 
-from bpo.annotators import Annotator, build_annotator, build_gold
+from bpo.annotators import Annotator, build_annotator, build_gold, judge_notes
 from bpo.checkpoint import (
     clean_leftovers,
     has_checkpoint,
@@ -97,6 +97,8 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
     # the judges load before SFT: a wrong reward-model path fails in seconds, not after member SFT
     annotator = build_annotator(cfg)
     gold = build_gold(cfg) if cfg.eval.gold and evaluate else None  # --no-eval: nothing to judge
+    for note in judge_notes(annotator, gold):
+        progress.console.print(note, highlight=False, soft_wrap=True, markup=False)
 
     if not sft_done(cfg):
         if acc.is_main_process:
