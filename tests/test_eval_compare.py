@@ -113,8 +113,12 @@ def test_eval_cli_adapter_vs_base_with_http_judge(tmp_path, judge_url):
 
 
 @pytest.mark.parametrize(
-    "phrase, want", [("I prefer a concise reply, so {}.", (6, 0, 0)), ("The answer is a clear {}.", (6, 0, 0)),
-                     ("Answer: a tie", (0, 6, 0))]
+    "phrase, want",
+    [
+        ("I prefer a concise reply, so {}.", (6, 0, 0)),
+        ("The answer is a clear {}.", (6, 0, 0)),
+        ("Answer: a tie", (0, 6, 0)),
+    ],
 )
 def test_bpo_eval_http_reads_the_judges_prose(tmp_path, judge_url, phrase, want):
     """The judge picks the longer response in prose: 'a' the article is not response A, 'a tie' is a tie."""
