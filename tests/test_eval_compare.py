@@ -47,17 +47,55 @@ def test_http_judge_unreachable_is_a_clear_error(tmp_path):
 
 
 def test_read_responses_checks_alignment(tmp_path):
+    from bpo.data import PromptRecord
+
+    recs = [PromptRecord("p1", "one?"), PromptRecord("p2", "two?")]
     f = tmp_path / "r.jsonl"
     f.write_text('{"response": "x"}\n{"responses": ["y", "z"]}\n')
-    assert read_responses(f, 2) == ["x", "y"]
-    with pytest.raises(ValueError, match="2 responses for 3 prompts"):
-        read_responses(f, 3)
+    assert read_responses(f, recs) == ["x", "y"]
+    with pytest.raises(ValueError, match="2 responses for 3 prompts; without ids they are matched by position"):
+        read_responses(f, recs + [PromptRecord("p3", "three?")])
     f.write_text('{"response": "x"}\n{"text": "y"}\n')
     with pytest.raises(ValueError, match=r"r\.jsonl:2: field 'response'"):
-        read_responses(f, 2)
+        read_responses(f, recs)
     g = tmp_path / "r.txt"
     g.write_text("one\ntwo\n")
-    assert read_responses(g, 2) == ["one", "two"]
+    assert read_responses(g, recs) == ["one", "two"]
+
+
+def test_responses_with_ids_are_matched_by_id_and_json_means_an_array(tmp_path):
+    """A file in another order was judged against the wrong prompts; a JSONL file named .json was read as text."""
+    from bpo.data import PromptRecord
+
+    recs = [PromptRecord("p1", "one?"), PromptRecord("p2", "two?"), PromptRecord("p3", "three?")]
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"id": "p3", "response": "c"}\n{"id": "p1", "response": "a"}\n{"id": "p2", "response": "b"}\n')
+    assert read_responses(f, recs) == ["a", "b", "c"]
+    f.write_text('{"id": "p1", "response": "a"}\n{"id": "p9", "response": "b"}\n{"id": "p2", "response": "c"}\n')
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: id 'p9' is not one of the 3 eval prompts"):
+        read_responses(f, recs)
+    f.write_text('{"id": "p1", "response": "a"}\n{"id": "p2", "response": "b"}\n')
+    with pytest.raises(ValueError, match=r"no response for prompt id 'p3'"):
+        read_responses(f, recs)
+    f.write_text('{"id": "p1", "response": "a"}\n{"id": "p1", "response": "b"}\n{"id": "p2", "response": "c"}\n')
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: id 'p1' appears twice"):
+        read_responses(f, recs)
+    f.write_text('{"id": "p1", "response": "a"}\n{"response": "b"}\n{"id": "p2", "response": "c"}\n')
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: this row has no id while others have one"):
+        read_responses(f, recs)
+    j = tmp_path / "r.json"
+    j.write_text('{"id": "p1", "response": "a"}\n{"id": "p2", "response": "b"}\n{"id": "p3", "response": "c"}\n')
+    with pytest.raises(ValueError, match=r"r\.json: a \.json responses file must be one JSON array"):
+        read_responses(j, recs)
+    j.write_text(
+        json.dumps([{"id": "p2", "response": "b"}, {"id": "p1", "response": "a"}, {"id": "p3", "response": "c"}])
+    )
+    assert read_responses(j, recs) == ["a", "b", "c"]
+    j.write_text(json.dumps(["a", "b", "c"]))
+    assert read_responses(j, recs) == ["a", "b", "c"]
+    j.write_text(json.dumps({"responses": ["a", "b", "c"]}))
+    with pytest.raises(ValueError, match=r"must be a JSON array, not a dict"):
+        read_responses(j, recs)
 
 
 def quick_cfg(tmp_path, **over):

@@ -127,23 +127,72 @@ def print_result(console: Console, r: dict, seconds: float) -> None:
         )
 
 
-def read_responses(path: str | Path, n: int) -> list[str]:
-    """External responses aligned with the prompts: JSONL (``response`` or ``responses[0]``) or one per line."""
-    from bpo.data import iter_rows  # noqa: I001
+def read_responses(path: str | Path, records) -> list[str]:
+    """External responses to ``records``, in their order.
+
+    Formats: ``.jsonl`` (one object per line: ``response`` or ``responses[0]``, and ``id``), ``.json``
+    (a JSON array of such objects, or of strings), anything else one response per line. Rows that
+    carry ids are matched to the prompts by id (an id that matches no prompt, a prompt with no row, or
+    an id twice is refused, naming the first); rows without ids are matched by position and must be
+    as many as the prompts. Some rows with ids and some without is refused.
+    """
+    from bpo.data import DataError, iter_rows
 
     path = Path(path)
-    if path.suffix != ".jsonl":
-        out = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
+        rows = list(iter_rows(path))
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: a .json responses file must be one JSON array ({err}); JSON lines go in .jsonl")
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json responses file must be a JSON array, not a {type(data).__name__}")
+        rows = [(i, {"response": x} if isinstance(x, str) else x) for i, x in enumerate(data, start=1)]
     else:
-        out = []
-        for line, row in iter_rows(path):
-            value = row.get("response", (row.get("responses") or [None])[0])
-            if not isinstance(value, str):
-                raise ValueError(f"{path}:{line}: field 'response' (or 'responses') is missing or not a string")
-            out.append(value)
-    if len(out) != n:
-        raise ValueError(f"{path}: {len(out)} responses for {n} prompts; they must be aligned one to one")
-    return out
+        return _aligned(
+            path,
+            [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)],
+            records,
+            "line",
+        )
+    texts = []
+    for where, row in rows:
+        value = row.get("response", (row.get("responses") or [None])[0]) if isinstance(row, dict) else None
+        if not isinstance(value, str):
+            raise DataError(f"{path}:{where}: field 'response' (or 'responses') is missing or not a string")
+        texts.append((where, row.get("id"), value))
+    with_id = [t for t in texts if t[1] is not None]
+    if not with_id:
+        return _aligned(path, [(w, v) for w, _, v in texts], records, "row")
+    if len(with_id) != len(texts):
+        where = next(w for w, i, _ in texts if i is None)
+        raise DataError(f"{path}:{where}: this row has no id while others have one; give every row an id or none")
+    by_id: dict[str, str] = {}
+    for where, rid, value in texts:
+        rid = str(rid)
+        if rid in by_id:
+            raise DataError(f"{path}:{where}: id {rid!r} appears twice")
+        by_id[rid] = value
+    known = {r.id for r in records}
+    unknown = [(w, str(i)) for w, i, _ in texts if str(i) not in known]
+    if unknown:
+        raise DataError(f"{path}:{unknown[0][0]}: id {unknown[0][1]!r} is not one of the {len(records)} eval prompts")
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+        raise DataError(f"{path}: no response for prompt id {missing[0]!r} ({len(missing)} prompts have none)")
+    return [by_id[r.id] for r in records]
+
+
+def _aligned(path: Path, rows: list, records, unit: str) -> list[str]:
+    from bpo.data import DataError
+
+    if len(rows) != len(records):
+        raise DataError(
+            f"{path}: {len(rows)} responses for {len(records)} prompts; without ids they are matched by position, "
+            f"one {unit} per prompt (or give each row the id of its prompt)"
+        )
+    return [v for _, v in rows]
 
 
 def generate_greedy(cfg, records, adapter: str | None) -> list[str]:
@@ -222,7 +271,7 @@ def run_eval(
         missing = [r.id for r in records if r.reference is None]
         if missing:
             raise ValueError(f"against=reference needs a reference for every prompt; {missing[0]} has none")
-    mine = read_responses(responses, len(records)) if responses else generate_greedy(cfg, records, adapter)
+    mine = read_responses(responses, records) if responses else generate_greedy(cfg, records, adapter)
     if against == "reference":
         other = [r.reference for r in records]
     elif against == "base":
@@ -230,7 +279,7 @@ def run_eval(
     elif Path(against).is_dir():
         other = generate_greedy(cfg, records, against)
     else:
-        other = read_responses(against, len(records))
+        other = read_responses(against, records)
     if judge == "http":
         from bpo.annotators import http_judge
 
