@@ -124,3 +124,52 @@ def test_a_lowered_quorum_on_resume_trains_on_the_labelled_pairs_only(tmp_path):
     entries = [e for e in AnnotationLog(run / "annotations.jsonl").entries if not e.identical]
     assert [(f"{e.phase}-{e.index}", e.choice) for e in entries if e.choice is not None] == [(first.id, 1)]
     assert all(e.rationale.startswith("not labelled") for e in entries if e.choice is None)
+
+
+def test_after_a_lowered_quorum_the_trained_phases_leftovers_are_no_longer_offered(tmp_path):
+    """With quorum 0.5 the page first offered the trained phase's leftovers, whose labels were never used."""
+    over = human_run(tmp_path, **{"train.phases": 2, "train.steps": 2})
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0
+    store = LabelStore(run)
+    first = store.next_item("ana")
+    store.add("ana", first.id, 0)
+    res = runner.invoke(app, ["train", "--resume", str(run), "--no-eval", "annotator.quorum=0.1"])
+    assert res.exit_code == 0 and "phase 2 of 2 waits for labels" in res.output, res.output
+    store = LabelStore(run)
+    leftovers = [i for i in store.items.values() if i.phase == 0 and store.needs_people(i) and i.id != first.id]
+    assert leftovers  # phase 0 went on without them
+    offered = store.next_item("bo")
+    assert offered is not None and offered.phase == 1
+    with pytest.raises(LabelError, match="is not waiting for labels"):
+        store.add("bo", leftovers[0].id, 1)
+    labels = tmp_path / "late.jsonl"
+    labels.write_text(json.dumps({"id": leftovers[0].id, "choice": 1}) + "\n")
+    from bpo.label_files import export, import_labels
+
+    with pytest.raises(LabelError, match="is not waiting for labels"):
+        import_labels(store, labels, "cy")
+    export(store, tmp_path / "open.jsonl")
+    exported = [json.loads(x)["id"] for x in (tmp_path / "open.jsonl").read_text().splitlines()]
+    assert exported and all(x.startswith("1-") for x in exported)
+
+
+@pytest.mark.parametrize(
+    "row, said", [({}, "no choice"), ({"choice": None}, "choice None"), ({"choice": "B"}, "choice 'B'")]
+)
+def test_import_takes_only_0_1_or_tie(tmp_path, row, said):
+    """A row without a choice, or with null, was taken as a tie."""
+    from bpo.label_files import import_labels
+
+    over, run = human_run(tmp_path, **{"train.phases": 1, "train.steps": 2}), tmp_path / "run"
+    assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0
+    store = LabelStore(run)
+    item = store.next_item("ana")
+    f = tmp_path / "labels.jsonl"
+    f.write_text(json.dumps({"id": item.id, "choice": "tie"}) + "\n" + json.dumps({"id": item.id, **row}) + "\n")
+    with pytest.raises(LabelError, match=rf'labels.jsonl:2: {said} is not 0, 1 or "tie"; nothing imported'):
+        import_labels(store, f, "bo")
+    f.write_text('"just text"\n')
+    with pytest.raises(LabelError, match=r"labels.jsonl:1: not a JSON object; nothing imported"):
+        import_labels(store, f, "bo")
+    assert LabelStore(run).events == []

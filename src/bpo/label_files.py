@@ -31,7 +31,10 @@ LABEL_STUDIO_CONFIG = """<View>
 def export(store: LabelStore, path: Path) -> list[Path]:
     """Write the open pairs as JSONL and as Label Studio tasks; returns the files written."""
     state = store.current()
-    todo = sorted((i for i in store.items.values() if not store.done(i, state)), key=lambda i: (i.phase, i.index))
+    todo = sorted(
+        (i for i in store.items.values() if store.open(i) and not store.done(i, state)),
+        key=lambda i: (i.phase, i.index),
+    )
     write_jsonl(
         path,
         (
@@ -83,7 +86,7 @@ def read_labels(path: Path, store: LabelStore, labeller: str) -> list[tuple[str,
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise LabelError(f"{path}:{n}: not JSON ({err.msg})") from None
-            rows.append((f"{path}:{n}", {"labeller": labeller, **row}))
+            rows.append((f"{path}:{n}", {"labeller": labeller, **row} if isinstance(row, dict) else row))
     return rows
 
 
@@ -92,15 +95,19 @@ def import_labels(store: LabelStore, path: Path, labeller: str) -> int:
     state, seen, taken = store.current(), set(), []
     count = {pid: len(store.labels(pid, state)) for pid in store.items}
     for where, row in read_labels(path, store, labeller):
-        pair, who, choice = row.get("id"), str(row.get("labeller") or labeller), row.get("choice")
-        choice = None if choice == "tie" else choice
+        if not isinstance(row, dict):
+            raise LabelError(f"{where}: not a JSON object; nothing imported")
+        pair, who, choice = row.get("id"), str(row.get("labeller") or labeller), row.get("choice", "missing")
         item = store.items.get(pair)
-        if item is None or not store.needs_people(item):
+        if item is None or not store.open(item):
             raise LabelError(
                 f"{where}: pair id {pair!r} is not waiting for labels in {store.queue.dir}; nothing imported"
             )
-        if choice not in (0, 1, None) or isinstance(choice, bool):
-            raise LabelError(f'{where}: choice {row.get("choice")!r} is not 0, 1 or "tie"; nothing imported')
+        # only 0, 1 or "tie": a row without a choice, or with null, is not a tie someone gave
+        if choice not in (0, 1, "tie") or isinstance(choice, bool):
+            shown = "no choice" if choice == "missing" else f"choice {choice!r}"
+            raise LabelError(f'{where}: {shown} is not 0, 1 or "tie"; nothing imported')
+        choice = None if choice == "tie" else choice
         mine = state.get(pair, {}).get(who)
         if (pair, who) in seen or (mine is not None and not mine.skip):
             raise LabelError(f"{where}: {who} labelled pair {pair} already (a duplicate); nothing imported")

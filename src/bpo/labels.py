@@ -151,6 +151,9 @@ class LabelStore:
         with self.lock:
             self.items = {i.id: i for i in self.queue.items()}
             self.events = [Label(**row) for row in read_jsonl(self.path)]
+            # phases the run has trained on (their pairs are in its ledger): a label given now is never used
+            ledger = self.queue.dir.parent / "annotations.jsonl"
+            self.closed = {row["phase"] for row in read_jsonl(ledger) if "phase" in row}
 
     # ------------------------------------------------------------------ state
     def standing(self) -> list[Label]:
@@ -181,6 +184,11 @@ class LabelStore:
     def needs_people(self, item: Item) -> bool:
         return item.review and not item.identical
 
+    def open(self, item: Item) -> bool:
+        """People may still label it: it needs them and its phase has not been trained on (a quorum
+        below 1 lets training go on without some pairs; their labels would never be used)."""
+        return self.needs_people(item) and item.phase not in self.closed
+
     def done(self, item: Item, state: dict) -> bool:
         return not self.needs_people(item) or len(self.labels(item.id, state)) >= self.overlap
 
@@ -202,7 +210,7 @@ class LabelStore:
         labeller = _check_name(labeller)
         with self.lock:
             item = self.items.get(pair)
-            if item is None or not self.needs_people(item):
+            if item is None or not self.open(item):
                 raise LabelError(f"pair {pair!r} is not waiting for labels in {self.queue.dir}")
             if choice not in (0, 1, None):
                 raise LabelError(f"pair {pair}: choice {choice!r} is not 0, 1 or None (a tie)")
@@ -243,7 +251,7 @@ class LabelStore:
                 who, since = self.leases.get(i.id, (labeller, 0.0))
                 return who != labeller and now - since < LEASE_SECONDS
 
-            items = [i for i in self.items.values() if self.needs_people(i) and open_for(i)]
+            items = [i for i in self.items.values() if self.open(i) and open_for(i)]
             items.sort(key=lambda i: (i.phase, i.index))
             skipped = {i.id for i in items if state.get(i.id, {}).get(labeller) is not None}
             ranked = (
