@@ -145,7 +145,9 @@ def read_responses(path: str | Path, records) -> list[str]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: a .json responses file must be one JSON array ({err}); JSON lines go in .jsonl")
+            raise DataError(
+                f"{path}: a .json responses file must be one JSON array ({err}); JSON lines go in .jsonl"
+            ) from None
         if not isinstance(data, list):
             raise DataError(f"{path}: a .json responses file must be a JSON array, not a {type(data).__name__}")
         rows = [(i, {"response": x} if isinstance(x, str) else x) for i, x in enumerate(data, start=1)]
