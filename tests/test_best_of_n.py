@@ -91,3 +91,15 @@ def test_best_worst_needs_a_scoring_annotator(tmp_path):
     over = tiny_config(tmp_path, **{"sampling.n": 4, "annotator.kind": "pairwise", "annotator.callable": "x.py:pick"})
     res = runner.invoke(app, ["train", "quickstart", *over, "--no-eval"])
     assert res.exit_code == 2 and "sampling.pairs = 'best_worst': must be random" in res.output
+
+
+def test_two_samples_count_one_call_per_response_scored(tmp_path):
+    """n = 2 counted one call per pair although two responses were scored: calls were not comparable across n."""
+    folder = run(tmp_path, "pair")
+    log = AnnotationLog(folder / "annotations.jsonl")
+    judged = [e for e in log.entries if not e.identical]
+    assert judged and all(e.calls == 2 for e in judged)
+    paid = len((tmp_path / "judge.py.calls").read_text().splitlines())
+    assert paid == 2 * len(judged) == log.calls == json.loads((folder / "run.json").read_text())["annotator_calls"]
+    counts = json.loads((folder / "run.json").read_text())["pairs"]
+    assert counts["judged"] + counts["tie"] == len(judged) and counts["identical"] == log.identical_pairs

@@ -120,3 +120,19 @@ def test_llm_judge_needs_a_url_before_anything_loads(tmp_path):
     )
     assert res.exit_code == 2 and "needs annotator.url" in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_invalid_answers_and_ties_are_counted_apart():
+    """An unreadable answer was recorded like a tie; now each non-choice says why, and two questions count two."""
+    from bpo.annotators import LLMJudgeAnnotator
+    from bpo.data import PromptRecord
+
+    class Answers:  # what the judge answered in each order, per prompt
+        name = "http:stub"
+        said = {"p1": ("A", "B"), "p2": ("tie", "A"), "p3": (None, "A")}
+
+        def both(self, prompt, a, b, spent):
+            return self.said[prompt]
+
+    got = LLMJudgeAnnotator(Answers(), 1).annotate([PromptRecord(p, p) for p in ("p1", "p2", "p3")], [("x", "y")] * 3)
+    assert [(j.choice, j.unjudged, j.calls) for j in got] == [(0, None, 2), (None, "tie", 2), (None, "invalid", 2)]

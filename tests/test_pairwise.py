@@ -22,6 +22,13 @@ def pick(prompt, a, b):
 
 def bad(prompt, a, b):
     return "A"
+
+
+def biased(prompt, a, b):
+    """Position bias: the first response wins, except when the second is much shorter."""
+    with open(__file__ + ".calls", "a") as f:
+        f.write("1\\n")
+    return 1 if len(b) * 2 < len(a) else 0
 '''
 
 
@@ -72,3 +79,31 @@ def test_load_callable_from_a_file_and_its_errors(tmp_path):
         load_callable(f"{tmp_path / 'missing.py'}:pick")
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
         load_callable(f"{judge}:nope")
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_a_pairwise_function_may_be_asked_in_both_orders(tmp_path, both):
+    """A function wrapping an LLM keeps its position bias when asked in one order only."""
+    judge = tmp_path / "my_judge.py"
+    judge.write_text(JUDGE)
+    settings = {"annotator.kind": "pairwise", "annotator.callable": f"{judge}:biased", "train.steps": 2}
+    over = tiny_config(tmp_path, **settings, **{"annotator.both_orders": both})
+    res = runner.invoke(app, ["train", "quickstart", *over, "--no-eval"])
+    assert res.exit_code == 0, res.output
+    assert ("asked in both orders" in res.output) == both and ("asked in one order" in res.output) != both
+    log = AnnotationLog(tmp_path / "run" / "annotations.jsonl")
+    entries = [e for e in log.entries if not e.identical]
+    assert entries
+    for e in entries:
+        a, b = e.responses
+        first = 1 if len(b) * 2 < len(a) else 0
+        second = 1 - (1 if len(a) * 2 < len(b) else 0)  # asked (b, a): its pick, back in (a, b) order
+        want = first if not both else (first if first == second else None)
+        assert e.choice == want and e.calls == (2 if both else 1)
+        assert e.unjudged == (None if want is not None else "tie")
+    paid = len((tmp_path / "my_judge.py.calls").read_text().splitlines())
+    assert paid == log.calls == sum(e.calls for e in entries)
+    if both:  # the bias cancels: a pair is won only by a response much shorter than the other
+        assert sum(e.choice is None for e in entries) > 0
+    header = json.loads((tmp_path / "run" / "annotations.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["annotator"]["both_orders"] is both

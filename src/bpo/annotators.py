@@ -27,6 +27,8 @@ class Judgement:
     rationale: str | None = None
     usage: dict[str, int] | None = None  # what the judgement cost (requests, tokens), when it was paid for
     rejected: int | None = None  # best-of-n: the response trained against (None: the other of two)
+    calls: int = 1  # what was asked: one per response scored, one per pairwise question, one per label
+    unjudged: str | None = None  # why ``choice`` is None: "tie", "invalid" (an unreadable answer), "unlabelled"
 
 
 class Annotator(Protocol):
@@ -73,7 +75,10 @@ class ScoreAnnotator:
         b = self.scores(prompts, [y for _, y in pairs])
         for p, sa, sb in zip(prompts, a, b):
             check_finite(self.name, p, (sa, sb))
-        return [Judgement(None if sa == sb else int(sb > sa), (sa, sb)) for sa, sb in zip(a, b)]
+        return [
+            Judgement(None if sa == sb else int(sb > sa), (sa, sb), calls=2, unjudged="tie" if sa == sb else None)
+            for sa, sb in zip(a, b)
+        ]
 
 
 class RewardModelAnnotator(ScoreAnnotator):
@@ -119,23 +124,41 @@ class PairwiseAnnotator(PairsOnly):
     """A Python function that picks the better of two responses: ``fn(prompt, a, b) -> 0 | 1 | None``.
 
     It may return ``(choice, rationale)``; the rationale goes to the ledger. ``None`` is a tie (the
-    pair is not trained on). Anything else is an error naming the function and the prompt.
+    pair is not trained on). Anything else is an error naming the function and the prompt. With
+    ``both_orders`` it is asked again with the responses swapped, and a response is preferred only
+    when it wins both times (a split verdict is a tie): what cancels an LLM's position bias.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str):
-        self.fn, self.name = fn, name
+    def __init__(self, fn: Callable[..., Any], name: str, both_orders: bool = False):
+        self.fn, self.name, self.both_orders = fn, name, both_orders
+        self.note = f"annotator {name}: " + (
+            "asked in both orders (A/B, then B/A); a split verdict is a tie, not trained on"
+            if both_orders
+            else "asked in one order (annotator.both_orders=true cancels a position bias)"
+        )
+
+    def _ask(self, record: PromptRecord, a: str, b: str) -> tuple[int | None, str | None]:
+        got = self.fn(record.prompt, a, b)
+        choice, rationale = got if isinstance(got, tuple) and len(got) == 2 else (got, None)
+        if choice not in (0, 1, None) or isinstance(choice, bool) or not isinstance(rationale, (str, type(None))):
+            raise ValueError(
+                f"annotator {self.name} returned {got!r} for prompt {record.id}; expected 0, 1, None "
+                "(a tie), or (one of those, a rationale string)"
+            )
+        return choice, rationale
 
     def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
         out = []
         for record, (a, b) in zip(prompts, pairs):
-            got = self.fn(record.prompt, a, b)
-            choice, rationale = got if isinstance(got, tuple) and len(got) == 2 else (got, None)
-            if choice not in (0, 1, None) or isinstance(choice, bool) or not isinstance(rationale, (str, type(None))):
-                raise ValueError(
-                    f"annotator {self.name} returned {got!r} for prompt {record.id}; expected 0, 1, None "
-                    "(a tie), or (one of those, a rationale string)"
-                )
-            out.append(Judgement(choice, None, rationale))
+            choice, rationale = self._ask(record, a, b)
+            if not self.both_orders:
+                out.append(Judgement(choice, None, rationale, unjudged="tie" if choice is None else None))
+                continue
+            swapped, why = self._ask(record, b, a)
+            second = None if swapped is None else 1 - swapped  # back in the pair's order
+            agreed = choice if choice == second else None
+            said = f"A/B: {choice}, B/A: {second}" + "".join(f"; {x}" for x in (rationale, why) if x)
+            out.append(Judgement(agreed, None, said, calls=2, unjudged="tie" if agreed is None else None))
         return out
 
 
@@ -183,7 +206,8 @@ def _reward_model(cfg: Config) -> Annotator:
 
 @register_annotator("pairwise")
 def _pairwise(cfg: Config) -> Annotator:
-    return PairwiseAnnotator(load_callable(cfg.annotator.callable), f"pairwise:{cfg.annotator.callable}")
+    a = cfg.annotator
+    return PairwiseAnnotator(load_callable(a.callable), f"pairwise:{a.callable}", a.both_orders)
 
 
 class LLMJudgeAnnotator(PairsOnly):
@@ -204,12 +228,13 @@ class LLMJudgeAnnotator(PairsOnly):
         first, second = self.judge.both(record.prompt, pair[0], pair[1], spent)
         result = outcome(first, second)
         if result is None:
-            return Judgement(None, None, "invalid: the judge's answer named neither response", spent)
+            why = "invalid: the judge's answer named neither response"
+            return Judgement(None, None, why, spent, calls=2, unjudged="invalid")
         choice = {1.0: 0, 0.0: 1}.get(result)
         why = {0: "A in both orders", 1: "B in both orders"}.get(
             choice, f"tie: order A/B answered {first}, order B/A answered {second}"
         )
-        return Judgement(choice, None, why, spent)
+        return Judgement(choice, None, why, spent, calls=2, unjudged="tie" if choice is None else None)
 
     def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
         from concurrent.futures import ThreadPoolExecutor

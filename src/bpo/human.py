@@ -96,8 +96,12 @@ class HumanAnnotator(PairsOnly):
                 why = f"not labelled ({len(got)} of {a.overlap}; continued at quorum {a.quorum:g})"
             else:
                 why = f"people ({said})" + ("" if choice is not None or len(got) < 2 else ": no majority, a tie")
+            full = len(got) >= a.overlap
             jd = Judgement(
-                choice if len(got) >= a.overlap else None, pre.get("scores"), "; ".join(x for x in (why, model) if x)
+                choice if full else None,
+                pre.get("scores"),
+                "; ".join(x for x in (why, model) if x),
+                unjudged=None if full and choice is not None else "tie" if full else "unlabelled",
             )
             out_rows.append((item, jd, len(got) + int(bool(pre)), given))
         status_file.unlink(missing_ok=True)

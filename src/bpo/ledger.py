@@ -47,8 +47,9 @@ class Annotation:
     identical: bool = False  # both responses the same tokens: not annotated, not trained on
     usage: dict[str, int] | None = None  # what this judgement cost: requests and tokens (an LLM judge)
     rejected: int | None = None  # best-of-n: the response trained against (None: the other of two)
-    calls: int = 1  # annotator calls made: a pair judged counts one, a response scored alone (best-of-n) one
+    calls: int = 1  # what the annotator was asked: one per response scored, per pairwise question, per label
     labels: list[dict] | None = None  # annotator.kind=human: each person's label {labeller, choice, left, time}
+    unjudged: str | None = None  # why choice is None (not identical): tie, invalid (unreadable answer), unlabelled
 
     def trained_pair(self) -> tuple[int, int]:
         """(chosen, rejected) indices into ``responses``; only for a judged pair (``choice`` not None)."""
@@ -168,6 +169,18 @@ class AnnotationLog:
     @property
     def identical_pairs(self) -> int:
         return sum(e.identical for e in self.entries)
+
+    def outcomes(self, entries: Sequence[Annotation] | None = None) -> dict[str, int]:
+        """Pairs trained on, and those not: identical, ties, invalid answers, unlabelled (counted apart)."""
+        return outcome_counts(self.entries if entries is None else entries)
+
+
+def outcome_counts(entries: Sequence[Annotation]) -> dict[str, int]:
+    out = {"judged": 0, "identical": 0, "tie": 0, "invalid": 0, "unlabelled": 0}
+    for e in entries:
+        key = "identical" if e.identical else "judged" if e.choice is not None else e.unjudged or "tie"
+        out[key] += 1
+    return out
 
 
 def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:

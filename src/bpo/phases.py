@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from bpo.annotators import Judgement, check_finite
 from bpo.config import ConfigError
 from bpo.data import PromptRecord
-from bpo.ledger import Annotation, AnnotationLog
+from bpo.ledger import Annotation, AnnotationLog, outcome_counts
 from bpo.progress import Bars, Lines
 from bpo.sampling import HFBackend, identical
 
@@ -69,19 +69,25 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Bars | Lin
                     usage=jd.usage if jd else None,
                     rejected=jd.rejected if jd else None,
                     calls=calls,
+                    unjudged=jd.unjudged if jd and jd.choice is None else None,
                 )
             )
         log.append(entries)
         progress.advance(bar, len(chunk))
     pairs = log.phase(phase)
-    ties = sum(a.choice is None and not a.identical for a in pairs.values())
     spent = run.timer.seconds
     progress.line(
-        f"phase {phase}: {len(pairs)} prompts ({len(todo)} sampled now), {sum(a.identical for a in pairs.values())} "
-        f"identical pairs, {ties} ties; sampling {spent.get('sample', 0):.1f} s, "
-        f"annotator {spent.get('annotate', 0):.1f} s"
+        f"phase {phase}: {len(pairs)} prompts ({len(todo)} sampled now), {outcome_line(pairs.values())}; "
+        f"sampling {spent.get('sample', 0):.1f} s, annotator {spent.get('annotate', 0):.1f} s"
     )
     return pairs
+
+
+def outcome_line(entries) -> str:
+    """'12 judged, 3 identical pairs, 1 tie' and, when there are any, the invalid answers and unlabelled pairs."""
+    c = outcome_counts(list(entries))
+    extra = "".join(f", {c[k]} {k}" for k in ("invalid", "unlabelled") if c[k])
+    return f"{c['judged']} judged, {c['identical']} identical pairs, {c['tie']} ties{extra}"
 
 
 def sample(run: Run, start: int, chunk: list[int]) -> tuple[list[PromptRecord], list[str], list]:
@@ -150,6 +156,7 @@ def collect_deferred(
                 identical=item.identical,
                 calls=calls,
                 labels=labels or None,
+                unjudged=jd.unjudged if jd.choice is None and not item.identical else None,
             )
             for item, jd, calls, labels in ann.collect(phase, str(run.out))
             if item.index in wanted
@@ -157,16 +164,17 @@ def collect_deferred(
         log.append(entries)
     pairs = log.phase(phase)
     labelled = sum(bool(a.labels) for a in pairs.values())
-    progress.line(f"phase {phase}: {len(pairs)} pairs, {labelled} labelled by people")
+    progress.line(f"phase {phase}: {len(pairs)} pairs, {labelled} labelled by people; {outcome_line(pairs.values())}")
     return pairs
 
 
 def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) -> list[tuple[Judgement | None, int]]:
     """Per prompt, the annotator's judgement of its samples (None: all identical) and the calls it cost.
 
-    Two samples: the pair is judged (one call). Best-of-n (``sampling.n`` > 2): ``best_worst``
-    scores every sample (n calls) and trains the best against the worst, a tie when they score
-    alike; ``random`` judges one pair drawn by the prompt's key (one call), so a resume draws it again.
+    Two samples: the pair is judged (a scorer: two calls, one per response; a pairwise judge: one
+    per question it was asked). Best-of-n (``sampling.n`` > 2): ``best_worst`` scores every sample
+    (n calls) and trains the best against the worst, a tie when they score alike; ``random`` judges
+    one pair drawn by the prompt's key, so a resume draws it again.
     """
     n, how = run.cfg.sampling.n, run.cfg.sampling.pairs
     out: list[tuple[Judgement | None, int]] = [(None, 0)] * len(groups)
@@ -179,7 +187,8 @@ def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) 
             sc = flat[k * n : (k + 1) * n]
             check_finite(run.annotator.name, records[i], sc)
             hi, lo = sc.index(max(sc)), sc.index(min(sc))
-            out[i] = (Judgement(None if sc[hi] == sc[lo] else hi, tuple(sc), rejected=lo), n)
+            tie = sc[hi] == sc[lo]
+            out[i] = (Judgement(None if tie else hi, tuple(sc), rejected=lo, unjudged="tie" if tie else None), n)
         return out
     picks = [(0, 1) if n == 2 else tuple(sorted(random.Random(key).sample(range(n), 2))) for key in keys]
     todo = [i for i, (g, (a, b)) in enumerate(zip(groups, picks)) if not identical([g[a], g[b]])]
@@ -192,5 +201,5 @@ def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) 
                 choice=None if jd.choice is None else (a, b)[jd.choice],
                 rejected=None if jd.choice is None else (b, a)[jd.choice],
             )
-        out[i] = (jd, 1)
+        out[i] = (jd, jd.calls)
     return out

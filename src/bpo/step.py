@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from bpo.errors import BpoError
-from bpo.ledger import Annotation
+from bpo.ledger import Annotation, outcome_counts
 from bpo.logprobs import SharedPromptBatch, build_shared_batch
 from bpo.losses import dap_loss
 
@@ -142,7 +142,8 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     if score[1] > 0:  # every process joins the reduction, even one with no scored pairs this step
         out["score/behavior_samples"] = (score[0] / score[1]).item()
     out["pairs/kept"] = n_global
-    ties = sum(a.choice is None and not a.identical for a in pairs)
-    out["pairs/ties"] = total(acc, float(ties), device).item()
+    counts = outcome_counts(pairs)
+    for key, name in (("tie", "pairs/ties"), ("invalid", "pairs/invalid"), ("unlabelled", "pairs/unlabelled")):
+        out[name] = total(acc, float(counts[key]), device).item()
     out["lr"] = lr
     return out

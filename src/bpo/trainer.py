@@ -227,6 +227,7 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
             "annotations": loop.log.judged,
             "annotator_calls": loop.log.calls,
             "identical_pairs": loop.log.identical_pairs,
+            "pairs": loop.log.outcomes(),  # judged (trained on), identical, tie, invalid, unlabelled
             "steps": run.cfg.train.steps,
             "resumed": resume,
         }
