@@ -111,6 +111,10 @@ def test_eval_external_files_with_the_task_judge(tmp_path):
     good.write_text("\n".join(r.reference for r in records))  # the references themselves: all ties
     r = run_eval(cfg, tmp_path / "e1", responses=str(good), against="reference")
     assert (r["ties"], r["n"], r["win_rate"], r["win_rate_ties_half"]) == (6, 6, 0.0, 0.5)
+    assert r["warnings"] == [
+        "warning: the win rate vs reference rests mostly on ties (6 of 6 prompts): it says little about which "
+        "system is better"
+    ]
     assert r["judge"] == "quickstart-judge"
     bad = tmp_path / "bad.txt"
     bad.write_text("\n".join("Nobody did anything." for _ in records))

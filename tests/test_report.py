@@ -34,3 +34,20 @@ def test_a_run_reports_itself_and_two_runs_overlay(tmp_path):
     assert res.exit_code == 2 and "need --out" in res.output
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and res.output.startswith("error:") and "not a bpo run folder" in res.output
+
+
+def test_a_run_that_trained_on_nothing_and_a_win_rate_of_ties_are_warned(tmp_path):
+    """train.lr=1e3 made every pair a tie from step 5, yet 'win rate vs start 1.00' was printed without a word."""
+    import json
+
+    judge = tmp_path / "flat.py"
+    judge.write_text("def score(record, response):\n    return 0.0\n")  # every pair a tie, every eval item too
+    over = tiny_config(tmp_path, **{"annotator.kind": "callable", "annotator.callable": f"{judge}:score"})
+    res = CliRunner().invoke(app, ["train", "quickstart", *over])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    warned = json.loads((run / "run.json").read_text())["warnings"]
+    assert any("6 of 6 steps trained on no pair" in w for w in warned)
+    assert any("win rate vs start rests mostly on ties (4 of 4 prompts)" in w for w in warned)
+    for w in warned:
+        assert w in res.output and w in (run / "report.md").read_text()

@@ -297,3 +297,23 @@ def test_a_pairwise_annotator_is_evaluated_by_the_gold_judge_alone(tmp_path):
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["judge"] == f"rm:{gold}" and "annotator" not in result
+
+
+def test_degenerate_pairs_are_left_out_and_an_at_chance_judge_is_warned(tmp_path):
+    """Pairs whose chosen equals rejected gave accuracy 0.000 without a word."""
+    data = tmp_path / "same.jsonl"
+    rows = [{"prompt": f"q{i}?", "chosen": f"answer {i}", "rejected": f"answer {i}"} for i in range(16)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = train_tiny_rm(data, tmp_path / "rm0", "--holdout", "0")
+    assert res.exit_code == 2 and "all 16 pairs have the same chosen and rejected response" in res.output
+    rows += [{"prompt": f"p{i}?", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(16)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = train_tiny_rm(data, tmp_path / "rm", "--holdout", "0.5", "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "rm" / "rm.json").read_text())
+    assert result["degenerate_pairs_left_out"] == 16 and result["pairs_train"] == 8
+    assert "warning: left out 16 pairs whose chosen and rejected responses are the same" in res.output
+    held = result["heldout"]
+    assert held["ci95"][0] <= 0.5  # 8 held-out pairs cannot show a judge beats a coin
+    assert "interval includes 0.5, so this judge is not shown to beat a coin" in res.output
+    assert result["warnings"] and all(w in res.output for w in result["warnings"])

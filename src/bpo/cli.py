@@ -239,7 +239,7 @@ def eval_(
     )
     if r["invalid"]:
         console.print(f"warning: {r['invalid']} items left out: the judge's answer named neither response")
-    for note in r.get("notes", []):
+    for note in r.get("notes", []) + r.get("warnings", []):
         console.print(note, soft_wrap=True, markup=False)
 
 
@@ -345,6 +345,8 @@ def rm(
             f"held-out accuracy: {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}] "
             f"on {held['pairs']} pairs"
         )
+    for line in result["warnings"]:
+        console.print(line, soft_wrap=True, markup=False)
 
 
 config_app = typer.Typer(help="Inspect configs: the resolved values and every key's help.", add_completion=False)

@@ -301,6 +301,9 @@ def run_eval(
     result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
     if notes:
         result["notes"] = notes
+    from bpo.report import tie_warning
+
+    result["warnings"] = tie_warning(result, f"vs {against}")
     result["config"] = cfg.to_dict()
     rows = []
     for i, r in enumerate(records):

@@ -111,6 +111,31 @@ def eval_lines(ev: dict) -> list[str]:
     return out
 
 
+def tie_warning(result: dict, what: str) -> list[str]:
+    """A win rate most of whose prompts are ties says little about either system."""
+    if result and result.get("n") and result.get("ties", 0) * 2 > result["n"]:
+        return [
+            f"warning: the win rate {what} rests mostly on ties ({result['ties']} of {result['n']} prompts): it says "
+            "little about which system is better"
+        ]
+    return []
+
+
+def run_warnings(metrics: list[dict], ev: dict, steps: int) -> list[str]:
+    """What makes a run's figures mean little: most steps trained on no pair, or win rates made of ties."""
+    out = []
+    idle = sum(m.get("pairs/kept", 1) == 0 for m in metrics)
+    if idle * 2 > steps:
+        out.append(
+            f"warning: {idle} of {steps} steps trained on no pair (every pair a tie, identical, invalid or "
+            "unlabelled): the result does not measure training; check the annotator's verdicts and train.lr"
+        )
+    if ev:
+        out += tie_warning(ev.get("win_rate_vs_start", {}), "vs start")
+        out += tie_warning(ev.get("win_rate_vs_reference", {}), "vs the reference")
+    return out
+
+
 def _run_lines(r: dict) -> list[str]:
     cfg, info, t, ann = r["config"], r["run"], r["config"]["train"], r["config"]["annotator"]
     judge = f" (`{ann['model']}`)" if ann["kind"] in ("reward_model", "llm_judge") else ""
@@ -122,6 +147,7 @@ def _run_lines(r: dict) -> list[str]:
         f"- annotator: `{ann['kind']}`{judge}",
         f"- steps logged: {len(r['metrics'])} of {t['steps']}; annotations {used:.0f}{cost}",
         *[f"- {x}" for x in eval_lines(r["eval"])],
+        *[f"- **{x}**" for x in run_warnings(r["metrics"], r["eval"], t["steps"])],
     ]
 
 

@@ -261,6 +261,25 @@ def _lora(model: Any, r: int, top_layers: int) -> Any:
     )
 
 
+def rm_warnings(result: dict) -> list[str]:
+    """What makes a reward model's figures, or its use as a judge, doubtful."""
+    out = []
+    if result.get("degenerate_pairs_left_out"):
+        out.append(
+            f"warning: left out {result['degenerate_pairs_left_out']} pairs whose chosen and rejected responses are "
+            "the same (no preference to learn)"
+        )
+    held = result.get("heldout")
+    if held and held["ci95"][0] <= 0.5:
+        out.append(
+            f"warning: held-out accuracy {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}]: its "
+            "interval includes 0.5, so this judge is not shown to beat a coin"
+        )
+    if result["loss_last"] > result["loss_first"]:
+        out.append(f"warning: the training loss rose ({result['loss_first']:.3f} -> {result['loss_last']:.3f})")
+    return out
+
+
 def train_rm(
     pairs: list[PreferenceRecord],
     backbone: str,
@@ -284,6 +303,13 @@ def train_rm(
     from transformers import get_linear_schedule_with_warmup
 
     started = time.time()
+    degenerate = sum(p.chosen.strip() == p.rejected.strip() for p in pairs)
+    if degenerate == len(pairs):
+        raise RewardModelError(
+            f"all {len(pairs)} pairs have the same chosen and rejected response: nothing to learn a preference from "
+            "(check the file's chosen/rejected fields)"
+        )
+    pairs = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]  # no preference; no gradient either
     train, held = split_pairs(pairs, part, holdout, seed)
     lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
     torch.manual_seed(seed)
@@ -338,6 +364,8 @@ def train_rm(
         "train": accuracy(model, tokenizer, train[:TRAIN_CHECK], max_length, batch_size, seed=seed),
         "heldout": accuracy(model, tokenizer, held, max_length, batch_size, seed=seed) if held else None,
     }
+    result["degenerate_pairs_left_out"] = degenerate
+    result["warnings"] = rm_warnings(result)
     result["wall_seconds"] = round(time.time() - started, 1)
     tmp = temp_dir(out.parent, f".{out.name}-")
     try:

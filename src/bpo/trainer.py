@@ -52,7 +52,7 @@ from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
 from bpo.progress import Bars, Lines, progress_bar, step_line
-from bpo.report import write_report
+from bpo.report import load_run, run_warnings, write_report
 from bpo.sft import member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
 from bpo.timing import Timer
@@ -233,6 +233,9 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
         }
         if torch.cuda.is_available():
             info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        info["warnings"] = run_warnings(load_run(run.out)["metrics"], result, run.cfg.train.steps)
+        for line in info["warnings"]:
+            progress.console.print(line, highlight=False, soft_wrap=True, markup=False)
         write_json(run.out / "run.json", info)
         try:  # the run is done and saved; a report that cannot be drawn must not undo that
             write_report([run.out], run.out)
