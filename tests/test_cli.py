@@ -285,3 +285,28 @@ def test_export_merged_and_adapter(tmp_path):
     assert "base_model: tiny-random-llama" in (run / "final" / "README.md").read_text()  # PEFT's card left it empty
     res = runner.invoke(app, ["export", str(tmp_path), "--merged", str(tmp_path / "z")])
     assert res.exit_code == 2 and "no final/behavior adapter" in res.output
+
+
+def test_a_logged_run_keeps_each_result_line_whole(tmp_path):
+    """Piped output was hard-wrapped at 80 columns: the result lines broke mid-interval in a log file or CI."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import tiny_config
+
+    log = tmp_path / "log.txt"
+    over = tiny_config(tmp_path, **{"train.steps": 2, "train.phases": 1})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
+    with log.open("w") as f:
+        done = subprocess.run([sys.executable, "-m", "bpo.cli", "train", "quickstart", *over],
+                              stdout=f, stderr=subprocess.STDOUT, env=env, timeout=600)  # fmt: skip
+    text = log.read_text()
+    assert done.returncode == 0, text[-3000:]
+    lines = text.splitlines()
+    score = [x for x in lines if x.startswith("score by ")]
+    assert len(score) == 1 and re.search(r"-> trained -?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]$", score[0])
+    assert any(re.fullmatch(r"improvement .+ \(95% bootstrap\)", x) for x in lines)
+    win = [x for x in lines if x.startswith("win rate vs start ")]
+    assert len(win) == 1 and win[0].endswith(")") and "ties as half" in win[0] and len(win[0]) > 80

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from bpo.config import PRESETS, Config, ConfigError, load_config
 from bpo.errors import AwaitingLabels, BpoError, Interrupted
+from bpo.progress import LogConsole
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
 
@@ -34,7 +34,7 @@ START = """Start here:
   bpo train CONFIG key=value    your own run; bpo config show CONFIG prints every setting with its help"""
 # rich markup off: help texts hold [CONFIG] [section.key=value ...], which rich would read as markup tags
 app = typer.Typer(add_completion=False, rich_markup_mode=None, help=HELP)
-console = Console(stderr=True)
+console = LogConsole(stderr=True)
 
 
 def _config(args: list[str] | None) -> Config:

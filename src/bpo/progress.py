@@ -15,6 +15,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+class LogConsole(Console):
+    """rich's console, except that output going to a file or a pipe is never wrapped: a log line (a
+    result with its interval) stays whole, however long. A terminal keeps rich's layout."""
+
+    def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:  # noqa: A003 - rich's name
+        if soft_wrap is None and not self.is_terminal:
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
 class Bars(Progress):
     """Rich bars for a terminal; the bars already show what :meth:`line` would print."""
 
@@ -74,7 +84,7 @@ def step_line(m: dict, steps: int, per_step: float) -> str:
 
 
 def progress_bar(console: Console | None = None, disable: bool = False) -> Bars | Lines:
-    console = console or Console(stderr=True)
+    console = console or LogConsole(stderr=True)
     disable = disable or int(os.environ.get("RANK", "0")) != 0  # one set of bars, from the main process
     if not console.is_terminal:
         return Lines(console, disable)

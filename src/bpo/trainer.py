@@ -51,7 +51,7 @@ from bpo.io import FolderLock, append_lines, write_json
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
-from bpo.progress import Bars, Lines, progress_bar, step_line
+from bpo.progress import Bars, Lines, LogConsole, progress_bar, step_line
 from bpo.report import load_run, run_warnings, write_report
 from bpo.sft import member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
@@ -256,7 +256,7 @@ def train(
 
     ``on_step(run, step, metrics)`` is called after every step (logging, inspection, tests).
     """
-    console = console or Console()
+    console = console or LogConsole()
     out = Path(cfg.output_dir)
     cfg.check_sources()
     cfg.check_annotator()
