@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -30,6 +31,8 @@ class Server(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"choices": [')
             return
+        if fault == "slow":  # answers, but only after the client's time-out
+            time.sleep(1.5)
         if fault == "html":
             return self._send(200, b"<html>gateway says hi</html>")
         if fault == "nochoices":
@@ -163,11 +166,23 @@ def test_the_cache_survives_a_torn_line_and_is_keyed_by_url(url, tmp_path):
     assert other.compare("p", "a longer answer", "short") == 1.0 and other.requests == 2
 
 
-def test_timeout_and_retries_are_settings():
+def test_timeout_and_retries_are_settings(url, tmp_path):
+    """The configured time-out reaches the judge: a server slower than it is retried, then one line.
+
+    (This test only parsed the config before.) Without the setting the default 60 s time-out would
+    wait for the slow answers and the comparison would succeed.
+    """
+    from bpo.annotators import http_judge
     from bpo.config import load_config
 
-    cfg = load_config("quickstart", ["eval.judge_timeout=5", "eval.judge_retries=0"])
-    assert (cfg.eval.judge_timeout, cfg.eval.judge_retries) == (5.0, 0)
+    cfg = load_config("quickstart", ["eval.judge_timeout=0.2", "eval.judge_retries=1", f"annotator.cache={tmp_path}/c"])
+    assert (cfg.eval.judge_timeout, cfg.eval.judge_retries) == (0.2, 1)
+    Server.faults = ["slow"] * 2
+    j = http_judge(cfg, url, "fake", None)
+    j.backoff = 0.001
+    with pytest.raises(JudgeError, match=r"failed after 2 tries \(last: (TimeoutError|URLError).*timed out"):
+        j.compare("p", "a longer answer", "short")
+    assert j.requests == 2
 
 
 def test_the_cache_key_holds_everything_that_shapes_the_answer(url, tmp_path):

@@ -149,7 +149,9 @@ def test_linear_merge_runs_without_dropout_and_is_logged(tmp_path):
     # K = 1: the linear merge is the member itself, so with no dropout the loss at a phase start is log 2
     # (PEFT's add_weighted_adapter copies the members' lora_dropout=0.1 into a fresh, training-mode Dropout)
     out = io.StringIO()
-    cfg, seen = run_tiny(tmp_path, console=Console(file=out, width=200), **{"train.merge": "linear"})
+    cfg, seen = run_tiny(
+        tmp_path, console=Console(file=out, width=200), **{"train.merge": "linear", "sampling.fold_adapter": False}
+    )
     assert cfg.lora.dropout > 0
     for step, _, m in seen:
         if step in phase_bounds(T, cfg.train.phases)[:-1]:
@@ -390,3 +392,31 @@ def test_wandb_asked_but_missing_is_one_line_before_anything_loads(tmp_path):
     res = CliRunner().invoke(app, ["train", "quickstart", *tiny_config(tmp_path), "logging.wandb=true"])
     assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith("error: logging.wandb=true needs")
     assert not (tmp_path / "sft").exists() and not (tmp_path / "run").exists()
+
+
+def test_the_optimizer_applies_train_weight_decay_and_adam_eps(tmp_path):
+    """Nothing checked that AdamW gets weight_decay and eps: one step from the same start, three settings.
+
+    AdamW's first step is p1 = p0 - lr * wd * p0 - lr * g / (|g| + eps) (decoupled decay, bias-corrected
+    moments), so two runs that differ only in wd differ by exactly lr * wd * p0, and a larger eps damps
+    every coordinate's move.
+    """
+    from conftest import adapters
+
+    lr, wd = 5e-3, 0.5
+    base = {"train.steps": 1, "train.phases": 1, "sft_dir": str(tmp_path / "sft"), "train.lr": lr}
+    final = {}
+    for name, over in {"plain": {}, "decay": {"train.weight_decay": wd}, "eps": {"train.adam_eps": 1.0}}.items():
+        cfg = load_config(None, tiny_config(tmp_path, **base, **over, **{"output_dir": str(tmp_path / name)}))
+        train(cfg, evaluate=False)
+        final[name] = {k: v for k, v in adapters(tmp_path / name / "final").items() if k.startswith("member0/")}
+    start = {f"member0/{k.split('/', 1)[1]}": v for k, v in adapters(tmp_path / "sft").items()}
+    assert final["plain"].keys() == start.keys() and start
+    moved = 0
+    for k, p0 in start.items():
+        plain, decay, eps = final["plain"][k], final["decay"][k], final["eps"][k]
+        torch.testing.assert_close(plain - decay, lr * wd * p0, atol=2e-6, rtol=1e-4)
+        step_plain, step_eps = (p0 - plain).abs(), (p0 - eps).abs()
+        assert bool((step_eps <= step_plain + 1e-7).all())
+        moved += int((step_eps < step_plain - 1e-6).sum())
+    assert moved > 0  # eps = 1 shrank the moves: it reached the optimizer
