@@ -63,30 +63,48 @@ def test_read_responses_checks_alignment(tmp_path):
     assert read_responses(g, recs) == ["one", "two"]
 
 
-def test_responses_with_ids_are_matched_by_id_and_json_means_an_array(tmp_path):
+RECS = [("p1", "one?"), ("p2", "two?"), ("p3", "three?")]
+ROWS = {  # file name -> the rows written, one JSON object per line
+    "r.jsonl": [("p3", "c"), ("p1", "a"), ("p2", "b")],
+    "unknown.jsonl": [("p1", "a"), ("p9", "b"), ("p2", "c")],
+    "missing.jsonl": [("p1", "a"), ("p2", "b")],
+    "twice.jsonl": [("p1", "a"), ("p1", "b"), ("p2", "c")],
+    "some.jsonl": [("p1", "a"), (None, "b"), ("p2", "c")],
+    "lines.json": [("p1", "a"), ("p2", "b"), ("p3", "c")],
+}
+
+
+@pytest.mark.parametrize(
+    "name, refused",
+    [
+        ("r.jsonl", None),
+        ("unknown.jsonl", r"unknown\.jsonl:2: id 'p9' is not one of the 3 eval prompts"),
+        ("missing.jsonl", r"no response for prompt id 'p3'"),
+        ("twice.jsonl", r"twice\.jsonl:2: id 'p1' appears twice"),
+        ("some.jsonl", r"some\.jsonl:2: this row has no id while others have one"),
+        ("lines.json", r"lines\.json: a \.json responses file must be one JSON array"),
+    ],
+)
+def test_responses_with_ids_are_matched_by_id(tmp_path, name, refused):
     """A file in another order was judged against the wrong prompts; a JSONL file named .json was read as text."""
     from bpo.data import PromptRecord
 
-    recs = [PromptRecord("p1", "one?"), PromptRecord("p2", "two?"), PromptRecord("p3", "three?")]
-    f = tmp_path / "r.jsonl"
-    f.write_text('{"id": "p3", "response": "c"}\n{"id": "p1", "response": "a"}\n{"id": "p2", "response": "b"}\n')
-    assert read_responses(f, recs) == ["a", "b", "c"]
-    f.write_text('{"id": "p1", "response": "a"}\n{"id": "p9", "response": "b"}\n{"id": "p2", "response": "c"}\n')
-    with pytest.raises(ValueError, match=r"r\.jsonl:2: id 'p9' is not one of the 3 eval prompts"):
-        read_responses(f, recs)
-    f.write_text('{"id": "p1", "response": "a"}\n{"id": "p2", "response": "b"}\n')
-    with pytest.raises(ValueError, match=r"no response for prompt id 'p3'"):
-        read_responses(f, recs)
-    f.write_text('{"id": "p1", "response": "a"}\n{"id": "p1", "response": "b"}\n{"id": "p2", "response": "c"}\n')
-    with pytest.raises(ValueError, match=r"r\.jsonl:2: id 'p1' appears twice"):
-        read_responses(f, recs)
-    f.write_text('{"id": "p1", "response": "a"}\n{"response": "b"}\n{"id": "p2", "response": "c"}\n')
-    with pytest.raises(ValueError, match=r"r\.jsonl:2: this row has no id while others have one"):
-        read_responses(f, recs)
+    recs = [PromptRecord(*r) for r in RECS]
+    f = tmp_path / name
+    rows = [{"response": text} if rid is None else {"id": rid, "response": text} for rid, text in ROWS[name]]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if refused is None:
+        assert read_responses(f, recs) == ["a", "b", "c"]
+    else:
+        with pytest.raises(ValueError, match=refused):
+            read_responses(f, recs)
+
+
+def test_a_json_responses_file_is_an_array(tmp_path):
+    from bpo.data import PromptRecord
+
+    recs = [PromptRecord(*r) for r in RECS]
     j = tmp_path / "r.json"
-    j.write_text('{"id": "p1", "response": "a"}\n{"id": "p2", "response": "b"}\n{"id": "p3", "response": "c"}\n')
-    with pytest.raises(ValueError, match=r"r\.json: a \.json responses file must be one JSON array"):
-        read_responses(j, recs)
     j.write_text(
         json.dumps([{"id": "p2", "response": "b"}, {"id": "p1", "response": "a"}, {"id": "p3", "response": "c"}])
     )
