@@ -173,15 +173,17 @@ def test_eval_cli_adapter_vs_base_with_http_judge(tmp_path, judge_url):
 
 
 @pytest.mark.parametrize(
-    "phrase, want",
+    "phrase, want, read",
     [
-        ("I prefer a concise reply, so {}.", (6, 0, 0)),
-        ("The answer is a clear {}.", (6, 0, 0)),
-        ("Answer: a tie", (0, 6, 0)),
+        ("I prefer a concise reply, so {}.", (6, 0, 0), {"A", "B"}),
+        ("The answer is a clear {}.", (6, 0, 0), {"A", "B"}),
+        ("I prefer a concise reply, so B.", (0, 6, 0), {"B"}),  # B in both orders: a split verdict
+        ("Answer: a tie", (0, 6, 0), {"tie"}),
     ],
 )
-def test_bpo_eval_http_reads_the_judges_prose(tmp_path, judge_url, phrase, want):
-    """The judge picks the longer response in prose: 'a' the article is not response A, 'a tie' is a tie."""
+def test_bpo_eval_http_reads_the_judges_prose(tmp_path, judge_url, phrase, want, read):
+    """The judge (picking the longer response, or always saying one thing) answers in prose: 'a' the
+    article is not response A, 'a tie' is a tie. ``read``: what the cache says each answer named."""
     Server.phrase = phrase
     over = tiny_config(tmp_path, **{"data.eval_examples": 6})
     mine, other = tmp_path / "mine.txt", tmp_path / "other.txt"
@@ -193,6 +195,8 @@ def test_bpo_eval_http_reads_the_judges_prose(tmp_path, judge_url, phrase, want)
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert (r["wins"], r["ties"], r["losses"]) == want and r["invalid"] == 0
+    cached = [json.loads(x) for x in (tmp_path / "judge-cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 12 and {c["answer"] for c in cached} == read and all(c["text"] for c in cached)
 
 
 def test_eval_with_a_reward_model(tmp_path):
