@@ -178,6 +178,58 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
     assert_same(snapshot(run), reference["snapshot"])
 
 
+class _Planted:
+    """A pickle that runs code when unpickled: it would write a file beside itself."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_a_planted_pickle_in_a_run_folder_is_never_executed(tmp_path, reference):
+    """--resume unpickled trainer_state.pt with weights_only=False: code planted in a shared run folder ran."""
+    import pickle
+
+    from bpo.checkpoint import write_manifest
+
+    run = stopped_run(tmp_path, reference["sft"], at_step=7)
+    marker = tmp_path / "pwned"
+    newest = run / "checkpoints" / "step-000006"
+    state = newest / "trainer_state.pt"
+    state.write_bytes(pickle.dumps({"next_step": 6, "payload": _Planted(marker)}))
+    write_manifest(newest)  # whoever planted it could rewrite the manifest too
+    pickle.loads(state.read_bytes())  # the planted file does run code when unpickled
+    assert marker.exists()
+    marker.unlink()
+    res = resume(run)
+    assert not marker.exists(), "the planted pickle ran"
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "step-000006: trainer_state.pt holds more than tensors and numbers (not loaded" in res.stderr
+    assert_same(snapshot(run), reference["snapshot"])  # resumed exactly from the intact step-000004
+
+
+def test_a_moved_run_resumes_where_it_now_lies(tmp_path, reference):
+    """`mv runs/a runs/b; bpo train --resume runs/b` restarted at step 1 at the old path and bought every
+    judgement again."""
+    run = stopped_run(tmp_path, reference["sft"], at_step=5)
+    moved = tmp_path / "elsewhere" / "b"
+    moved.parent.mkdir()
+    run.rename(moved)
+    ledger_before = (moved / "annotations.jsonl").read_text()
+    res = resume(moved)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not run.exists()  # nothing written at the old path
+    assert (moved / "annotations.jsonl").read_text().startswith(ledger_before)  # no judgement bought twice
+    assert_same(snapshot(moved), reference["snapshot"])
+    again = subprocess.run(
+        [sys.executable, "-m", "bpo.cli", "train", "--resume", str(moved), f"output_dir={run}"],
+        env=ENV, capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 2 and "output_dir cannot be changed on --resume" in again.stderr
+
+
 def test_no_intact_checkpoint_is_a_one_line_error(tmp_path, reference):
     run = stopped_run(tmp_path, reference["sft"], at_step=5)
     for folder in (run / "checkpoints").glob("step-*"):
@@ -351,3 +403,38 @@ def test_sft_leftovers_are_removed_and_the_cache_reused(tmp_path):
     over = [f"sft_dir={sft}", "model.name=tiny-random-llama", "device=cpu", "sft.seeds=[0]", "data.sft_examples=4"]
     assert CliRunner().invoke(app, ["sft", "quickstart", *over, "sft.epochs=1", "lora.r=4"]).exit_code == 0
     assert not (sft / ".member0-x1y2").exists() and (sft / "member0" / "adapter_model.safetensors").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # a zombie is dead
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_compare_takes_its_run_with_it_and_a_rerun_resumes(tmp_path, reference, how):
+    """SIGKILL of bpo compare left its child bpo train running, and an immediate rerun was refused as 'in use'."""
+    over = [o for o in args(tmp_path) if not o.startswith(("output_dir", "sft_dir"))]
+    out = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "bpo.cli", "compare", *over, "--out", str(out), "--methods", "bpo-f2", "--seeds", "0"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = out / "bpo-f2" / "seed0" / ".lock"
+    deadline = time.time() + 300
+    while not (lock.exists() and lock.read_text().startswith("pid ")) and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(lock.read_text().split()[1])
+    assert child != proc.pid and _alive(child)
+    proc.send_signal(how)
+    proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the run went on without bpo compare"
+    assert not (lock.parent / "run.json").exists(), "the run went on without bpo compare, to its end"
+    if how == signal.SIGTERM:
+        assert proc.returncode == 130 and "rerun the same command to resume" in proc.stderr.read().decode()
+    rerun = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (out / "bpo-f2" / "seed0" / "eval.json").exists()

@@ -173,3 +173,22 @@ def test_import_takes_only_0_1_or_tie(tmp_path, row, said):
     with pytest.raises(LabelError, match=r"labels.jsonl:1: not a JSON object; nothing imported"):
         import_labels(store, f, "bo")
     assert LabelStore(run).events == []
+
+
+def test_a_label_cut_by_a_full_disk_does_not_block_the_file(tmp_path):
+    """A label POST on a full disk left a partial line; the next label glued onto it and every label,
+    `bpo label --summary` and `--resume` failed from then on with a JSON error naming no file."""
+    over, run = human_run(tmp_path, **{"train.phases": 1, "train.steps": 2}), tmp_path / "run"
+    assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0
+    store = LabelStore(run)
+    first = store.next_item("ana")
+    store.add("ana", first.id, 0)
+    with open(store.path, "a") as f:
+        f.write('{"seq": 1, "id": "0-')  # the cut write
+    store = LabelStore(run)  # a reader drops the torn last line
+    second = store.next_item("ana")
+    store.add("ana", second.id, 1)
+    again = LabelStore(run)
+    assert [(e.id, e.choice) for e in again.events] == [(first.id, 0), (second.id, 1)]
+    res = runner.invoke(app, ["label", str(run), "--summary"])
+    assert res.exit_code == 0, res.output

@@ -164,6 +164,11 @@ def test_the_cache_survives_a_torn_line_and_is_keyed_by_url(url, tmp_path):
     assert again.compare("p", "a longer answer", "short") == 1.0 and again.requests == 0
     other = judge(url.replace("127.0.0.1", "localhost"), tmp_path)  # another endpoint: its own answers
     assert other.compare("p", "a longer answer", "short") == 1.0 and other.requests == 2
+    # the next question is appended whole after the torn line is removed (it used to glue onto it,
+    # and every later load of the cache failed)
+    assert again.compare("q", "a longer answer", "short") == 1.0 and again.requests == 2
+    third = judge(url, tmp_path)
+    assert third.compare("q", "a longer answer", "short") == 1.0 and third.requests == 0
 
 
 def test_timeout_and_retries_are_settings(url, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -132,8 +133,16 @@ def find_checkpoint(out: Path, processes: int, say: Callable[[str], None] = prin
         problem = verify(folder)
         state = None
         if problem is None or problem.startswith("no manifest"):
-            try:
-                state = torch.load(folder / "trainer_state.pt", weights_only=False)
+            try:  # tensors, numbers, strings and containers only: a run folder may come from anyone
+                state = torch.load(folder / "trainer_state.pt", weights_only=True)
+            except pickle.UnpicklingError as err:
+                known = "Weights only load failed" in str(err)
+                problem = (
+                    "trainer_state.pt holds more than tensors and numbers (not loaded: bpo never runs code from a "
+                    "run folder)"
+                    if known
+                    else f"trainer_state.pt cannot be read ({type(err).__name__})"
+                )
             except Exception as err:  # a truncated or garbled file: torch raises several types
                 problem = f"trainer_state.pt cannot be read ({type(err).__name__})"
         if state is not None and problem is not None and "ledgers" not in state:

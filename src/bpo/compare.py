@@ -8,8 +8,10 @@ the run folders every time.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 
 from bpo.annotators import REPORTS
 from bpo.config import load_config
-from bpo.errors import BpoError
+from bpo.errors import BpoError, Interrupted
 from bpo.io import write_text_atomic
 from bpo.report import load_run, plot
 
@@ -34,6 +36,42 @@ METHODS: dict[str, list[str]] = {
     "bpo-f2": ["train.phases=2", "train.reference=behavior"],
     "bpo-fT": ["train.phases={T}", "train.reference=behavior"],
 }
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGTERM when bpo compare dies, even by SIGKILL, so no
+    run goes on alone holding its folder's lock (a rerun would be refused as 'in use')."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_child(cmd: list[str], log) -> int:
+    """One run of the grid in its own process; SIGTERM and SIGINT sent to bpo compare reach it too."""
+    linux = sys.platform.startswith("linux")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+        start_new_session=True,  # a terminal's Ctrl-C reaches it once, through bpo compare
+        preexec_fn=_die_with_parent if linux else None,
+    )
+
+    def forward(signum, _frame) -> None:
+        proc.send_signal(signum)
+
+    caught = (signal.SIGTERM, signal.SIGINT)
+    try:
+        before = {sig: signal.signal(sig, forward) for sig in caught}
+    except ValueError:  # not the main thread: signals stay as they are
+        before = {}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def run_grid(
@@ -74,7 +112,12 @@ def run_grid(
             with open(out / "compare.log", "a") as f:
                 f.flush()
                 offset = f.tell()
-                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ}).returncode
+                code = run_child(cmd, f)
+            if code in (-signal.SIGTERM, -signal.SIGINT, 130):
+                raise Interrupted(
+                    f"{method} seed {seed} was stopped; rerun the same command to resume the grid (finished runs "
+                    "are skipped, this one continues from its last checkpoint)"
+                )
             if code:  # say why here, not only in the log
                 lines = (out / "compare.log").read_bytes()[offset:].decode(errors="replace").splitlines()
                 cause = next((x for x in reversed(lines) if x.startswith("error:")), None)

@@ -7,6 +7,8 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -408,6 +410,13 @@ BEFORE_THEY_EXISTED = {  # micro_batch 1e9: the whole step at once; fold/prefill
 }
 
 
+def sft_key(cfg: Config) -> str:
+    """A short hash of everything that changes the SFT result: the SFT cache's key."""
+    parts = {"model": cfg.model.__dict__, "lora": cfg.lora.__dict__, "sft": cfg.sft.__dict__}
+    parts["data"] = {k: getattr(cfg.data, k) for k in ("sft", "prompt_template", "sft_examples", "seed")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(folder) / "config.yaml"
     if not path.exists():
@@ -416,4 +425,17 @@ def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Con
     older = [
         f"{k}={v}" for k, v in BEFORE_THEY_EXISTED.items() if k.split(".")[1] not in saved.get(k.split(".")[0], {})
     ]
-    return load_config(path, older + list(overrides or []))
+    cfg = load_config(path, older + list(overrides or []))
+    # a run folder is where it is: moved or copied, it is resumed (and written) there, not at the
+    # output_dir it was started with; its SFT cache is found where it was, when it is not beside it
+    for o in overrides or []:
+        key, _, value = o.partition("=")
+        if key.strip() == "output_dir" and Path(value.strip()).resolve() != Path(folder).resolve():
+            raise ConfigError(f"output_dir cannot be changed on --resume; the run continues in {folder}")
+    started = Path(cfg.output_dir)
+    cfg.output_dir = str(Path(folder))
+    if not cfg.sft_dir and started.resolve() != Path(folder).resolve():
+        here, there = Path(folder).parent / f"sft-{sft_key(cfg)}", started.parent / f"sft-{sft_key(cfg)}"
+        if not here.exists() and there.exists():
+            cfg.sft_dir = str(there)
+    return cfg

@@ -7,6 +7,7 @@ place rather than in each caller.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -43,12 +44,62 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
+class StorageError(BpoError, OSError):
+    """A file could not be written (disk full, no permission); the message names it and what to do."""
+
+
+class DamagedFileError(BpoError, ValueError):
+    """A line in the middle of an append-only file is not what bpo wrote; the message names file and line."""
+
+
+def _torn_tail(f: Any, size: int) -> int:
+    """The length of ``f`` without a last line that lacks its newline (a write cut by a kill or a full disk)."""
+    if size == 0:
+        return 0
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return size
+    end = size
+    while end > 0:  # back to the last newline, a block at a time
+        start = max(0, end - (1 << 16))
+        f.seek(start)
+        block = f.read(end - start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
 def append_lines(path: str | Path, lines: Iterable[str]) -> None:
-    """Append whole lines and fsync: once this returns, they are on disk."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+    """Append whole lines, or nothing, and fsync: once this returns, they are on disk.
+
+    A torn last line left by an earlier cut write is removed first, so the new lines never glue
+    onto it; a write that fails (a full disk) is cut back to where it started and said in one line.
+    """
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    try:
+        with open(path, "a+b", buffering=0) as f:  # unbuffered: a failed write is seen here, not at close
+            size = f.seek(0, os.SEEK_END)
+            keep = _torn_tail(f, size)
+            if keep != size:
+                f.truncate(keep)
+            try:
+                done = 0
+                while done < len(data):  # a full disk may take part of a write before it refuses the rest
+                    wrote = f.write(data[done:])
+                    if not wrote:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += wrote
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(keep)  # all or nothing: a half-written line is never left behind
+                raise
+    except OSError as err:
+        raise StorageError(
+            f"cannot append to {path} ({err.strerror or err}); nothing of this write was kept: free space (or fix "
+            "the permissions), then run the command again (a run continues with bpo train --resume RUN)"
+        ) from None
 
 
 def complete_lines(data: bytes) -> list[bytes]:
@@ -58,11 +109,23 @@ def complete_lines(data: bytes) -> list[bytes]:
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
-    """Rows of a JSONL file that bpo appends to; a line cut by a kill is dropped, not fatal."""
+    """Rows of a JSONL file that bpo appends to. A last line cut by a kill is dropped (the next append
+    removes it); a damaged line before it is refused, naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in complete_lines(path.read_bytes()) if line.strip()]
+    rows = []
+    for number, line in enumerate(complete_lines(path.read_bytes()), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DamagedFileError(
+                f"{path}:{number}: damaged line ({type(err).__name__}); bpo wrote whole lines here, so the file was "
+                "changed or cut by something else: restore it from a backup, or remove that line"
+            ) from None
+    return rows
 
 
 def temp_dir(beside: Path, prefix: str) -> Path:

@@ -7,8 +7,6 @@ a second ``bpo train`` with the same SFT settings reuses them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 from pathlib import Path
@@ -17,19 +15,12 @@ import torch
 from rich.progress import Progress
 from transformers import get_cosine_schedule_with_warmup
 
-from bpo.config import Config
+from bpo.config import Config, sft_key
 from bpo.data import PromptRecord, shuffled
 from bpo.ensemble import Ensemble
 from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, write_json
 from bpo.logprobs import build_batch
 from bpo.models import Policy
-
-
-def sft_key(cfg: Config) -> str:
-    """A short hash of everything that changes the SFT result: the cache key."""
-    parts = {"model": cfg.model.__dict__, "lora": cfg.lora.__dict__, "sft": cfg.sft.__dict__}
-    parts["data"] = {k: getattr(cfg.data, k) for k in ("sft", "prompt_template", "sft_examples", "seed")}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def sft_dir(cfg: Config) -> Path:

@@ -1,0 +1,59 @@
+"""Append-only files (ledger, labels, judge cache, metrics): a line is appended whole or not at all."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bpo.io import DamagedFileError, StorageError, append_lines, read_jsonl
+
+
+def test_a_torn_last_line_is_dropped_on_read_and_removed_before_the_next_append(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n{"b": ')  # a write cut by a kill or a full disk
+    assert read_jsonl(f) == [{"a": 1}]
+    append_lines(f, [json.dumps({"c": 3})])  # before: glued onto the torn line, blocking the file for good
+    assert f.read_text() == '{"a": 1}\n{"c": 3}\n'
+    f.write_text('{"only": ')  # a torn first line
+    append_lines(f, ['{"d": 4}'])
+    assert read_jsonl(f) == [{"d": 4}]
+
+
+def test_a_damaged_line_in_the_middle_is_refused_naming_file_and_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n{"b": {"a": 2}\n{"c": 3}\n')  # what the glued line used to look like
+    with pytest.raises(DamagedFileError, match=r"x\.jsonl:2: damaged line"):
+        read_jsonl(f)
+
+
+FULL_DISK = """
+import json, resource, signal, sys
+from bpo.io import StorageError, append_lines
+path = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+size = len(open(path, "rb").read())
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, size + 10))  # room for 10 more bytes only
+try:
+    append_lines(path, [json.dumps({"label": "x" * 100})])
+except StorageError as err:
+    print(err)
+"""
+
+
+def test_a_write_cut_by_a_full_disk_leaves_nothing_behind(tmp_path):
+    """A label POST on a full disk left a partial line; after space was freed the next label glued onto it."""
+    f = tmp_path / "labels.jsonl"
+    f.write_text('{"a": 1}\n')
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(f)], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith(f"cannot append to {f} (") and "nothing of this write was kept" in done.stdout
+    assert f.read_text() == '{"a": 1}\n'  # cut back: no partial line
+    append_lines(f, ['{"b": 2}'])  # space freed: the next write is whole and readable
+    assert read_jsonl(f) == [{"a": 1}, {"b": 2}]
+
+
+def test_a_storage_error_is_one_line(tmp_path):
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(StorageError) as err:
+        append_lines(tmp_path / "dir.jsonl", ["{}"])
+    assert "\n" not in str(err.value) and "dir.jsonl" in str(err.value)
