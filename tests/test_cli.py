@@ -283,8 +283,27 @@ def test_export_merged_and_adapter(tmp_path):
     assert "base_model: tiny-random-llama" in card and "F=2 T=6 B=4 K=1" in card and "win rate vs start" in card
     assert (tmp_path / "a" / "README.md").read_text().startswith("---\nbase_model: tiny-random-llama")
     assert "base_model: tiny-random-llama" in (run / "final" / "README.md").read_text()  # PEFT's card left it empty
-    res = runner.invoke(app, ["export", str(tmp_path), "--merged", str(tmp_path / "z")])
+    res = runner.invoke(app, ["export", str(tmp_path / "a"), "--merged", str(tmp_path / "z")])
     assert res.exit_code == 2 and "no final/behavior adapter" in res.output
+
+    # never delete what bpo did not write (export --adapter RUN replaced a whole run with 3 files)
+    ledger = (run / "annotations.jsonl").read_bytes()
+    for target in (run, run / "final", run / "final" / "behavior", tmp_path):
+        res = runner.invoke(app, ["export", str(run), "--adapter", str(target)])
+        assert res.exit_code == 2 and "which is being read" in res.output, (target, res.output)
+    assert (run / "annotations.jsonl").read_bytes() == ledger and (run / "final" / "member0").is_dir()
+    mine = tmp_path.parent / f"{tmp_path.name}-mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    for target, other in ((mine, None), (tmp_path / "m", "adapter")):  # a user's folder; a merged export
+        res = runner.invoke(app, ["export", str(run), f"--{other or 'adapter'}", str(target)])
+        assert res.exit_code == 2 and "bpo replaces only its own output" in res.output, res.output
+    assert (mine / "notes.txt").read_text() == "keep me"
+    res = runner.invoke(app, ["export", str(run), "--adapter", str(tmp_path / "a")])  # its own export: replaced
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", str(run), "--adapter", str(mine), "--force"])
+    assert res.exit_code == 0 and (mine / "adapter_config.json").exists() and not (mine / "notes.txt").exists()
+    assert not [p for p in mine.parent.iterdir() if ".bpo-" in p.name]  # no temp or aside folder left
 
 
 def test_a_logged_run_keeps_each_result_line_whole(tmp_path):

@@ -328,9 +328,11 @@ def test_leftover_temp_folders_are_removed_on_the_next_start(tmp_path, reference
     leftovers = [run / "checkpoints" / ".tmp-abc", run / ".final-xyz"]
     for folder in leftovers:
         (folder / "adapters").mkdir(parents=True)
-    (run / "eval.json.tmp").write_text("{")
+    (run / ".eval.json.bpo-tmp").write_text("{")  # write_text_atomic's own temp name
+    (run / "notes.tmp").write_text("mine")  # a user's file: a start used to delete every *.tmp
     assert resume(run).returncode == 0
-    assert not any(p.exists() for p in leftovers) and not (run / "eval.json.tmp").exists()
+    assert not any(p.exists() for p in leftovers) and not (run / ".eval.json.bpo-tmp").exists()
+    assert (run / "notes.tmp").read_text() == "mine"
 
 
 def test_resume_of_a_finished_run_does_nothing(tmp_path, reference):

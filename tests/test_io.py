@@ -57,3 +57,21 @@ def test_a_storage_error_is_one_line(tmp_path):
     with pytest.raises(StorageError) as err:
         append_lines(tmp_path / "dir.jsonl", ["{}"])
     assert "\n" not in str(err.value) and "dir.jsonl" in str(err.value)
+
+
+def test_a_folder_moved_aside_by_a_killed_replace_is_put_back_or_removed(tmp_path):
+    from bpo.io import replace_dir, temp_dir
+
+    old = tmp_path / ".model.bpo-old-123"  # killed after moving model aside, before the new one arrived
+    old.mkdir()
+    (old / "weights").write_text("old")
+    tmp = temp_dir(tmp_path, ".model.bpo-tmp-")  # the next attempt starts here
+    assert (tmp_path / "model" / "weights").read_text() == "old" and not old.exists()
+    (tmp / "weights").write_text("new")
+    replace_dir(tmp, tmp_path / "model")
+    assert (tmp_path / "model" / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    gone = tmp_path / ".model.bpo-old-456"  # killed after the new one arrived, before the old was removed
+    gone.mkdir()
+    temp_dir(tmp_path, "x")
+    assert not gone.exists() and (tmp_path / "model" / "weights").read_text() == "new"

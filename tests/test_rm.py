@@ -317,3 +317,25 @@ def test_degenerate_pairs_are_left_out_and_an_at_chance_judge_is_warned(tmp_path
     assert held["ci95"][0] <= 0.5  # 8 held-out pairs cannot show a judge beats a coin
     assert "interval includes 0.5, so this judge is not shown to beat a coin" in res.output
     assert result["warnings"] and all(w in res.output for w in result["warnings"])
+
+
+def test_rm_out_never_deletes_what_bpo_did_not_write(tmp_path, monkeypatch):
+    """`bpo rm pairs.jsonl --out .` deleted every file in the folder, then failed."""
+    data = tmp_path / "pairs.jsonl"
+    write_trl(data, 16)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(work)
+    for out in (".", str(work)):
+        res = train_tiny_rm(data, out)
+        assert res.exit_code == 2 and "bpo replaces only its own output" in res.output, res.output
+    assert (work / "thesis.tex").read_text() == "years of work"
+    rm = tmp_path / "rm"
+    assert train_tiny_rm(data, rm).exit_code == 0
+    first = json.loads((rm / "rm.json").read_text())
+    res = train_tiny_rm(data, rm, "--seed", "1")  # a reward model bpo wrote: replaced
+    assert res.exit_code == 0 and json.loads((rm / "rm.json").read_text())["seed"] == 1 != first["seed"]
+    res = train_tiny_rm(data, work, "--force")
+    assert res.exit_code == 0 and (work / "rm.json").exists() and not (work / "thesis.tex").exists()
+    assert not [p for p in tmp_path.iterdir() if ".bpo-" in p.name]

@@ -23,7 +23,16 @@ from accelerate import Accelerator
 
 from bpo.config import Config
 from bpo.errors import BpoError
-from bpo.io import read_jsonl, remove_leftovers, replace_dir, temp_dir, write_json, write_jsonl, write_text_atomic
+from bpo.io import (
+    TEMP_FILE,
+    read_jsonl,
+    remove_leftovers,
+    replace_dir,
+    temp_dir,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
 from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
 from bpo.models import HUB_NAMES
 
@@ -196,7 +205,8 @@ def save_final(run: Run) -> None:
 
 def clean_leftovers(out: Path) -> list[Path]:
     """Temp folders a killed run left behind (its checkpoint or final save was cut short)."""
-    return remove_leftovers(out / "checkpoints", [".tmp-*", "*.tmp"]) + remove_leftovers(out, [".final-*", "*.tmp"])
+    mine = f"*{TEMP_FILE}"  # only bpo's own temp names: a user's *.tmp files stay
+    return remove_leftovers(out / "checkpoints", [".tmp-*", mine]) + remove_leftovers(out, [".final-*", mine])
 
 
 def trim_metrics(path: Path, step: int) -> None:

@@ -288,13 +288,15 @@ def rm(
     ),
     seed: int = typer.Option(0, help="split, order and initialisation"),
     device: str = typer.Option("", help="cpu, cuda ... (empty: cuda when available)"),
+    force: bool = typer.Option(False, "--force", help="replace --out even if it is not a reward model bpo wrote"),
 ) -> None:
     """Train a Bradley-Terry reward model on human pairs; prints and saves its held-out accuracy (OUT/rm.json)."""
     import dataclasses
 
     from bpo.data import load_pairs, load_prompts, plain_dialogue
+    from bpo.io import check_target
     from bpo.progress import progress_bar
-    from bpo.rm import RewardModelError, train_rm
+    from bpo.rm import RewardModelError, is_reward_model, train_rm
 
     i, sep, n = part.partition("/")
     if not (sep and i.isdigit() and n.isdigit()):
@@ -306,6 +308,7 @@ def rm(
         raise RewardModelError(f"--holdout {holdout} must be in [0, 1), --lora-r {lora_r} >= 0, --lr {lr} in (0, 1)")
     if dialogue not in ("keep", "plain"):
         raise RewardModelError(f"--dialogue {dialogue!r}: use keep or plain")
+    check_target(out, "a reward model bpo wrote", is_reward_model, force)  # before any work
     pairs = load_pairs(data)
     if dialogue == "plain":
         pairs = [dataclasses.replace(p, prompt=plain_dialogue(p.prompt)) for p in pairs]
@@ -331,6 +334,7 @@ def rm(
             device=device or None,
             source=str(data),
             progress=progress,
+            force=force,
         )
     tr, held = result["train"], result["heldout"]
     console.print(
@@ -393,11 +397,12 @@ def export(
     run: Path = typer.Argument(..., help="a finished run folder"),
     merged: Path = typer.Option(None, help="write the behavior model merged into the base weights here"),
     adapter: Path = typer.Option(None, help="write the behavior model as a PEFT adapter here"),
+    force: bool = typer.Option(False, "--force", help="replace a target folder that is not a bpo export"),
 ) -> None:
     """The run's behavior model for the Hub: merged (a plain transformers folder) or a PEFT adapter, with a card."""
     from bpo.export import export as run_export
 
-    for path in run_export(run, merged, adapter):
+    for path in run_export(run, merged, adapter, force):
         console.print(f"wrote {path}")
 
 

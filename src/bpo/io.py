@@ -15,7 +15,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,30 @@ class FolderInUseError(BpoError, RuntimeError):
     """Another process holds the folder's lock; the message names it."""
 
 
+class StorageError(BpoError, OSError):
+    """A file could not be written (disk full, no permission); the message names it and what to do."""
+
+
+class DamagedFileError(BpoError, ValueError):
+    """A line in the middle of an append-only file is not what bpo wrote; the message names file and line."""
+
+
+TEMP_FILE = ".bpo-tmp"  # the suffix of bpo's own temp files: the only files it removes at a start
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write to a temp file beside ``path``, then rename: a kill never leaves a half-written file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}{TEMP_FILE}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(
+            f"cannot write {path} ({err.strerror or err}); the file is as it was: free space (or fix the "
+            "permissions), then run the command again (a run continues with bpo train --resume RUN)"
+        ) from None
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -42,14 +60,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """JSON, written atomically: readers never see half a file."""
     write_text_atomic(path, json.dumps(obj, indent=2))
-
-
-class StorageError(BpoError, OSError):
-    """A file could not be written (disk full, no permission); the message names it and what to do."""
-
-
-class DamagedFileError(BpoError, ValueError):
-    """A line in the middle of an append-only file is not what bpo wrote; the message names file and line."""
 
 
 def _torn_tail(f: Any, size: int) -> int:
@@ -131,14 +141,62 @@ def read_jsonl(path: str | Path) -> list[Any]:
 def temp_dir(beside: Path, prefix: str) -> Path:
     """A fresh temp folder in ``beside`` (same file system, so the final rename is atomic)."""
     beside.mkdir(parents=True, exist_ok=True)
+    restore_aside(beside)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=beside))
 
 
+ASIDE = ".bpo-old-"  # a folder being replaced waits under ".NAME.bpo-old-PID" until its successor is in place
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing what was there."""
-    if final.exists():
-        shutil.rmtree(final)
+    """Move the finished folder ``tmp`` to ``final``; what was there is moved aside first and removed only
+    once the new one is in place, so a kill at any moment leaves the old or the new folder (never none)."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.parent / f".{final.name}{ASIDE}{os.getpid()}"
+    os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_aside(folder: Path) -> None:
+    """After a kill in :func:`replace_dir`: put back a folder moved aside whose successor never arrived,
+    remove one whose successor did."""
+    for old in folder.glob(f".*{ASIDE}*"):
+        final = folder / old.name[1:].split(ASIDE)[0]
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+
+
+def temp_for(target: Path) -> Path:
+    """A temp folder to build ``target`` in, beside it; what a killed earlier attempt left there is cleaned
+    first (its temp folders, and a folder it had moved aside is put back)."""
+    remove_leftovers(target.parent, [f".{target.name}{TEMP_FILE}-*"])
+    return temp_dir(target.parent, f".{target.name}{TEMP_FILE}-")
+
+
+def check_target(
+    target: Path, what: str, ours: Callable[[Path], bool], force: bool, reading: Path | None = None
+) -> Path:
+    """Refuse to replace a folder bpo did not write: an existing, non-empty ``target`` must be ``what``
+    (``ours`` says whether it is) unless ``force``; a target inside (or holding) the folder being read
+    is refused always. Returns the target, resolved."""
+    target = Path(target).resolve()
+    if reading is not None:
+        src = Path(reading).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise BpoError(f"{target} is inside {src}, which is being read (or holds it); write somewhere else")
+    if target.exists() and not target.is_dir():
+        raise BpoError(f"{target} is a file, not a folder; choose a new folder")
+    if target.is_dir() and any(target.iterdir()) and not ours(target) and not force:
+        raise BpoError(
+            f"{target} exists and is not {what}; bpo replaces only its own output: choose a new or empty folder, "
+            "or pass --force to replace it (the old one is kept until the new one is complete)"
+        )
+    return target
 
 
 def remove_leftovers(folder: Path, patterns: Iterable[str]) -> list[Path]:

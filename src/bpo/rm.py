@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from bpo.data import PreferenceRecord, shuffled
 from bpo.errors import BpoError
-from bpo.io import FolderLock, replace_dir, temp_dir, write_json
+from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json
 from bpo.logprobs import pad
 from bpo.models import ModelLoadError, default_device, offline_model_folder
 from bpo.stats import bootstrap_ci
@@ -261,6 +261,11 @@ def _lora(model: Any, r: int, top_layers: int) -> Any:
     )
 
 
+def is_reward_model(folder: Path) -> bool:
+    """A folder ``bpo rm`` wrote: it has both of its own files."""
+    return (folder / "rm.json").is_file() and (folder / FORMAT_FILE).is_file()
+
+
 def rm_warnings(result: dict) -> list[str]:
     """What makes a reward model's figures, or its use as a judge, doubtful."""
     out = []
@@ -297,12 +302,18 @@ def train_rm(
     device: str | None = None,
     source: str = "",
     progress: Any = None,
+    force: bool = False,
 ) -> dict:
-    """Train, measure and save a reward model; returns what ``rm.json`` holds. ``lora_r=0``: full fine-tuning."""
+    """Train, measure and save a reward model; returns what ``rm.json`` holds. ``lora_r=0``: full fine-tuning.
+
+    ``out`` is replaced only when it is a reward model bpo wrote (or empty, or ``force``), and only once
+    the new one is complete.
+    """
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
     started = time.time()
+    out = check_target(out, "a reward model bpo wrote", is_reward_model, force)
     degenerate = sum(p.chosen.strip() == p.rejected.strip() for p in pairs)
     if degenerate == len(pairs):
         raise RewardModelError(
@@ -367,7 +378,7 @@ def train_rm(
     result["degenerate_pairs_left_out"] = degenerate
     result["warnings"] = rm_warnings(result)
     result["wall_seconds"] = round(time.time() - started, 1)
-    tmp = temp_dir(out.parent, f".{out.name}-")
+    tmp = temp_for(out)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
