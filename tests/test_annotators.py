@@ -154,3 +154,25 @@ def test_a_reward_model_scores_at_the_length_it_was_trained_at(tmp_path):
     assert longer.scores(recs, ["x " * 40]) != own.scores(recs, ["x " * 40])  # the length moves the score
     plain = make_tiny_rm(tmp_path / "other")  # no bpo_rm.json: 1024, as before
     assert RewardModelAnnotator(str(plain), device="cpu").rm.max_length == 1024
+
+
+@pytest.mark.parametrize(
+    "body, said",
+    [("return None", "returned None for prompt a; expected a number"), ("raise KeyError('oops')", "raised KeyError")],
+)
+def test_a_callable_that_returns_nothing_or_raises_is_one_line(tmp_path, body, said):
+    from conftest import tiny_config
+    from typer.testing import CliRunner
+
+    from bpo.annotators import AnnotatorError
+    from bpo.cli import app
+
+    judge = tmp_path / "judge.py"
+    judge.write_text(f"def score(record, response):\n    {body}\n")
+    ann = ScoreAnnotator(load_callable(f"{judge}:score"), "callable:mine")
+    with pytest.raises(AnnotatorError, match=said.replace("prompt a", "prompt a")):
+        ann.annotate([PromptRecord("a", "p")], [("x", "yy")])
+    over = tiny_config(tmp_path, **{"annotator.kind": "callable", "annotator.callable": f"{judge}:score"})
+    res = CliRunner().invoke(app, ["train", "quickstart", *over, "--no-eval"])
+    last = res.output.strip().splitlines()[-1]
+    assert res.exit_code == 2 and last.startswith("error: annotator callable:") and "Traceback" not in res.output

@@ -104,3 +104,30 @@ def test_config_show_round_trips_and_documents_every_field(tmp_path, preset):
         for v in (getattr(cfg, f.name) for f in dataclasses.fields(cfg))
     )
     assert all(not k.endswith("# ") for k in keys)  # every field has its help text
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("train.beta=[0.1", "override 'train.beta=[0.1': train: beta: expected float, got '[0.1'"),
+        ("model.name=!!python/object:os.system", "YAML tags are not taken"),
+        ("sft.seeds=[0, 1", "sft: seeds: '[0, 1' is not a list; write [a, b] or a,b"),
+        (
+            "data.prompt_template=Q: {x} {prompt}",
+            "data.prompt_template = 'Q: {x} {prompt}': KeyError('x') is not a field",
+        ),
+        ("data.prompt_template=Q: {prompt", "data.prompt_template = 'Q: {prompt'"),
+    ],
+)
+def test_a_malformed_override_is_one_line_not_a_traceback(override, said):
+    res = CliRunner().invoke(app, ["train", override])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], res.output
+
+
+@pytest.mark.parametrize("garbage", [b"model: [unclosed\n", b"- a list\n- not a mapping\n", b"\xff\xfe\x00binary"])
+def test_a_garbage_config_on_resume_is_one_line(tmp_path, garbage):
+    (tmp_path / "config.yaml").write_bytes(garbage)
+    res = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "config.yaml" in lines[0] and "restore" in lines[0], res.output

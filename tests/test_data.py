@@ -134,3 +134,31 @@ def test_length_filter_and_seeded_shuffle(tiny):
     assert [r.id for r in kept] == ["3", "4"]  # byte tokenizer: one token per character
     a, b = shuffled(recs, 3), shuffled(recs, 3)
     assert a == b and a != recs and sorted(a, key=lambda r: int(r.id)) == recs
+
+
+def test_an_overlong_prompt_is_dropped_by_default_and_said(tmp_path):
+    """A 250k-token prompt ran over 300 s with no output: there was no default length limit."""
+    from bpo.config import load_config
+    from bpo.data import load_source
+    from bpo.models import byte_tokenizer
+
+    f = tmp_path / "p.jsonl"
+    rows = [{"id": "short", "prompt": "hello?", "label": "hi"}, {"id": "huge", "prompt": "x" * 5000, "label": "y"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"data.eval={f}"])
+    assert cfg.data.max_prompt_tokens == 1024
+    with pytest.warns(UserWarning, match=r"dropped 1 of 2 records whose prompt is over data.max_prompt_tokens=1024 "
+                                         r"tokens \(first: p-2\)"):  # fmt: skip
+        kept = load_source(cfg.data, "eval", 10, byte_tokenizer())
+    assert [r.prompt for r in kept] == ["hello?"]
+    cfg = load_config(None, [f"data.eval={f}", "data.max_prompt_tokens="])  # empty: no limit
+    assert cfg.data.max_prompt_tokens is None and len(load_source(cfg.data, "eval", 10, byte_tokenizer())) == 2
+
+
+def test_binary_data_is_one_error_naming_the_file(tmp_path):
+    from bpo.data import DataError, load_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(b'{"prompt": "ok"}\n\xff\xfe\x00\x01garbage\n')
+    with pytest.raises(DataError, match=r"p\.jsonl: not UTF-8 text"):
+        load_prompts(f)

@@ -440,3 +440,81 @@ def test_a_killed_compare_takes_its_run_with_it_and_a_rerun_resumes(tmp_path, re
     rerun = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (out / "bpo-f2" / "seed0" / "eval.json").exists()
+
+
+# ----------------------------------------------------------------------------- verified weights
+
+
+def test_a_damaged_sft_cache_member_is_trained_again_not_trained_from(tmp_path, reference):
+    """Flipped bytes in an SFT cache adapter were trained from, exit 0."""
+    import shutil
+
+    sft = tmp_path / "sft"
+    shutil.copytree(reference["sft"], sft)
+    _flip(sft / "member0" / "adapter_model.safetensors")
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=sft)]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "member SFT" in res.stderr  # trained again
+    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])
+
+
+def test_an_sft_dir_made_with_other_settings_is_refused(tmp_path, reference):
+    """A reused sft_dir with other SFT settings was taken as is (the ledger then recorded settings never used)."""
+    import shutil
+
+    sft = tmp_path / "sft"
+    shutil.copytree(reference["sft"], sft)
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=sft), "sft.lr=0.5"]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert res.returncode == 2 and "holds SFT adapters made with other settings" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "annotations.jsonl").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped"])
+def test_a_lost_or_damaged_final_is_rebuilt_by_resume_and_never_exported(tmp_path, reference, damage):
+    """A corrupted final/behavior was evaluated and exported; a deleted final/ was a dead end (export said
+    resume, resume said finished)."""
+    import shutil
+
+    run = stopped_run(tmp_path, reference["sft"], at_step=7)
+    assert resume(run).returncode == 0
+    if damage == "deleted":
+        shutil.rmtree(run / "final")
+    else:
+        _flip(run / "final" / "behavior" / "adapter_model.safetensors")
+        out = subprocess.run(
+            [sys.executable, "-m", "bpo.cli", "export", str(run), "--adapter", str(tmp_path / "exp")],
+            env=ENV, capture_output=True, text=True,
+        )  # fmt: skip
+        assert (
+            out.returncode == 2 and "final is not as the run saved it" in out.stderr and not (tmp_path / "exp").exists()
+        )
+    (run / "report.md").unlink()
+    res = resume(run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rebuilding it from the last checkpoint" in res.stderr + res.stdout
+    assert (run / "report.md").exists() and (run / "run.json").exists()
+    assert_same(snapshot(run), reference["snapshot"])
+
+
+def test_a_missing_report_is_written_on_resume(tmp_path, reference):
+    """A kill after run.json but before report.md left no report, ever."""
+    run = stopped_run(tmp_path, reference["sft"], at_step=7)
+    assert resume(run).returncode == 0
+    (run / "report.md").unlink()
+    res = resume(run)
+    assert res.returncode == 0 and (run / "report.md").exists() and "it was missing" in res.stderr + res.stdout
+
+
+def test_a_run_that_failed_before_its_first_judgement_does_not_block_its_folder(tmp_path):
+    """A callable path without ':score' left a ledger header; the corrected command was refused ("its 0
+    judgements are not this run's")."""
+    judge = tmp_path / "judge.py"
+    judge.write_text("def score(record, response):\n    return float(len(response))\n")
+    base = args(tmp_path, **{"annotator.kind": "callable", "train.steps": 2, "train.phases": 1})
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *base]
+    wrong = subprocess.run([*cmd, f"annotator.callable={judge}:scor"], env=ENV, capture_output=True, text=True)
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    right = subprocess.run([*cmd, f"annotator.callable={judge}:score"], env=ENV, capture_output=True, text=True)
+    assert right.returncode == 0, right.stderr[-2000:]

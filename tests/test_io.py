@@ -75,3 +75,13 @@ def test_a_folder_moved_aside_by_a_killed_replace_is_put_back_or_removed(tmp_pat
     gone.mkdir()
     temp_dir(tmp_path, "x")
     assert not gone.exists() and (tmp_path / "model" / "weights").read_text() == "new"
+
+
+def test_a_manifest_that_is_not_a_mapping_is_damaged_not_a_traceback(tmp_path):
+    from bpo.io import verify, write_manifest
+
+    (tmp_path / "f").write_text("x")
+    write_manifest(tmp_path)
+    assert verify(tmp_path) is None
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert verify(tmp_path) == "damaged manifest"

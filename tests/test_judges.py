@@ -33,6 +33,19 @@ class Server(BaseHTTPRequestHandler):
             return
         if fault == "slow":  # answers, but only after the client's time-out
             time.sleep(1.5)
+        if fault == "trickle":  # a valid answer, one byte every 0.1 s: each read is quick, the whole is not
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            for byte in payload:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
+                time.sleep(0.1)
+            return
         if fault == "html":
             return self._send(200, b"<html>gateway says hi</html>")
         if fault == "nochoices":
@@ -221,3 +234,12 @@ def test_a_tie_answer_is_a_tie_and_is_cached(url, tmp_path):
     j = judge(url, tmp_path)
     assert j.compare("p", "a longer answer", "short") == 0.5 and j.invalid == 0
     assert [json.loads(x)["answer"] for x in (tmp_path / "cache.jsonl").read_text().splitlines()] == ["tie", "tie"]
+
+
+def test_a_judge_trickling_its_answer_is_cut_at_the_deadline(url, tmp_path):
+    """eval.judge_timeout bounded each socket read, not the request: a trickling judge took 147 s for 2
+    requests at a 2 s time-out."""
+    Server.faults = ["trickle"] * 2  # each answer would take ~6 s; the deadline is 0.5 s a request
+    j = judge(url, tmp_path, retries=1, timeout=0.5)
+    with pytest.raises(JudgeError, match=r"failed after 2 tries \(last: TimeoutError"):
+        j.compare("p", "a longer answer", "short")

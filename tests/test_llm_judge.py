@@ -1,6 +1,8 @@
 """annotator.kind=llm_judge: a pairwise LLM judge over an OpenAI-compatible API trains the policy."""
 
 import json
+import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +25,14 @@ class Judge(BaseHTTPRequestHandler):
 
     lock = threading.Lock()
     requests = in_flight = most_in_flight = 0
+    kill_at: int | None = None  # SIGKILL ``victim`` when this request arrives (a kill with requests in flight)
+    victim: int | None = None
 
     def do_POST(self):  # noqa: N802
         with Judge.lock:
             Judge.requests += 1
+            if Judge.kill_at is not None and Judge.requests == Judge.kill_at and Judge.victim:
+                os.kill(Judge.victim, signal.SIGKILL)
             Judge.in_flight += 1
             Judge.most_in_flight = max(Judge.most_in_flight, Judge.in_flight)
         time.sleep(0.02)  # long enough for concurrent requests to overlap
@@ -52,6 +58,7 @@ class Judge(BaseHTTPRequestHandler):
 @pytest.fixture()
 def judge_url():
     Judge.requests = Judge.in_flight = Judge.most_in_flight = 0
+    Judge.kill_at = Judge.victim = None
     server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/v1"
@@ -136,3 +143,29 @@ def test_invalid_answers_and_ties_are_counted_apart():
 
     got = LLMJudgeAnnotator(Answers(), 1).annotate([PromptRecord(p, p) for p in ("p1", "p2", "p3")], [("x", "y")] * 3)
     assert [(j.choice, j.unjudged, j.calls) for j in got] == [(0, None, 2), (None, "tie", 2), (None, "invalid", 2)]
+
+
+def test_a_kill_rebuys_at_most_the_requests_in_flight_and_every_request_is_counted(tmp_path, judge_url):
+    """A killed llm_judge run re-bought ~4 requests a kill and its ledger recorded 124 and 100 of 132 and 136."""
+    import subprocess
+    import sys
+
+    over = overrides(tmp_path, judge_url, **{"train.steps": 6, "train.phases": 1, "train.batch_size": 4})
+    cmd = [sys.executable, "-m", "bpo.cli", "train", "quickstart", *over, "--no-eval"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    Judge.kill_at, Judge.victim = 7, None  # the judge kills the run as its 7th request arrives: some in flight
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    Judge.victim = proc.pid
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    Judge.kill_at = None
+    res = subprocess.run([sys.executable, "-m", "bpo.cli", "train", "--resume", str(tmp_path / "run"), "--no-eval"],
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    judged = [e for e in AnnotationLog(tmp_path / "run" / "annotations.jsonl").entries if not e.identical]
+    questions = 2 * len(judged)
+    rebought = Judge.requests - questions
+    assert 0 <= rebought <= 2  # annotator.concurrency: only the requests in flight at the kill
+    counted = json.loads((tmp_path / "run" / "run.json").read_text())["judge_requests"]
+    assert Judge.requests <= counted <= Judge.requests + 2  # every request sent is counted (a kill may land
+    # between counting one and sending it: at most the in-flight ones more)

@@ -51,3 +51,23 @@ def test_a_run_that_trained_on_nothing_and_a_win_rate_of_ties_are_warned(tmp_pat
     assert any("win rate vs start rests mostly on ties (4 of 4 prompts)" in w for w in warned)
     for w in warned:
         assert w in res.output and w in (run / "report.md").read_text()
+
+
+def test_garbage_in_a_run_folder_is_one_line_naming_the_file(tmp_path):
+    """Garbage in metrics.jsonl, eval.json or run.json was a one-line error that named no file."""
+    import json
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "quickstart", *tiny_config(tmp_path, **{"train.steps": 2}), "--no-eval"])
+    assert res.exit_code == 0, res.output
+    for name, garbage in (("eval.json", "{oops"), ("run.json", "[1]"), ("metrics.jsonl", '"a string"\n')):
+        keep = (run / name).read_text() if (run / name).exists() else None
+        (run / name).write_text(garbage)
+        res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r")])
+        last = res.output.strip().splitlines()[-1]
+        assert res.exit_code == 2 and last.startswith("error: ") and name in last, (name, res.output)
+        if keep is None:
+            (run / name).unlink()
+        else:
+            (run / name).write_text(keep)
+    assert json.loads((run / "run.json").read_text())["steps"] == 2

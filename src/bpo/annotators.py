@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from bpo.config import Config
 from bpo.data import PromptRecord
+from bpo.errors import BpoError
 
 
 @dataclass
@@ -41,6 +42,20 @@ class Annotator(Protocol):
     def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
         """A score per response: what evaluation compares (a win is a strictly higher score)."""
         ...
+
+
+class AnnotatorError(BpoError, ValueError):
+    """A user's annotator failed or answered something that is not a judgement; the message names it."""
+
+
+def call_user(name: str, record: PromptRecord, fn: Callable[..., Any], *args: Any) -> Any:
+    """A user's function, its exception said in one line naming it and the prompt (not a traceback)."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - any failure of user code is reported as theirs, in one line
+        raise AnnotatorError(
+            f"annotator {name} raised {type(err).__name__}: {' '.join(str(err).split())[:200]} for prompt {record.id}"
+        ) from None
 
 
 def check_finite(name: str, record: PromptRecord, scores: Sequence[float]) -> None:
@@ -68,7 +83,13 @@ class ScoreAnnotator:
         self.name = name
 
     def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
-        return [float(self.score_one(p, r)) for p, r in zip(prompts, responses)]
+        out = []
+        for p, r in zip(prompts, responses):
+            got = call_user(self.name, p, self.score_one, p, r)
+            if isinstance(got, bool) or not isinstance(got, (int, float)):
+                raise AnnotatorError(f"annotator {self.name} returned {got!r} for prompt {p.id}; expected a number")
+            out.append(float(got))
+        return out
 
     def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
         a = self.scores(prompts, [x for x, _ in pairs])
@@ -138,7 +159,7 @@ class PairwiseAnnotator(PairsOnly):
         )
 
     def _ask(self, record: PromptRecord, a: str, b: str) -> tuple[int | None, str | None]:
-        got = self.fn(record.prompt, a, b)
+        got = call_user(self.name, record, self.fn, record.prompt, a, b)
         choice, rationale = got if isinstance(got, tuple) and len(got) == 2 else (got, None)
         if choice not in (0, 1, None) or isinstance(choice, bool) or not isinstance(rationale, (str, type(None))):
             raise ValueError(

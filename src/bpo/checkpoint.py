@@ -10,8 +10,6 @@ so judgements that were paid for and trained on cannot silently change or vanish
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import random
 from collections.abc import Callable
@@ -29,8 +27,9 @@ from bpo.io import (
     remove_leftovers,
     replace_dir,
     temp_dir,
-    write_json,
+    verify,
     write_jsonl,
+    write_manifest,
     write_text_atomic,
 )
 from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
@@ -53,41 +52,6 @@ def frozen_adapters(reference: str) -> list[str]:
 
 def ledger_files(out: Path) -> list[Path]:
     return sorted(out.glob("annotations*.jsonl"))
-
-
-def _hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _hash(p)} for p in files}
-    write_json(folder / "manifest.json", manifest)
-
-
-def verify(folder: Path) -> str | None:
-    """None when every file the manifest lists is there with its size and hash; else what is wrong."""
-    if not folder.is_dir():
-        return "missing"
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except FileNotFoundError:
-        return "no manifest"
-    except json.JSONDecodeError:
-        return "damaged manifest"
-    for name, want in manifest.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != want["size"]:
-            return f"{name} has {path.stat().st_size} bytes, {want['size']} were written"
-        if _hash(path) != want["sha256"]:
-            return f"{name} does not match its hash"
-    return None
 
 
 def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict) -> None:
@@ -200,7 +164,18 @@ def save_final(run: Run) -> None:
             base = HUB_NAMES.get(run.cfg.model.name, run.cfg.model.name)
             text = card.read_text().replace("base_model: ''", f"base_model: {base}")
             card.write_text(text.replace("'base_model:adapter:'", f"'base_model:adapter:{base}'"))
+        write_manifest(tmp)  # verified before the final model is evaluated, exported or loaded by --run
         replace_dir(tmp, run.out / "final")
+
+
+def check_final(run: Path) -> None:
+    """A finished run's ``final/`` is what it saved: every file there with its size and hash."""
+    problem = verify(run / "final")
+    if problem is not None:
+        raise CheckpointError(
+            f"{run}/final is not as the run saved it ({problem}); rebuild it from the last checkpoint with "
+            f"bpo train --resume {run}"
+        )
 
 
 def clean_leftovers(out: Path) -> list[Path]:

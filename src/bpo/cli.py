@@ -22,6 +22,18 @@ from bpo.errors import AwaitingLabels, BpoError, Interrupted
 from bpo.progress import LogConsole
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
+_show_warning = warnings.showwarning
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """bpo's own warnings (dropped rows or prompts) as one ``warning:`` line; others as Python prints them."""
+    if category is UserWarning and f"{os.sep}bpo{os.sep}" in str(filename):
+        console.print(f"warning: {message}", soft_wrap=True, markup=False, highlight=False)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _warning_line
 
 HELP = """Online preference alignment with BPO (arXiv 2406.12168).
 
@@ -65,6 +77,10 @@ def _run_config(
             f"{adapter} does not exist: run {run} has not finished; finish it with `bpo train --resume {run}` "
             f"or pass --adapter RUN/checkpoints/<step>/adapters/behavior"
         )
+    if Path(adapter).resolve() == (run / "final" / "behavior").resolve():
+        from bpo.checkpoint import check_final
+
+        check_final(run)  # the adapter evaluated is the one the run saved
     check_adapter(adapter, cfg.model.name)
     return cfg, adapter
 

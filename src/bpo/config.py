@@ -70,7 +70,9 @@ class DataConfig:
     reference_field: str = setting("label", "field of the human reference in jsonl/csv files")
     prompt_template: str = setting("{prompt}", "text the model sees around each prompt")
     max_prompt_tokens: int | None = setting(
-        None, "drop longer prompts (the paper: 512 TL;DR, 64 helpful, 256 harmless)"
+        1024,
+        "drop longer prompts, saying how many (a very long prompt takes minutes a sample; the paper: 512 TL;DR, "
+        "64 helpful, 256 harmless); empty: no limit",
     )
     max_response_tokens: int | None = setting(None, "drop records with longer references")
     skip_bad_rows: bool = setting(False, "skip (and count) malformed rows instead of stopping")
@@ -276,6 +278,13 @@ class Config:
         need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)
         need(len(sft.seeds) >= 1, "sft.seeds", "at least one seed (one ensemble member per seed)", sft.seeds)
         need(len(set(sft.seeds)) == len(sft.seeds), "sft.seeds", "distinct (each seed is one member)", sft.seeds)
+        try:
+            d.prompt_template.format(prompt="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(
+                f"data.prompt_template = {d.prompt_template!r}: {err!r} is not a field; it may hold only {{prompt}} "
+                "(write a literal brace as {{ or }})"
+            ) from None
         for key in ("max_prompt_tokens", "max_response_tokens"):
             value = getattr(d, key)
             need(value is None or value >= 1, f"data.{key}", "empty (no limit) or at least 1", value)
@@ -373,8 +382,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not file.exists():
             raise ConfigError(f"{path}: no such config file or preset (presets: {', '.join(PRESETS)})")
         try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as err:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise ConfigError(f"{file}: not valid YAML: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level must be a mapping")
@@ -388,7 +397,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         parts = key.strip().split(".")
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            if raw.lstrip().startswith("!"):
+                raise ConfigError(f"override {item!r}: YAML tags are not taken; give a plain value") from None
+            cursor[parts[-1]] = raw  # not YAML ("Q: {prompt}"): the text as typed; its type is checked next
         apply_values(cfg, nested, f"override {item!r}")
     cfg.validate()
     return cfg
@@ -412,8 +426,9 @@ BEFORE_THEY_EXISTED = {  # micro_batch 1e9: the whole step at once; fold/prefill
 
 def sft_key(cfg: Config) -> str:
     """A short hash of everything that changes the SFT result: the SFT cache's key."""
-    parts = {"model": cfg.model.__dict__, "lora": cfg.lora.__dict__, "sft": cfg.sft.__dict__}
-    parts["data"] = {k: getattr(cfg.data, k) for k in ("sft", "prompt_template", "sft_examples", "seed")}
+    parts = {"model": cfg.model.__dict__, "lora": cfg.lora.__dict__, "sft": cfg.sft.__dict__, "device": cfg.device}
+    # every data setting that changes which SFT records are read and how (not the train or eval prompts)
+    parts["data"] = {k: v for k, v in cfg.data.__dict__.items() if k not in ("train", "eval", "eval_examples")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -421,7 +436,12 @@ def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Con
     path = Path(folder) / "config.yaml"
     if not path.exists():
         raise ConfigError(f"{folder}: no config.yaml; is this a bpo run folder?")
-    saved = yaml.safe_load(path.read_text()) or {}
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}); restore the run's config.yaml") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping; restore the run's config.yaml")
     older = [
         f"{k}={v}" for k, v in BEFORE_THEY_EXISTED.items() if k.split(".")[1] not in saved.get(k.split(".")[0], {})
     ]

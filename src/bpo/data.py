@@ -68,6 +68,15 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     name = path.name.removesuffix(".gz")
+    try:
+        yield from _rows(path, name)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); convert it to UTF-8") from None
+    except (OSError, EOFError) as err:  # a damaged .gz
+        raise DataError(f"{path}: cannot be read ({type(err).__name__}: {err})") from None
+
+
+def _rows(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     with _open_text(path) as f:
         if name.endswith(".csv"):
             reader = csv.DictReader(f)
@@ -284,14 +293,28 @@ def filter_by_length(
     max_prompt_tokens: int | None = None,
     max_response_tokens: int | None = None,
 ) -> list[PromptRecord]:
-    """Drop records whose prompt (or reference) is longer than the paper's limits allow."""
-    kept = []
+    """Drop records whose prompt (or reference) is longer than the limits allow, and say how many, which
+    first and what keeps them (a warning: a silent drop would leave a user counting prompts)."""
+    kept, dropped = [], {"prompt": [], "reference": []}
     for r in records:
         if max_prompt_tokens and len(tokenizer(r.prompt).input_ids) > max_prompt_tokens:
-            continue
-        if max_response_tokens and r.reference and len(tokenizer(r.reference).input_ids) > max_response_tokens:
-            continue
-        kept.append(r)
+            dropped["prompt"].append(r.id)
+        elif max_response_tokens and r.reference and len(tokenizer(r.reference).input_ids) > max_response_tokens:
+            dropped["reference"].append(r.id)
+        else:
+            kept.append(r)
+    for what, ids in dropped.items():
+        if ids:
+            key, limit = (
+                ("max_prompt_tokens", max_prompt_tokens)
+                if what == "prompt"
+                else ("max_response_tokens", max_response_tokens)
+            )
+            warnings.warn(
+                f"dropped {len(ids)} of {len(records)} records whose {what} is over data.{key}={limit} tokens "
+                f"(first: {ids[0]}); a larger data.{key} keeps them (empty: no limit)",
+                stacklevel=2,
+            )
     return kept
 
 

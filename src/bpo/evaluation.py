@@ -59,11 +59,10 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     start_cache = sft_dir(cfg) / f"eval-start-{start_key}.json"
     for name, adapter in (("start", "sft"), ("trained", "behavior")):
         bar = progress.add_task(f"eval {name}", total=1)
-        if name == "start" and start_cache.exists():
-            texts = json.loads(start_cache.read_text())
-        else:
+        texts = _cached_texts(start_cache, len(records)) if name == "start" else None
+        if texts is None:
             texts = greedy(run.policy, records, cfg, run.ens, adapter)
-        if name == "start" and not start_cache.exists():
+        if name == "start" and _cached_texts(start_cache, len(records)) is None:
             write_json(start_cache, texts)
         responses[name] = texts
         progress.advance(bar)
@@ -78,6 +77,16 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     items = ({"id": r.id, **{k: v[i] for k, v in (scores | texts).items()}} for i, r in enumerate(records))
     write_jsonl(run.out / "eval_items.jsonl", items)
     return result
+
+
+def _cached_texts(path: Path, n: int) -> list[str] | None:
+    """The start model's cached responses; None when there are none, or the file is damaged (recomputed)."""
+    try:
+        texts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    ok = isinstance(texts, list) and len(texts) == n and all(isinstance(t, str) for t in texts)
+    return texts if ok else None
 
 
 def _greedy_settings(cfg) -> dict:
@@ -264,7 +273,10 @@ def run_eval(
     from bpo.models import load_policy
 
     check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
-    needs_tokenizer = cfg.data.max_prompt_tokens or cfg.data.max_response_tokens
+    from bpo.data import SOURCES
+
+    # a file's prompts are length-filtered in the policy's tokens; a registered source (quickstart) is not
+    needs_tokenizer = cfg.data.eval not in SOURCES and (cfg.data.max_prompt_tokens or cfg.data.max_response_tokens)
     tokenizer = load_policy(cfg.model.name, "cpu").tokenizer if needs_tokenizer else None  # only for length filters
     records = load_source(cfg.data, "eval", cfg.data.eval_examples, tokenizer)
     if not records:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from bpo.checkpoint import check_final
 from bpo.config import ConfigError, resume_config
 from bpo.io import check_target, replace_dir, temp_for
 from bpo.models import HUB_NAMES
@@ -72,6 +73,7 @@ def export(
             targets[kind] = check_target(Path(target), what, lambda f, k=kind: is_export(f, k), force, reading=run)
     if not (behavior / "adapter_config.json").exists():
         raise ConfigError(f"{run} has no final/behavior adapter: export a finished run (bpo train --resume {run})")
+    check_final(run)  # a damaged final/behavior is not exported
     cfg = resume_config(run)
     written = []
     if "adapter" in targets:

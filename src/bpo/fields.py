@@ -37,13 +37,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
             return None
         return _coerce(value, args[0], where)
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            try:
+                value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            except yaml.YAMLError:
+                raise ConfigError(f"{where}: {value!r} is not a list; write [a, b] or a,b") from None
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, inner, where) for v in value]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -210,6 +211,46 @@ def remove_leftovers(folder: Path, patterns: Iterable[str]) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+MANIFEST = "manifest.json"  # size and SHA-256 of every file of a folder bpo wrote, written last
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _hash(p)} for p in files}
+    write_json(folder / MANIFEST, manifest)
+
+
+def verify(folder: Path) -> str | None:
+    """None when every file the manifest lists is there with its size and hash; else what is wrong."""
+    if not folder.is_dir():
+        return "missing"
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "damaged manifest"
+    if not isinstance(manifest, dict) or not all(isinstance(v, dict) for v in manifest.values()):
+        return "damaged manifest"
+    for name, want in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['size']} were written"
+        if _hash(path) != want["sha256"]:
+            return f"{name} does not match its hash"
+    return None
 
 
 class FolderLock:

@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bpo.errors import BpoError, ConfigError
 from bpo.io import append_lines, read_jsonl
@@ -101,6 +102,25 @@ def parse_verdict(text: str) -> str | None:
     return None
 
 
+def _read_by(resp: Any, deadline: float, timeout: float) -> bytes:
+    """The whole body by ``deadline``: a socket time-out bounds each read, so a server trickling its
+    body a byte at a time would otherwise hold a request for ever."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no whole answer within {timeout:g} s")
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = resp.read1(1 << 16)
+        if not chunk:
+            if getattr(resp, "length", None):  # the server closed before the length it announced
+                raise http.client.IncompleteRead(data, resp.length)
+            return data
+        data += chunk
+
+
 def read_template(path: str | Path) -> str:
     """A judge prompt from a file: it must name {prompt}, {a} and {b} and no other field."""
     path = Path(path)
@@ -154,6 +174,7 @@ class HTTPPairwiseJudge:
         self.requests = 0  # HTTP requests made by this instance (cache hits excluded, retries included)
         self.invalid = 0  # questions whose answers stayed unreadable
         self._lock = threading.Lock()  # annotators ask from several threads: one cache line, one count at a time
+        self.journal: Path | None = None  # a run's judge-requests.jsonl: one line per request sent
 
     def _key(self, prompt: str, first: str, second: str) -> str:
         """Everything that shapes the answer: endpoint, model, the prompt template, sampling, both texts in order."""
@@ -161,10 +182,12 @@ class HTTPPairwiseJudge:
         shape = [self.url, self.model, template, self.temperature, self.max_tokens, prompt, first, second]
         return hashlib.sha256(json.dumps(shape).encode()).hexdigest()
 
-    def _post(self, body: bytes, spent: dict[str, int]) -> str:
+    def _post(self, body: bytes, spent: dict[str, int], key: str = "") -> str:
         """The answer text of one request, retrying transient faults; a JudgeError when they persist.
 
         ``spent`` counts what was paid for: requests (retries included) and the tokens the server reports.
+        With a ``journal`` every request is written there (fsync'd) before it is sent, so a kill loses
+        no count: the requests in flight at a kill are counted, and only they are bought again.
         """
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -175,11 +198,14 @@ class HTTPPairwiseJudge:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             with self._lock:
                 self.requests += 1
+                if self.journal is not None:
+                    append_lines(self.journal, [json.dumps({"time": round(time.time(), 3), "question": key[:16]})])
             spent["requests"] = spent.get("requests", 0) + 1
             try:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                deadline = time.monotonic() + self.timeout
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
+                    payload = json.loads(_read_by(resp, deadline, self.timeout).decode("utf-8"))
                 usage = payload.get("usage") if isinstance(payload, dict) else None
                 for k in ("prompt_tokens", "completion_tokens"):
                     if isinstance(usage, dict) and isinstance(usage.get(k), int):
@@ -208,7 +234,7 @@ class HTTPPairwiseJudge:
             }
         ).encode()
         for _ in range(self.retries + 1):
-            text = self._post(body, spent)
+            text = self._post(body, spent, key)
             answer = parse_verdict(text)
             if answer is not None:
                 with self._lock:

@@ -10,6 +10,7 @@ nor beyond its overlap). The page is one HTML file, no build step.
 from __future__ import annotations
 
 import html
+import json
 import secrets
 from importlib.resources import files
 from pathlib import Path
@@ -23,6 +24,35 @@ from starlette.routing import Route
 from bpo.labels import Item, LabelError, LabelQueue, LabelStore
 
 KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
+MAX_BODY = 16 * 1024  # a label is a few dozen bytes; anything much larger is refused unread
+
+
+class BadRequest(Exception):
+    """A request body the API cannot take: too large (413), not a JSON object (400)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object; refused before reading when it announces more than MAX_BODY bytes,
+    and while reading when it sends more (a body without a length)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise BadRequest(413, f"request body of {length} bytes; at most {MAX_BODY} are taken")
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise BadRequest(413, f"request body over {MAX_BODY} bytes")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(400, f"request body is not UTF-8 JSON ({type(err).__name__})") from None
+    if not isinstance(obj, dict):
+        raise BadRequest(400, f"request body must be a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
@@ -43,6 +73,8 @@ def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
                 return await endpoint(request)
             except LabelError as err:
                 return JSONResponse({"error": str(err)}, 409)
+            except BadRequest as err:
+                return JSONResponse({"error": str(err)}, err.status)
 
         return run
 
@@ -68,7 +100,7 @@ def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
         return JSONResponse(shown(store.next_item(who, request.query_params.get("id")), who))
 
     async def label(request: Request) -> Response:
-        data = await request.json()
+        data = await json_body(request)
         who, key, pair = labeller_of(data), str(data.get("key")), str(data.get("id"))
         if key not in KEYS:
             raise LabelError(f"key {key!r}: use 1 (left), 2 (right), t (tie) or s (skip)")
@@ -80,7 +112,7 @@ def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
         return JSONResponse(shown(store.next_item(who), who))
 
     async def undo(request: Request) -> Response:
-        who = labeller_of(await request.json())
+        who = labeller_of(await json_body(request))
         pair = await _in_thread(store.undo, who)
         return JSONResponse(shown(store.next_item(who, pair), who))
 

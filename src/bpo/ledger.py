@@ -72,8 +72,9 @@ class AnnotationLog:
     """Append-only JSONL ledger. A line cut by a kill is dropped on open (it was never used).
 
     ``settings`` (when given) must match the header of an existing ledger; a new ledger gets them
-    as its header. ``legacy_ok`` accepts a ledger written before headers existed (``--resume`` of
-    an old run).
+    as its header, and so does a new run over a ledger with no judgement (a run that failed before
+    its first: nothing was paid for). ``legacy_ok`` (a ``--resume``) accepts a ledger written before
+    headers existed and never replaces a header.
     """
 
     def __init__(self, path: str | Path, settings: dict[str, Any] | None = None, legacy_ok: bool = False):
@@ -94,8 +95,9 @@ class AnnotationLog:
                     "a new run cannot trust them: use another output_dir (or --resume the run that wrote it)"
                 )
             if not self.entries:
-                self.header = {"ledger": FORMAT, "fingerprint": fingerprint(settings), "settings": settings}
-                write_text_atomic(self.path, json.dumps(self.header) + "\n")  # an empty file, or only a torn line
+                self._write_header(settings)  # an empty file, or only a torn line
+        elif self.header["settings"] != settings and not self.entries and not legacy_ok:
+            self._write_header(settings)  # a new run after one that failed before its first judgement: none paid
         elif self.header["settings"] != settings:
             old, new = _flat(self.header["settings"]), _flat(settings)
             keys = sorted(old.keys() | new.keys())
@@ -105,6 +107,10 @@ class AnnotationLog:
                 f"{'; ...' if len(diffs) > 4 else ''}): its {len(self.entries)} judgements are not this run's. "
                 "Use another output_dir, or restore those settings to reuse them"
             )
+
+    def _write_header(self, settings: dict[str, Any]) -> None:
+        self.header = {"ledger": FORMAT, "fingerprint": fingerprint(settings), "settings": settings}
+        write_text_atomic(self.path, json.dumps(self.header) + "\n")
 
     def _read(self) -> tuple[dict[str, Any] | None, list[Annotation]]:
         if not self.path.exists():

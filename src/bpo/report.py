@@ -41,9 +41,24 @@ def load_run(folder: str | Path) -> dict:
 
     def read(name: str) -> dict:
         path = folder / name
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ReportError(
+                f"{path}: not valid JSON ({type(err).__name__}); bpo writes it whole, so it was changed "
+                "or damaged: restore it, or delete it and run bpo train --resume to write it again"
+            ) from None
+        if not isinstance(value, dict):
+            raise ReportError(f"{path}: not a JSON object; restore it or delete it")
+        return value
 
-    by_step = {m["step"]: m for m in read_jsonl(folder / "metrics.jsonl")}  # a resumed run may repeat steps
+    rows = read_jsonl(folder / "metrics.jsonl")
+    bad = next((i for i, m in enumerate(rows, 1) if not isinstance(m, dict) or not isinstance(m.get("step"), int)), 0)
+    if bad:
+        raise ReportError(f"{folder / 'metrics.jsonl'}: row {bad} is not a step's metrics; restore the file")
+    by_step = {m["step"]: m for m in rows}  # a resumed run may repeat steps
     return {
         "folder": folder,
         "config": yaml.safe_load((folder / "config.yaml").read_text()),

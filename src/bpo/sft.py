@@ -7,6 +7,7 @@ a second ``bpo train`` with the same SFT settings reuses them.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -15,10 +16,10 @@ import torch
 from rich.progress import Progress
 from transformers import get_cosine_schedule_with_warmup
 
-from bpo.config import Config, sft_key
+from bpo.config import Config, ConfigError, sft_key
 from bpo.data import PromptRecord, shuffled
 from bpo.ensemble import Ensemble
-from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, write_json
+from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, verify, write_json, write_manifest
 from bpo.logprobs import build_batch
 from bpo.models import Policy
 
@@ -33,8 +34,25 @@ def member_paths(cfg: Config) -> list[Path]:
     return [sft_dir(cfg) / f"member{i}" for i in range(len(cfg.sft.seeds))]
 
 
+def check_sft_dir(cfg: Config) -> None:
+    """An SFT cache holds adapters of one set of SFT settings: an ``sft_dir`` made with others is refused."""
+    recorded = sft_dir(cfg) / "settings.json"
+    if recorded.exists():
+        try:
+            key = json.loads(recorded.read_text()).get("key")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            key = "unreadable"
+        if key != sft_key(cfg):
+            raise ConfigError(
+                f"sft_dir {sft_dir(cfg)} holds SFT adapters made with other settings (key {key}; these settings "
+                f"make {sft_key(cfg)}): use another sft_dir, or leave it empty (a cache per setting)"
+            )
+
+
 def sft_done(cfg: Config) -> bool:
-    return all((p / "adapter_model.safetensors").exists() for p in member_paths(cfg))
+    """Every member's adapter is in the cache and matches its manifest (a damaged one is trained again)."""
+    check_sft_dir(cfg)
+    return all(verify(p) is None for p in member_paths(cfg))
 
 
 def tokenize_sft(policy: Policy, records: list[PromptRecord], template: str, max_length: int):
@@ -59,13 +77,15 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
     out = sft_dir(cfg)
     lock = FolderLock(out, "SFT cache", wait=True)  # runs sharing the cache (a compare grid) train it once
     remove_leftovers(out, [".member*-*"])  # a save cut short by a kill
+    check_sft_dir(cfg)
+    write_json(out / "settings.json", {"key": sft_key(cfg), "seeds": cfg.sft.seeds})
     paths = member_paths(cfg)
     steps_per_epoch = math.ceil(len(rows) / cfg.sft.batch_size)
     total = steps_per_epoch * cfg.sft.epochs
     task = progress.add_task("member SFT", total=total * k) if progress else None
     policy.model.train()  # LoRA dropout on: part of what makes members differ
     for name, seed, path in zip(ens.members, cfg.sft.seeds, paths):
-        if (path / "adapter_model.safetensors").exists():
+        if verify(path) is None:  # cached and intact (a damaged or unfinished one is trained again)
             ens.load_state(path.parent, [name])
             if progress:
                 progress.advance(task, total)
@@ -90,7 +110,6 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
                     progress.update(task, advance=1, description=f"member SFT {name} loss {loss.item():.3f}")
         _save_atomic(ens, name, path, cfg.model.name)
     policy.model.eval()
-    write_json(out / "settings.json", {"key": sft_key(cfg), "seeds": cfg.sft.seeds})
     lock.release()
     return paths
 
@@ -99,6 +118,7 @@ def _save_atomic(ens: Ensemble, name: str, path: Path, base_model: str) -> None:
     tmp = temp_dir(path.parent, f".{name}-")
     try:
         ens.save(tmp, [name], base_model=base_model)
+        write_manifest(tmp / name)  # last: verified before every use
         replace_dir(tmp / name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.text import Text
 from transformers import get_linear_schedule_with_warmup
 
-from bpo.annotators import Annotator, build_annotator, build_gold, judge_notes
+from bpo.annotators import Annotator, LLMJudgeAnnotator, build_annotator, build_gold, judge_notes
 from bpo.checkpoint import (
     clean_leftovers,
     has_checkpoint,
@@ -47,13 +47,13 @@ from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
 from bpo.errors import Interrupted
 from bpo.evaluation import evaluate_run, print_result
-from bpo.io import FolderLock, append_lines, write_json
+from bpo.io import FolderLock, append_lines, read_jsonl, verify, write_json
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
 from bpo.progress import Bars, Lines, LogConsole, progress_bar, step_line
 from bpo.report import load_run, run_warnings, write_report
-from bpo.sft import member_paths, run_sft, sft_done
+from bpo.sft import check_sft_dir, member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
 from bpo.timing import Timer
 from bpo.tracking import Trackers, check_wandb, win_rates
@@ -97,6 +97,9 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
     # the judges load before SFT: a wrong reward-model path fails in seconds, not after member SFT
     annotator = build_annotator(cfg)
     gold = build_gold(cfg) if cfg.eval.gold and evaluate else None  # --no-eval: nothing to judge
+    if isinstance(annotator, LLMJudgeAnnotator):  # every request it sends is counted in the run folder
+        rank = "" if acc.num_processes == 1 else f".rank{acc.process_index}"  # one writer per file
+        annotator.judge.journal = out / f"judge-requests{rank}.jsonl"
     for note in judge_notes(annotator, gold):
         progress.console.print(note, highlight=False, soft_wrap=True, markup=False)
 
@@ -215,7 +218,9 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
     save_final(run)
     result = {}
     if run.acc.is_main_process:
-        if evaluate:
+        if evaluate and resume and (run.out / "eval.json").exists():  # resumed after its evaluation: same model
+            result = json.loads((run.out / "eval.json").read_text())
+        elif evaluate:
             result = evaluate_run(run, progress)
             write_json(run.out / "eval.json", result)
             loop.trackers.summary(win_rates(result))
@@ -233,6 +238,9 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
         }
         if torch.cuda.is_available():
             info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        journals = sorted(run.out.glob("judge-requests*.jsonl"))  # an LLM judge's requests, written before sent
+        if journals:  # every request this run sent, those in flight at a kill included
+            info["judge_requests"] = sum(len(read_jsonl(j)) for j in journals)
         info["warnings"] = run_warnings(load_run(run.out)["metrics"], result, run.cfg.train.steps)
         for line in info["warnings"]:
             progress.console.print(line, highlight=False, soft_wrap=True, markup=False)
@@ -260,6 +268,7 @@ def train(
     out = Path(cfg.output_dir)
     cfg.check_sources()
     cfg.check_annotator()
+    check_sft_dir(cfg)
     check_wandb(cfg.logging.wandb)
     if evaluate:
         cfg.check_evaluation()
@@ -289,8 +298,17 @@ def train(
         if not resume and (has_checkpoint(out) or (out / "labels").is_dir()):
             raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
         if resume and (out / "run.json").exists():
-            console.print(f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help")
-            return {}
+            problem = verify(out / "final")
+            if problem is None:
+                if not (out / "report.md").exists():  # killed between run.json and the report
+                    console.print(f"wrote {write_report([out], out)} (it was missing)")
+                console.print(
+                    f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help"
+                )
+                return {}
+            # final/ lost or damaged after the run finished: the last checkpoint holds the end of training
+            console.print(f"{out}/final is not as the run saved it ({problem}); rebuilding it from the last checkpoint")
+            (out / "run.json").unlink()
         say = (
             (lambda msg: console.print(Text(msg, style="yellow"), soft_wrap=True))
             if acc.is_main_process
