@@ -233,7 +233,11 @@ def eval_(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...] (data.eval names the prompts)"),
     out: Path = typer.Option(..., help="folder for eval.json and items.jsonl"),
     adapter: str = typer.Option(None, help="PEFT adapter to evaluate (e.g. RUN/final/behavior)"),
-    responses: str = typer.Option(None, help="instead of --adapter: a file of responses aligned with the prompts"),
+    responses: str = typer.Option(
+        None,
+        help="instead of --adapter: responses to the eval prompts: JSONL {id, response} per line (matched by id; "
+        "without ids by position), a .json array, or plain text, one response per line",
+    ),
     against: str = typer.Option("reference", help="reference | base | ADAPTER_DIR | RESPONSES_FILE"),
     judge: str = typer.Option(
         "task", help="task (eval.gold, else the config's annotator, as scorer) | http (pairwise LLM)"
