@@ -105,3 +105,36 @@ def test_gemma3_samples_the_same_with_shared_prefill_and_a_folded_adapter():
     torch.testing.assert_close(
         torch.tensor([x for _, x in out[True]]), torch.tensor([x for _, x in out[False]]), atol=1e-3, rtol=0
     )
+
+
+@pytest.mark.slow
+def test_an_adapter_of_an_offline_model_loads_anywhere_with_auto_peft(tmp_path, monkeypatch):
+    """adapter_config.json named the base 'smollm2-135m-instruct', so AutoPeftModelForCausalLM failed offline."""
+    import os
+    import stat
+
+    from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
+
+    from bpo.ensemble import Ensemble
+    from bpo.io import replace_dir, temp_dir
+    from bpo.models import base_model_path, check_adapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "smollm2-135m-instruct"
+    policy = load_policy(name, "cpu")
+    ens = Ensemble.create(policy.model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]), 1)
+    for p in ens.member_parameters("member0"):
+        torch.nn.init.normal_(p, std=0.02)  # B is zero at creation: make the adapter change something
+    tmp = temp_dir(tmp_path, ".x-")
+    ens.save(tmp, ["member0"], base_model=base_model_path(name))
+    replace_dir(tmp, tmp_path / "final")
+    adapter = tmp_path / "final" / "member0"
+    check_adapter(adapter, name)  # bpo still knows which model.name it belongs to
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).eval()
+    plain = PeftModel.from_pretrained(load_policy(name, "cpu").model, str(adapter)).eval()
+    ids = torch.tensor([[1, 22, 333, 444, 55]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, plain(ids).logits)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "final").stat().st_mode) == 0o777 & ~umask  # mkdtemp made it 0700

@@ -33,7 +33,8 @@ from bpo.io import (
     write_text_atomic,
 )
 from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
-from bpo.models import HUB_NAMES
+from bpo.models import base_model_path
+from bpo.report import model_card
 
 if TYPE_CHECKING:
     from bpo.trainer import Run
@@ -60,7 +61,7 @@ def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict
         root = run.out / "checkpoints"
         tmp = temp_dir(root, ".tmp-")
         names = run.ens.members + frozen_adapters(run.cfg.train.reference)
-        run.ens.save(tmp / "adapters", names, base_model=run.cfg.model.name)
+        run.ens.save(tmp / "adapters", names, base_model=base_model_path(run.cfg.model.name))
         torch.save(
             {
                 "next_step": next_step,
@@ -158,14 +159,16 @@ def save_final(run: Run) -> None:
     """The trained ensemble in ``final/``: behavior (the merged model), sft (the start) and the members."""
     if run.acc.is_main_process:
         tmp = temp_dir(run.out, ".final-")
-        run.ens.save(tmp, ["behavior", "sft", *run.ens.members], base_model=run.cfg.model.name)
-        card = tmp / "README.md"  # PEFT's card names the base model only when it came from the Hub
-        if card.exists():
-            base = HUB_NAMES.get(run.cfg.model.name, run.cfg.model.name)
-            text = card.read_text().replace("base_model: ''", f"base_model: {base}")
-            card.write_text(text.replace("'base_model:adapter:'", f"'base_model:adapter:{base}'"))
+        run.ens.save(tmp, ["behavior", "sft", *run.ens.members], base_model=base_model_path(run.cfg.model.name))
+        (tmp / "README.md").write_text(model_card(run.out, "final"))  # PEFT's is an empty template
         write_manifest(tmp)  # verified before the final model is evaluated, exported or loaded by --run
         replace_dir(tmp, run.out / "final")
+
+
+def write_final_card(out: Path) -> None:
+    """The final/ card again, with the evaluation's figures once there are some (manifest updated)."""
+    (out / "final" / "README.md").write_text(model_card(out, "final"))
+    write_manifest(out / "final")
 
 
 def check_final(run: Path) -> None:

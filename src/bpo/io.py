@@ -143,7 +143,15 @@ def temp_dir(beside: Path, prefix: str) -> Path:
     """A fresh temp folder in ``beside`` (same file system, so the final rename is atomic)."""
     beside.mkdir(parents=True, exist_ok=True)
     restore_aside(beside)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=beside))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=beside))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: the folder it becomes is an ordinary one
+    return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 ASIDE = ".bpo-old-"  # a folder being replaced waits under ".NAME.bpo-old-PID" until its successor is in place

@@ -121,16 +121,28 @@ def offline_model_folder(name: str) -> Path | None:
     return _cached_offline_model(name) if name in ("smollm2-135m-instruct", "gemma3-270m") else None
 
 
+def base_model_path(name: str) -> str:
+    """What an adapter records as its base model (``base_model_name_or_path``): for a built-in offline
+    model the folder bpo keeps it in, so ``AutoPeftModelForCausalLM.from_pretrained(ADAPTER)`` loads
+    offline (its Hub id goes in the model card); any other name as given."""
+    return str(cache_dir() / "models" / name) if name in HUB_NAMES else name
+
+
+def model_name_of(base: str) -> str:
+    """The ``model.name`` that made an adapter whose base is ``base`` (the inverse of :func:`base_model_path`)."""
+    return next((name for name in HUB_NAMES if base == base_model_path(name)), base)
+
+
 def check_adapter(folder: str | Path, model_name: str) -> None:
     """``folder`` is a PEFT adapter made for ``model_name`` (bpo records the base it trained on)."""
     config = Path(folder) / "adapter_config.json"
     if not config.exists():
         raise ModelLoadError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
     base = json.loads(config.read_text()).get("base_model_name_or_path") or ""
-    if base and base != model_name:
+    if base and model_name_of(base) != model_name:
         raise ModelLoadError(
-            f"adapter {folder} was trained on base model {base!r}, but model.name is {model_name!r}: "
-            f"pass model.name={base}"
+            f"adapter {folder} was trained on base model {model_name_of(base)!r}, but model.name is {model_name!r}: "
+            f"pass model.name={model_name_of(base)}"
         )
 
 

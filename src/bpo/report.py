@@ -166,6 +166,60 @@ def _run_lines(r: dict) -> list[str]:
     ]
 
 
+def model_card(run: Path, kind: str) -> str:
+    """A model card for ``kind``: ``merged`` (a transformers folder), ``adapter`` (the behavior model as a
+    PEFT adapter) or ``final`` (a run's final/ folder): what made it, how it did, how to load it."""
+    from bpo.models import HUB_NAMES, base_model_path
+
+    r = load_run(run)
+    cfg = r["config"]
+    name = cfg["model"]["name"]
+    base = HUB_NAMES.get(name, name)
+    ann = cfg["annotator"]
+    judge = f" ({ann['model']})" if ann["kind"] in ("reward_model", "llm_judge") else ""
+    what = {
+        "merged": "The behavior model merged into the base weights",
+        "adapter": "The behavior model, a LoRA adapter",
+        "final": "A run's final models as LoRA adapters: `behavior/` (the trained model), `sft/` (the start), "
+        "`member*/` (the ensemble)",
+    }[kind]
+    folder = "." if kind != "final" else "behavior"
+    if kind == "merged":
+        load = f'AutoModelForCausalLM.from_pretrained("{folder}")'
+    else:
+        load = f'AutoPeftModelForCausalLM.from_pretrained("{folder}")  # base: {base_model_path(name)}'
+    local = f" (offline copy: `{base_model_path(name)}`)" if base_model_path(name) != name else ""
+    return "\n".join(
+        [
+            "---",
+            f"base_model: {base}",
+            f"library_name: {'transformers' if kind == 'merged' else 'peft'}",
+            "tags: [bpo, dpo, preference-alignment, lora]",
+            "---",
+            "",
+            f"# {run.name}: {base} aligned with bpo",
+            "",
+            f"{what} (the behavior model is the 1/K merge of the ensemble's members), trained by bpo with BPO "
+            "(arXiv 2406.12168).",
+            "",
+            f"- base model: {base}{local}",
+            f"- method: {method_line(cfg)}, lr {cfg['train']['lr']}, beta {cfg['train']['beta']}",
+            f"- annotator: {ann['kind']}{judge}",
+            *[f"- {line}" for line in eval_lines(r["eval"])],
+            "",
+            "Load it:",
+            "",
+            "```python",
+            "from peft import AutoPeftModelForCausalLM"
+            if kind != "merged"
+            else "from transformers import AutoModelForCausalLM",
+            load,
+            "```",
+            "",
+        ]
+    )
+
+
 def write_report(folders: list[str | Path], out: str | Path, command: str = "") -> Path:
     """``out/report.md`` and ``out/curves.png`` for one run or several overlaid; returns the report's path."""
     runs = [load_run(f) for f in folders]

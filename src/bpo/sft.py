@@ -21,7 +21,7 @@ from bpo.data import PromptRecord, shuffled
 from bpo.ensemble import Ensemble
 from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, verify, write_json, write_manifest
 from bpo.logprobs import build_batch
-from bpo.models import Policy
+from bpo.models import Policy, base_model_path
 
 
 def sft_dir(cfg: Config) -> Path:
@@ -108,7 +108,7 @@ def run_sft(cfg: Config, policy: Policy, records: list[PromptRecord], progress: 
                 opt.zero_grad()
                 if progress:
                     progress.update(task, advance=1, description=f"member SFT {name} loss {loss.item():.3f}")
-        _save_atomic(ens, name, path, cfg.model.name)
+        _save_atomic(ens, name, path, base_model_path(cfg.model.name))
     policy.model.eval()
     lock.release()
     return paths

@@ -41,6 +41,7 @@ from bpo.checkpoint import (
     save_checkpoint,
     save_final,
     trim_metrics,
+    write_final_card,
 )
 from bpo.config import Config, ConfigError, save_config
 from bpo.data import PromptRecord, load_source
@@ -224,6 +225,8 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
             result = evaluate_run(run, progress)
             write_json(run.out / "eval.json", result)
             loop.trackers.summary(win_rates(result))
+        if result:
+            write_final_card(run.out)  # the card with the evaluation's figures
         loop.trackers.close()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         info = {
