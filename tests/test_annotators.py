@@ -145,12 +145,12 @@ def test_a_reward_model_scores_at_the_length_it_was_trained_at(tmp_path):
     (rm / "bpo_rm.json").write_text(json.dumps({"input": "concat", "max_length": 24}))
     recs = [PromptRecord("a", "a long prompt " * 10)]
     own = RewardModelAnnotator(str(rm), device="cpu")
-    assert own.rm.max_length == 24 and own.note == ""
+    assert own.rm.max_length == 24 and own.notes == []
     assert own.scores(recs, ["x " * 40]) == RewardModelAnnotator(str(rm), max_length=24, device="cpu").scores(
         recs, ["x " * 40]
     )
     longer = RewardModelAnnotator(str(rm), max_length=64, device="cpu")
-    assert longer.rm.max_length == 64 and "trained at 24 tokens; it scores at 64" in longer.note
+    assert longer.rm.max_length == 64 and "trained at 24 tokens; it scores at 64" in longer.notes[0]
     assert longer.scores(recs, ["x " * 40]) != own.scores(recs, ["x " * 40])  # the length moves the score
     plain = make_tiny_rm(tmp_path / "other")  # no bpo_rm.json: 1024, as before
     assert RewardModelAnnotator(str(plain), device="cpu").rm.max_length == 1024
@@ -176,3 +176,27 @@ def test_a_callable_that_returns_nothing_or_raises_is_one_line(tmp_path, body, s
     res = CliRunner().invoke(app, ["train", "quickstart", *over, "--no-eval"])
     last = res.output.strip().splitlines()[-1]
     assert res.exit_code == 2 and last.startswith("error: annotator callable:") and "Traceback" not in res.output
+
+
+def test_a_judges_recorded_accuracy_travels_to_the_log_eval_and_report(tmp_path):
+    """A reward model at chance was used silently and its run's report did not mention its accuracy."""
+    from conftest import tiny_config
+    from typer.testing import CliRunner
+
+    from bpo.cli import app
+
+    rm = make_tiny_rm(tmp_path)
+    held = {"accuracy": 0.473, "ci95": [0.374, 0.571], "pairs": 100, "ties": 0}
+    (rm / "rm.json").write_text(json.dumps({"heldout": held}))
+    (rm / "bpo_rm.json").write_text(json.dumps({"input": "concat", "max_length": 64}))
+    over = tiny_config(tmp_path, **{"annotator.kind": "reward_model", "annotator.model": str(rm)})
+    res = CliRunner().invoke(app, ["train", "quickstart", *over])
+    assert res.exit_code == 0, res.output
+    said = f"warning: reward model {rm}: held-out accuracy 0.473 [0.374, 0.571] on 100 pairs (rm.json); its interval"
+    assert said in res.output
+    run = tmp_path / "run"
+    assert json.loads((run / "eval.json").read_text())["judge_accuracy"] == held
+    assert (
+        "the judge's held-out accuracy 0.473 [0.374, 0.571] on 100 pairs (includes 0.5"
+        in (run / "report.md").read_text()
+    )

@@ -112,7 +112,7 @@ class RewardModelAnnotator(ScoreAnnotator):
 
         self.rm = RewardModel(model, batch_size, max_length, device)
         self.name = f"rm:{model}"
-        self.note = self.rm.note  # a length override that differs from the one it was trained at
+        self.notes = self.rm.notes  # its recorded accuracy; a length override that differs from its own
 
     def scores(self, prompts: Sequence[PromptRecord], responses: Sequence[str]) -> list[float]:
         return self.rm.scores([p.prompt for p in prompts], responses)
@@ -152,11 +152,12 @@ class PairwiseAnnotator(PairsOnly):
 
     def __init__(self, fn: Callable[..., Any], name: str, both_orders: bool = False):
         self.fn, self.name, self.both_orders = fn, name, both_orders
-        self.note = f"annotator {name}: " + (
+        order = (
             "asked in both orders (A/B, then B/A); a split verdict is a tie, not trained on"
             if both_orders
             else "asked in one order (annotator.both_orders=true cancels a position bias)"
         )
+        self.notes = [f"annotator {name}: {order}"]
 
     def _ask(self, record: PromptRecord, a: str, b: str) -> tuple[int | None, str | None]:
         got = call_user(self.name, record, self.fn, record.prompt, a, b)
@@ -317,8 +318,15 @@ def build_annotator(cfg: Config) -> Annotator:
 
 
 def judge_notes(*judges: Annotator | None) -> list[str]:
-    """What a user should know about the judges as they load (a reward model scored at another length)."""
-    return [j.note for j in judges if getattr(j, "note", "")]
+    """What a user should know about the judges as they load: a reward model's recorded accuracy, a length
+    it was not trained at, the order a pairwise function is asked in."""
+    return [note for j in judges if j is not None for note in getattr(j, "notes", [])]
+
+
+def judge_accuracy(judge: Annotator | None) -> dict | None:
+    """The held-out accuracy recorded with a reward-model judge (``bpo rm``'s rm.json), if any."""
+    rm = getattr(judge, "rm", None)
+    return getattr(rm, "accuracy", None)
 
 
 def build_gold(cfg: Config) -> Annotator:

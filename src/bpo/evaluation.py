@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from bpo.annotators import PairsOnly
+from bpo.annotators import PairsOnly, judge_accuracy
 from bpo.data import load_source
 from bpo.io import write_json, write_jsonl
 from bpo.sft import sft_dir, sft_key
@@ -71,6 +71,9 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
         own, result["annotator"] = _judge(run.annotator, records, responses, cfg.eval.bootstrap)
         scores |= {f"annotator_{k}": v for k, v in own.items()}
     result["judge"] = (run.gold or run.annotator).name
+    accuracy = judge_accuracy(run.gold or run.annotator)
+    if accuracy:  # how much the figures above can be trusted: the judge's own held-out accuracy
+        result["judge_accuracy"] = accuracy
     for name, texts in responses.items():
         result[f"{name}_samples"] = texts[:5]
     texts = {f"{k}_response": v for k, v in responses.items()}
@@ -299,12 +302,14 @@ def run_eval(
 
         j = http_judge(cfg, judge_url, judge_model, api_key)
         notes: list[str] = []
+        accuracy = None
         outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
         scores = None
         name = j.name
     else:  # the judge a run's own evaluation uses: eval.gold when there is one, else the annotator
         annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
         notes = judge_notes(annotator)
+        accuracy = judge_accuracy(annotator)
         scores = (annotator.scores(records, mine), annotator.scores(records, other))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
@@ -313,6 +318,8 @@ def run_eval(
     result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
     if notes:
         result["notes"] = notes
+    if accuracy:
+        result["judge_accuracy"] = accuracy
     from bpo.report import tie_warning
 
     result["warnings"] = tie_warning(result, f"vs {against}")

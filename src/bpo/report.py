@@ -123,6 +123,13 @@ def eval_lines(ev: dict) -> list[str]:
     if "win_rate_vs_reference" in ev:
         v = ev["win_rate_vs_reference"]
         out.append(f"win rate vs the reference {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]")
+    acc = ev.get("judge_accuracy")
+    if acc:  # the figures above are only as good as the judge
+        lo, hi = acc["ci95"]
+        out.append(
+            f"the judge's held-out accuracy {acc['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {acc['pairs']} pairs"
+            + (" (includes 0.5: not shown to beat a coin)" if lo <= 0.5 else "")
+        )
     return out
 
 

@@ -112,7 +112,8 @@ class RewardModel:
     Refused in one line unless the folder holds a trained score head: a causal LM (or any model
     whose head would be newly initialised) loads as a sequence classifier with a random head and
     gives random scores. Scored at the length it was trained at (``bpo_rm.json``) unless
-    ``max_length`` overrides it; a different override is said in :attr:`note`.
+    ``max_length`` overrides it; a different override, and the accuracy rm.json records, are said in
+    :attr:`notes`.
     """
 
     def __init__(self, folder: str, batch_size: int = 16, max_length: int = 0, device: str | None = None):
@@ -149,11 +150,19 @@ class RewardModel:
         spec = Path(folder) / FORMAT_FILE
         self.trained_length = json.loads(spec.read_text()).get("max_length") if spec.exists() else None
         self.max_length = max_length or self.trained_length or 1024
-        self.note = ""
+        self.notes: list[str] = []  # said when it loads: how good a judge it is, and how it is read
         if max_length and self.trained_length and max_length != self.trained_length:
-            self.note = (
+            self.notes.append(
                 f"note: reward model {folder} was trained at {self.trained_length} tokens; it scores at {max_length} "
                 "(annotator.max_length; 0 uses its own)"
+            )
+        self.accuracy = recorded_accuracy(folder)
+        if self.accuracy:
+            a, (lo, hi) = self.accuracy["accuracy"], self.accuracy["ci95"]
+            self.notes.append(
+                f"{'warning' if lo <= 0.5 else 'note'}: reward model {folder}: held-out accuracy {a:.3f} "
+                f"[{lo:.3f}, {hi:.3f}] on {self.accuracy['pairs']} pairs (rm.json)"
+                + ("; its interval includes 0.5: not shown to beat a coin" if lo <= 0.5 else "")
             )
         self.batch_size = batch_size
 
@@ -259,6 +268,16 @@ def _lora(model: Any, r: int, top_layers: int) -> Any:
         task_type="SEQ_CLS",
         layers_to_transform=list(range(n - top_layers, n)),
     )
+
+
+def recorded_accuracy(folder: str | Path) -> dict | None:
+    """The held-out accuracy ``bpo rm`` recorded in the folder's rm.json (None: none recorded)."""
+    try:
+        held = json.loads((Path(folder) / "rm.json").read_text()).get("heldout")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    ok = isinstance(held, dict) and isinstance(held.get("ci95"), list) and "accuracy" in held and "pairs" in held
+    return held if ok else None
 
 
 def is_reward_model(folder: Path) -> bool:
