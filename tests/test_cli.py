@@ -202,6 +202,8 @@ def test_plain_bpo_shows_help_and_starts_nothing(tmp_path, monkeypatch):
     for command in ("train", "eval", "compare", "rm", "config"):
         assert f"\n  {command} " in res.output
     assert "``" not in res.output and not (tmp_path / "runs").exists()
+    helped = runner.invoke(app, ["--help"])  # bpo --help lacked the start-here lines
+    assert helped.exit_code == 0 and "Start here:" in helped.output and "bpo config show" in helped.output
 
 
 def test_override_syntax_shows_in_command_help():

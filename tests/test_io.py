@@ -85,3 +85,14 @@ def test_a_manifest_that_is_not_a_mapping_is_damaged_not_a_traceback(tmp_path):
     assert verify(tmp_path) is None
     (tmp_path / "manifest.json").write_text("[1, 2]")
     assert verify(tmp_path) == "damaged manifest"
+
+
+def test_figures_are_written_without_float_noise(tmp_path):
+    """eval.json showed 0.14595000000000008."""
+    from bpo.io import tidy, write_json
+
+    noisy = 0.1 + 0.2
+    assert repr(noisy) == "0.30000000000000004"  # the float noise of a sum
+    write_json(tmp_path / "e.json", tidy({"mean": noisy, "ci": [1 / 3, 2], "n": 64, "name": "x"}))
+    assert json.loads((tmp_path / "e.json").read_text()) == {"mean": 0.3, "ci": [0.333333333333, 2], "n": 64,
+                                                             "name": "x"}  # fmt: skip

@@ -45,7 +45,7 @@ START = """Start here:
   bpo train                     align SmolLM2-135M on the embedded task (the quickstart, ~7 min on 2 CPU cores)
   bpo train CONFIG key=value    your own run; bpo config show CONFIG prints every setting with its help"""
 # rich markup off: help texts hold [CONFIG] [section.key=value ...], which rich would read as markup tags
-app = typer.Typer(add_completion=False, rich_markup_mode=None, help=HELP)
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help=HELP, epilog="\b\n" + START)
 console = LogConsole(stderr=True)
 
 
@@ -118,8 +118,7 @@ def main(ctx: typer.Context) -> None:
     # transformers is imported, so that a config error is told before that 2-5 s import
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if ctx.invoked_subcommand is None:
-        print(ctx.get_help())
-        print("\n" + START)
+        print(ctx.get_help())  # its epilog says where to start
 
 
 @app.command(context_settings={"allow_extra_args": True})

@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from bpo.annotators import PairsOnly, judge_accuracy
 from bpo.data import load_source
-from bpo.io import write_json, write_jsonl
+from bpo.io import tidy, write_json, write_jsonl
 from bpo.sft import sft_dir, sft_key
 from bpo.stats import mean_ci, outcomes_from_scores, summarize, win_rate
 
@@ -330,5 +330,5 @@ def run_eval(
         if scores:
             rows[-1].update(score=scores[0][i], against_score=scores[1][i])
     write_jsonl(out / "items.jsonl", rows)
-    write_json(out / "eval.json", result)
+    write_json(out / "eval.json", tidy(result))
     return result

@@ -58,6 +58,18 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def tidy(obj: Any) -> Any:
+    """``obj`` with every float at 12 significant digits: a mean printed as 0.14595000000000008 is 0.14595
+    (the float noise of summation, not information)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.12g}")
+    if isinstance(obj, dict):
+        return {k: tidy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [tidy(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """JSON, written atomically: readers never see half a file."""
     write_text_atomic(path, json.dumps(obj, indent=2))

@@ -48,7 +48,7 @@ from bpo.data import PromptRecord, load_source
 from bpo.ensemble import Ensemble
 from bpo.errors import Interrupted
 from bpo.evaluation import evaluate_run, print_result
-from bpo.io import FolderLock, append_lines, read_jsonl, verify, write_json
+from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_json
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
@@ -223,7 +223,7 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
             result = json.loads((run.out / "eval.json").read_text())
         elif evaluate:
             result = evaluate_run(run, progress)
-            write_json(run.out / "eval.json", result)
+            write_json(run.out / "eval.json", tidy(result))
             loop.trackers.summary(win_rates(result))
         if result:
             write_final_card(run.out)  # the card with the evaluation's figures
