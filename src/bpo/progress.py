@@ -54,7 +54,13 @@ class Lines:
         key = len(self.tasks)
         now, quiet = time.time(), fields.get("quiet", False)
         self.tasks[key] = dict(
-            description=description, total=total, completed=completed, started=now, said=now, quiet=quiet
+            description=description,
+            total=total,
+            completed=completed,
+            at_start=completed,  # what was done before (a resume): not counted in the rate
+            started=now,
+            said=now,
+            quiet=quiet,
         )
         return key
 
@@ -67,20 +73,45 @@ class Lines:
         if not t["quiet"] and advance and (done or now - t["said"] >= self.interval):
             t["said"] = now
             total = f"/{t['total']:.0f}" if t["total"] is not None else ""
-            self.line(f"{t['description']} {t['completed']:.0f}{total} ({now - t['started']:.0f} s)")
+            spent = now - t["started"]
+            left = ""
+            if t["total"] and not done and t["completed"] > t.get("at_start", 0):
+                rate = spent / (t["completed"] - t.get("at_start", 0))
+                left = f", eta {rate * (t['total'] - t['completed']) / 60:.1f} min"
+            self.line(f"{t['description']} {t['completed']:.0f}{total} ({spent:.0f} s{left})")
 
     def advance(self, task: int, advance: float = 1) -> None:
         self.update(task, advance=advance)
 
 
-def step_line(m: dict, steps: int, per_step: float) -> str:
+def step_line(m: dict, steps: int, eta: float) -> str:
     """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
-    eta = per_step * (steps - m["step"])
     return (
         f"step {m['step']}/{steps} phase {m['phase']} loss {m.get('loss', float('nan')):.4f} "
         f"margin {m.get('rewards/margins', float('nan')):.4f} kl {m.get('kl/behavior', float('nan')):.4f} "
         f"annotations {m['annotations/used']:.0f} {m['time/step']:.1f} s/step eta {eta / 60:.1f} min"
     )
+
+
+class StepClock:
+    """When a run ends: its steps' update time and its phases' collection time (sampling and the
+    annotator), measured apart, so the first step's ETA does not count a phase's sampling once per step."""
+
+    def __init__(self) -> None:
+        self.update = self.collect = 0.0
+        self.steps = self.phases = 0
+
+    def add(self, m: dict) -> None:
+        collect = m.get("time/sample", 0.0) + m.get("time/annotate", 0.0)
+        if collect > 0:  # a step that started a phase
+            self.collect += collect
+            self.phases += 1
+        self.update += m["time/step"] - collect
+        self.steps += 1
+
+    def eta(self, steps_left: int, phases_left: int) -> float:
+        per_phase = self.collect / self.phases if self.phases else 0.0
+        return self.update / max(self.steps, 1) * steps_left + per_phase * phases_left
 
 
 def progress_bar(console: Console | None = None, disable: bool = False) -> Bars | Lines:

@@ -52,7 +52,7 @@ from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_jso
 from bpo.ledger import Annotation, AnnotationLog
 from bpo.models import Policy, load_policy
 from bpo.phases import collect_phase, local_shard, phase_bounds
-from bpo.progress import Bars, Lines, LogConsole, progress_bar, step_line
+from bpo.progress import Bars, Lines, LogConsole, StepClock, progress_bar, step_line
 from bpo.report import load_run, run_warnings, write_report
 from bpo.sft import check_sft_dir, member_paths, run_sft, sft_done
 from bpo.step import NonFiniteError, total, train_step
@@ -86,7 +86,11 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
     if t.batch_size % acc.num_processes:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {acc.num_processes} processes")
     out = Path(cfg.output_dir)
+    say = progress.console.print if acc.is_main_process else (lambda *a, **k: None)
+    loading = time.time()
+    say(f"loading {cfg.model.name} on {acc.device} ...", highlight=False, markup=False)  # seconds, or a minute
     policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
+    say(f"loaded {cfg.model.name} in {time.time() - loading:.0f} s", highlight=False, markup=False)
     needed = t.steps * t.batch_size
     records = load_source(cfg.data, "train", needed, policy.tokenizer)
     if len(records) < needed:
@@ -171,7 +175,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
     bounds = phase_bounds(t.steps, t.phases)
     pairs: dict[int, Annotation] = {}
     bar = progress.add_task("training", total=t.steps, completed=loop.start, quiet=True)
-    session = time.time()
+    clock = StepClock()
     for step in range(loop.start, t.steps):
         step_started = time.time()
         phase = max(p for p in range(t.phases) if bounds[p] <= step)
@@ -204,7 +208,9 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
             append_lines(run.out / "metrics.jsonl", [json.dumps(metrics)])
             loop.trackers.log(metrics, step + 1)
             progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
-            progress.line(step_line(metrics, t.steps, (time.time() - session) / (step + 1 - loop.start)))
+            clock.add(metrics)
+            phases_left = sum(b > step for b in bounds[:-1])
+            progress.line(step_line(metrics, t.steps, clock.eta(t.steps - step - 1, phases_left)))
         loop.done = step + 1
         if on_step:
             on_step(run, step, metrics)

@@ -1,0 +1,26 @@
+"""Progress lines: every long step says when it ends."""
+
+import io
+
+from rich.console import Console
+
+from bpo.progress import Lines, StepClock
+
+
+def test_the_step_eta_does_not_count_a_phase_sampling_as_step_time():
+    """The first step's ETA counted the phase's sampling as step time (17.4 min shown, ~8 left)."""
+    clock = StepClock()
+    clock.add({"time/step": 33.0, "time/sample": 20.0, "time/annotate": 0.5})  # step 1 of T = 16, F = 2
+    eta = clock.eta(steps_left=15, phases_left=1)
+    assert eta == 12.5 * 15 + 20.5  # 15 updates of 12.5 s, one more phase to collect
+    assert eta < 33.0 * 15  # what the old estimate said
+
+
+def test_long_tasks_in_a_log_say_their_eta():
+    out = io.StringIO()
+    lines = Lines(Console(file=out, width=80), interval=0.0)
+    task = lines.add_task("member SFT", total=8)
+    lines.update(task, advance=2)
+    assert "member SFT 2/8 (" in out.getvalue() and "eta " in out.getvalue()
+    lines.update(task, advance=6)
+    assert out.getvalue().splitlines()[-1].startswith("member SFT 8/8") and "eta" not in out.getvalue().splitlines()[-1]
