@@ -242,3 +242,46 @@ def test_compare_two_methods_then_resume(tmp_path):
     assert only.exit_code == 0, only.output
     report = (out / "report.md").read_text()
     assert "| bpo-fT | 1 |" in report and "offline-dpo |" not in report and "Against offline DPO" not in report
+
+
+def test_references_are_scored_once_per_judge(tmp_path, monkeypatch):
+    """Each bpo eval --responses of 500 prompts rescored the 500 references (6-8 min on a CPU)."""
+    from test_annotators import make_tiny_rm
+
+    from bpo.rm import RewardModel
+
+    monkeypatch.setenv("BPO_CACHE", str(tmp_path / "cache"))
+    scored = []
+    original = RewardModel.scores
+    monkeypatch.setattr(RewardModel, "scores", lambda self, p, r: scored.append(len(r)) or original(self, p, r))
+    rm = make_tiny_rm(tmp_path)
+    cfg = quick_cfg(tmp_path, **{"annotator.kind": "reward_model", "annotator.model": str(rm), "device": "cpu"})
+    responses = tmp_path / "r.txt"
+    responses.write_text("\n".join(f"answer number {i}" for i in range(6)))
+    first = run_eval(cfg, tmp_path / "e1", responses=str(responses), against="reference")
+    assert scored == [6, 6]
+    again = run_eval(cfg, tmp_path / "e2", responses=str(responses), against="reference")
+    assert scored == [6, 6, 6]  # the references' scores came from the cache
+    assert {k: v for k, v in again.items() if k != "system"} == {k: v for k, v in first.items() if k != "system"}
+    (rm / "rm.json").write_text("{}")  # the judge's folder changed: its scores are not reused
+    run_eval(cfg, tmp_path / "e3", responses=str(responses), against="reference")
+    assert scored == [6, 6, 6, 6, 6]
+
+
+def test_a_count_mismatch_says_what_the_length_filter_dropped(tmp_path):
+    """On a count mismatch the error did not say that data.max_prompt_tokens dropped prompts, nor which."""
+    data = tmp_path / "p.jsonl"
+    rows = [{"prompt": "short?", "label": "a"}, {"prompt": "y" * 3000, "label": "b"}, {"prompt": "ok?", "label": "c"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = tmp_path / "j.py"
+    judge.write_text("def score(record, response):\n    return float(len(response))\n")
+    cfg = quick_cfg(
+        tmp_path, **{"data.eval": str(data), "annotator.kind": "callable", "annotator.callable": f"{judge}:score"}
+    )
+    responses = tmp_path / "r.txt"
+    responses.write_text("one\ntwo\nthree\n")
+    with pytest.raises(ValueError) as err:
+        run_eval(cfg, tmp_path / "e", responses=str(responses), against="reference")
+    said = str(err.value)
+    assert "3 responses for 2 prompts" in said and "dropped 1 of 3 records whose prompt is over" in said
+    assert "(first: p-2)" in said and "a larger data.max_prompt_tokens keeps them" in said

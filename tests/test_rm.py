@@ -317,6 +317,7 @@ def test_degenerate_pairs_are_left_out_and_an_at_chance_judge_is_warned(tmp_path
     assert held["ci95"][0] <= 0.5  # 8 held-out pairs cannot show a judge beats a coin
     assert "interval includes 0.5, so this judge is not shown to beat a coin" in res.output
     assert result["warnings"] and all(w in res.output for w in result["warnings"])
+    assert "reward model: scoring 8 held-out pairs 16/16" in res.output  # scoring said, not ~10 silent minutes
 
 
 def test_rm_out_never_deletes_what_bpo_did_not_write(tmp_path, monkeypatch):

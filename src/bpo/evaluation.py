@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,32 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     return result
 
 
+def _plain(judge, records, texts: list[str]) -> list[float]:
+    return judge.scores(records, texts)
+
+
+def fixed_scores(judge, records, texts: list[str]) -> list[float]:
+    """Scores of texts that do not change between evaluations (the human references), kept on disk by
+    judge and text: a reward model judges 500 references once, not at every ``bpo eval`` or run. Only
+    judges that say what decides their scores (a reward model's files, format and length) are kept."""
+    identity = getattr(getattr(judge, "rm", None), "identity", None)
+    if identity is None:
+        return judge.scores(records, texts)
+    from bpo.io import append_lines, read_jsonl
+    from bpo.models import cache_dir
+
+    path = cache_dir() / "score-cache.jsonl"
+    keys = [hashlib.sha256(json.dumps([identity, r.prompt, t]).encode()).hexdigest() for r, t in zip(records, texts)]
+    known = {row["key"]: row["score"] for row in read_jsonl(path) if isinstance(row, dict) and "key" in row}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        new = judge.scores([records[i] for i in todo], [texts[i] for i in todo])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append_lines(path, [json.dumps({"key": keys[i], "score": x}) for i, x in zip(todo, new)])
+        known.update({keys[i]: x for i, x in zip(todo, new)})
+    return [known[k] for k in keys]
+
+
 def _cached_texts(path: Path, n: int) -> list[str] | None:
     """The start model's cached responses; None when there are none, or the file is damaged (recomputed)."""
     try:
@@ -102,7 +129,7 @@ def _judge(judge, records, responses: dict[str, list[str]], bootstrap: int) -> t
     scores = {name: judge.scores(records, texts) for name, texts in responses.items()}
     result: dict = {"n": len(records), **{name: mean_ci(s, bootstrap) for name, s in scores.items()}}
     if all(r.reference is not None for r in records):  # the paper's metric: beat the human reference
-        scores["reference"] = judge.scores(records, [r.reference for r in records])
+        scores["reference"] = fixed_scores(judge, records, [r.reference for r in records])
         result["reference"] = mean_ci(scores["reference"], bootstrap)
         result["win_rate_vs_reference"] = win_rate(scores["trained"], scores["reference"], bootstrap)
         result["start_win_rate_vs_reference"] = win_rate(scores["start"], scores["reference"], bootstrap)
@@ -198,6 +225,17 @@ def read_responses(path: str | Path, records) -> list[str]:
     return [by_id[r.id] for r in records]
 
 
+def _responses(path, records, dropped: str) -> list[str]:
+    """:func:`read_responses`, its error saying what the length filters dropped (the usual cause of a count
+    that does not match)."""
+    from bpo.data import DataError
+
+    try:
+        return read_responses(path, records)
+    except DataError as err:
+        raise DataError(f"{err}{dropped}") from None
+
+
 def _aligned(path: Path, rows: list, records, unit: str) -> list[str]:
     from bpo.data import DataError
 
@@ -281,14 +319,19 @@ def run_eval(
     # a file's prompts are length-filtered in the policy's tokens; a registered source (quickstart) is not
     needs_tokenizer = cfg.data.eval not in SOURCES and (cfg.data.max_prompt_tokens or cfg.data.max_response_tokens)
     tokenizer = load_policy(cfg.model.name, "cpu").tokenizer if needs_tokenizer else None  # only for length filters
-    records = load_source(cfg.data, "eval", cfg.data.eval_examples, tokenizer)
+    with warnings.catch_warnings(record=True) as caught:  # what the length filters dropped, for the errors below
+        warnings.simplefilter("always")
+        records = load_source(cfg.data, "eval", cfg.data.eval_examples, tokenizer)
+    for w in caught:  # said as usual
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    dropped = "".join(f"; {w.message}" for w in caught if "dropped" in str(w.message))
     if not records:
         raise ValueError(f"data.eval {cfg.data.eval!r} gave no prompts to evaluate on")
     if against == "reference":  # before any generation: a missing reference would waste it
         missing = [r.id for r in records if r.reference is None]
         if missing:
             raise ValueError(f"against=reference needs a reference for every prompt; {missing[0]} has none")
-    mine = read_responses(responses, records) if responses else generate_greedy(cfg, records, adapter)
+    mine = _responses(responses, records, dropped) if responses else generate_greedy(cfg, records, adapter)
     if against == "reference":
         other = [r.reference for r in records]
     elif against == "base":
@@ -296,7 +339,7 @@ def run_eval(
     elif Path(against).is_dir():
         other = generate_greedy(cfg, records, against)
     else:
-        other = read_responses(against, records)
+        other = _responses(against, records, dropped)
     if judge == "http":
         from bpo.annotators import http_judge
 
@@ -310,7 +353,8 @@ def run_eval(
         annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
         notes = judge_notes(annotator)
         accuracy = judge_accuracy(annotator)
-        scores = (annotator.scores(records, mine), annotator.scores(records, other))
+        fixed = against == "reference"  # the same texts every time: their scores are kept
+        scores = (annotator.scores(records, mine), (fixed_scores if fixed else _plain)(annotator, records, other))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
     valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable

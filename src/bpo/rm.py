@@ -17,7 +17,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,9 @@ class RewardModel:
                 f"note: reward model {folder} was trained at {self.trained_length} tokens; it scores at {max_length} "
                 "(annotator.max_length; 0 uses its own)"
             )
+        # what decides its scores: the files it loaded (size and time), how it reads and how much
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).glob("*") if p.is_file())
+        self.identity = json.dumps([str(Path(folder).resolve()), files, self.style, self.max_length])
         self.accuracy = recorded_accuracy(folder)
         if self.accuracy:
             a, (lo, hi) = self.accuracy["accuracy"], self.accuracy["ci95"]
@@ -181,13 +184,17 @@ def rewards(
     responses: Sequence[str],
     max_length: int,
     batch_size: int,
+    done: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """The reward of each (prompt, response), ``batch_size`` rows per forward (gradients as the caller allows)."""
+    """The reward of each (prompt, response), ``batch_size`` rows per forward (gradients as the caller allows);
+    ``done(rows)`` after each forward (progress)."""
     device = next(model.parameters()).device
     outs = []
     for i in range(0, len(responses), batch_size):
         enc = encode(tokenizer, style, prompts[i : i + batch_size], responses[i : i + batch_size], max_length)
         outs.append(model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float())
+        if done:
+            done(len(outs[-1]))
     return torch.cat(outs)
 
 
@@ -210,13 +217,19 @@ def split_pairs(pairs: list[PreferenceRecord], part: tuple[int, int], holdout: f
 
 
 def pair_scores(
-    model: Any, tokenizer: Any, pairs: Sequence[PreferenceRecord], max_length: int, batch_size: int, grad: bool = False
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[PreferenceRecord],
+    max_length: int,
+    batch_size: int,
+    grad: bool = False,
+    done: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and the rejected responses, in one forward per batch."""
     prompts = [p.prompt for p in pairs] * 2
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     with torch.set_grad_enabled(grad):
-        r = rewards(model, tokenizer, "concat", prompts, responses, max_length, 2 * batch_size)
+        r = rewards(model, tokenizer, "concat", prompts, responses, max_length, 2 * batch_size, done)
     return r[: len(pairs)], r[len(pairs) :]
 
 
@@ -228,10 +241,16 @@ def accuracy(
     batch_size: int,
     resamples: int = 2000,
     seed: int = 0,
+    progress: Any = None,
+    what: str = "pairs",
 ) -> dict:
     """Pairwise accuracy (chosen strictly above rejected) with a bootstrap interval over pairs."""
     model.eval()
-    chosen, rejected = pair_scores(model, tokenizer, pairs, max_length, batch_size)
+    done = None
+    if progress is not None:  # minutes for a few hundred pairs on a CPU: say how far it is
+        task = progress.add_task(f"reward model: scoring {len(pairs)} {what}", total=2 * len(pairs))
+        done = lambda rows: progress.update(task, advance=rows)  # noqa: E731
+    chosen, rejected = pair_scores(model, tokenizer, pairs, max_length, batch_size, done=done)
     right = (chosen > rejected).float().numpy()
     lo, hi = bootstrap_ci(right, n=resamples, seed=seed)
     return {
@@ -391,8 +410,21 @@ def train_rm(
         },
         "loss_first": float(np.mean(losses[:8])),
         "loss_last": float(np.mean(losses[-8:])),
-        "train": accuracy(model, tokenizer, train[:TRAIN_CHECK], max_length, batch_size, seed=seed),
-        "heldout": accuracy(model, tokenizer, held, max_length, batch_size, seed=seed) if held else None,
+        "train": accuracy(
+            model,
+            tokenizer,
+            train[:TRAIN_CHECK],
+            max_length,
+            batch_size,
+            seed=seed,
+            progress=progress,
+            what="training pairs",
+        ),
+        "heldout": accuracy(
+            model, tokenizer, held, max_length, batch_size, seed=seed, progress=progress, what="held-out pairs"
+        )
+        if held
+        else None,
     }
     result["degenerate_pairs_left_out"] = degenerate
     result["warnings"] = rm_warnings(result)
