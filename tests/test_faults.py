@@ -518,3 +518,33 @@ def test_a_run_that_failed_before_its_first_judgement_does_not_block_its_folder(
     assert wrong.returncode == 2, wrong.stderr[-2000:]
     right = subprocess.run([*cmd, f"annotator.callable={judge}:score"], env=ENV, capture_output=True, text=True)
     assert right.returncode == 0, right.stderr[-2000:]
+
+
+DISK_FULL_AT_SAVE = """
+import sys
+import torch
+import bpo.checkpoint
+from bpo.cli import app
+
+real = torch.save
+def save(obj, path, *a, **k):  # the disk fills while the step-4 checkpoint is written
+    if obj.get("next_step") == 4:
+        real(obj, path, *a, **k)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 640 vs 512: file write failed")
+    return real(obj, path, *a, **k)
+bpo.checkpoint.torch.save = save
+sys.argv = ["bpo", "train", "--no-eval", *sys.argv[1:]]
+app()
+"""
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path, reference):
+    """A full disk while a checkpoint was written ended in a traceback."""
+    res = subprocess.run([sys.executable, "-c", DISK_FULL_AT_SAVE, *args(tmp_path, sft_dir=reference["sft"])],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert last.startswith(f"error: cannot write {tmp_path / 'run' / 'checkpoints'} (") and "--resume" in last
+    assert not (tmp_path / "run" / "checkpoints" / "step-000004").exists()  # the half-written one is not used
+    assert resume(tmp_path / "run").returncode == 0
+    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])

@@ -26,6 +26,7 @@ from bpo.io import (
     read_jsonl,
     remove_leftovers,
     replace_dir,
+    saving,
     temp_dir,
     verify,
     write_jsonl,
@@ -58,29 +59,35 @@ def ledger_files(out: Path) -> list[Path]:
 def save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict) -> None:
     """Everything needed to continue at ``next_step``: temp folder, manifest, rename, pointer."""
     if run.acc.is_main_process:
-        root = run.out / "checkpoints"
-        tmp = temp_dir(root, ".tmp-")
-        names = run.ens.members + frozen_adapters(run.cfg.train.reference)
-        run.ens.save(tmp / "adapters", names, base_model=base_model_path(run.cfg.model.name))
-        torch.save(
-            {
-                "next_step": next_step,
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                "world_size": run.acc.num_processes,
-                # every process has reached this step, so every ledger holds what training used
-                "ledgers": {p.name: digest(p) for p in ledger_files(run.out)},
-            },
-            tmp / "trainer_state.pt",
-        )
-        write_manifest(tmp)  # last: a folder without a manifest is unfinished
-        final = root / f"step-{next_step:06d}"
-        replace_dir(tmp, final)
-        write_text_atomic(root / "latest", final.name)
-        for old in sorted(root.glob("step-*"))[:-KEEP]:
-            remove_leftovers(root, [old.name])
+        with saving(run.out / "checkpoints", f"continue with bpo train --resume {run.out}"):
+            _save_checkpoint(run, next_step, optimizers, schedulers)
     run.acc.wait_for_everyone()
+
+
+def _save_checkpoint(run: Run, next_step: int, optimizers: dict, schedulers: dict) -> None:
+    """The main process's part: temp folder, adapters and state, manifest, rename, pointer."""
+    root = run.out / "checkpoints"
+    tmp = temp_dir(root, ".tmp-")
+    names = run.ens.members + frozen_adapters(run.cfg.train.reference)
+    run.ens.save(tmp / "adapters", names, base_model=base_model_path(run.cfg.model.name))
+    torch.save(
+        {
+            "next_step": next_step,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "world_size": run.acc.num_processes,
+            # every process has reached this step, so every ledger holds what training used
+            "ledgers": {p.name: digest(p) for p in ledger_files(run.out)},
+        },
+        tmp / "trainer_state.pt",
+    )
+    write_manifest(tmp)  # last: a folder without a manifest is unfinished
+    final = root / f"step-{next_step:06d}"
+    replace_dir(tmp, final)
+    write_text_atomic(root / "latest", final.name)
+    for old in sorted(root.glob("step-*"))[:-KEEP]:
+        remove_leftovers(root, [old.name])
 
 
 def has_checkpoint(out: Path) -> bool:
@@ -158,11 +165,16 @@ def restore(run: Run, found: tuple[Path, dict] | None, optimizers: dict, schedul
 def save_final(run: Run) -> None:
     """The trained ensemble in ``final/``: behavior (the merged model), sft (the start) and the members."""
     if run.acc.is_main_process:
-        tmp = temp_dir(run.out, ".final-")
-        run.ens.save(tmp, ["behavior", "sft", *run.ens.members], base_model=base_model_path(run.cfg.model.name))
-        (tmp / "README.md").write_text(model_card(run.out, "final"))  # PEFT's is an empty template
-        write_manifest(tmp)  # verified before the final model is evaluated, exported or loaded by --run
-        replace_dir(tmp, run.out / "final")
+        with saving(run.out / "final", f"rebuild it with bpo train --resume {run.out}"):
+            _save_final(run)
+
+
+def _save_final(run: Run) -> None:
+    tmp = temp_dir(run.out, ".final-")
+    run.ens.save(tmp, ["behavior", "sft", *run.ens.members], base_model=base_model_path(run.cfg.model.name))
+    (tmp / "README.md").write_text(model_card(run.out, "final"))  # PEFT's is an empty template
+    write_manifest(tmp)  # verified before the final model is evaluated, exported or loaded by --run
+    replace_dir(tmp, run.out / "final")
 
 
 def write_final_card(out: Path) -> None:

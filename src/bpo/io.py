@@ -16,7 +16,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,22 @@ def tidy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [tidy(v) for v in obj]
     return obj
+
+
+@contextmanager
+def saving(where: Path, then: str) -> Iterator[None]:
+    """A save that a full disk (or a lost permission) cuts short is said in one line naming ``where``;
+    ``then`` says how to go on once space is freed. What was half-written is never used (it lies in a
+    temp folder, removed at the next start)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        if isinstance(err, RuntimeError) and "writ" not in str(err).lower():
+            raise
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())[-120:]
+        raise StorageError(f"cannot write {where} ({reason}); nothing of it is used: free space, then {then}") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:
