@@ -58,15 +58,20 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
         ).encode()
     ).hexdigest()[:12]
     start_cache = sft_dir(cfg) / f"eval-start-{start_key}.json"
+    size = cfg.eval.batch_size
     for name, adapter in (("start", "sft"), ("trained", "behavior")):
-        bar = progress.add_task(f"eval {name}", total=1)
+        bar = progress.add_task(f"eval {name}: greedy responses", total=len(records))
         texts = _cached_texts(start_cache, len(records)) if name == "start" else None
-        if texts is None:
-            texts = greedy(run.policy, records, cfg, run.ens, adapter)
+        if texts is None:  # batch by batch, the backend's own batches: the same responses, and progress
+            texts = []
+            for i in range(0, len(records), size):
+                texts += greedy(run.policy, records[i : i + size], cfg, run.ens, adapter)
+                progress.advance(bar, len(records[i : i + size]))
+        else:
+            progress.advance(bar, len(records))
         if name == "start" and _cached_texts(start_cache, len(records)) is None:
             write_json(start_cache, texts)
         responses[name] = texts
-        progress.advance(bar)
     scores, result = _judge(run.gold or run.annotator, records, responses, cfg.eval.bootstrap)
     if run.gold and not isinstance(run.annotator, PairsOnly):  # a pairwise judge (or people) gives no scores
         own, result["annotator"] = _judge(run.annotator, records, responses, cfg.eval.bootstrap)
