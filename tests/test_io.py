@@ -1,6 +1,7 @@
 """Append-only files (ledger, labels, judge cache, metrics): a line is appended whole or not at all."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,7 +63,11 @@ def test_a_storage_error_is_one_line(tmp_path):
 def test_a_folder_moved_aside_by_a_killed_replace_is_put_back_or_removed(tmp_path):
     from bpo.io import replace_dir, temp_dir
 
-    old = tmp_path / ".model.bpo-old-123"  # killed after moving model aside, before the new one arrived
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)  # the pid of a process that has ended (a killed bpo)
+    busy = tmp_path / f".other.bpo-old-{os.getppid()}"  # a live process between its two renames: left alone
+    busy.mkdir()
+    old = tmp_path / f".model.bpo-old-{dead}"  # killed after moving model aside, before the new one arrived
     old.mkdir()
     (old / "weights").write_text("old")
     tmp = temp_dir(tmp_path, ".model.bpo-tmp-")  # the next attempt starts here
@@ -70,8 +75,8 @@ def test_a_folder_moved_aside_by_a_killed_replace_is_put_back_or_removed(tmp_pat
     (tmp / "weights").write_text("new")
     replace_dir(tmp, tmp_path / "model")
     assert (tmp_path / "model" / "weights").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    gone = tmp_path / ".model.bpo-old-456"  # killed after the new one arrived, before the old was removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "model"]
+    gone = tmp_path / f".model.bpo-old-{dead}"  # killed after the new one arrived, before the old was removed
     gone.mkdir()
     temp_dir(tmp_path, "x")
     assert not gone.exists() and (tmp_path / "model" / "weights").read_text() == "new"

@@ -177,6 +177,16 @@ def temp_dir(beside: Path, prefix: str) -> Path:
     return tmp
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -202,7 +212,10 @@ def restore_aside(folder: Path) -> None:
     """After a kill in :func:`replace_dir`: put back a folder moved aside whose successor never arrived,
     remove one whose successor did."""
     for old in folder.glob(f".*{ASIDE}*"):
-        final = folder / old.name[1:].split(ASIDE)[0]
+        name, _, pid = old.name[1:].rpartition(ASIDE)
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another process is between its two renames right now
+        final = folder / name
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
