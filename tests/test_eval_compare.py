@@ -193,6 +193,7 @@ def test_bpo_eval_http_reads_the_judges_prose(tmp_path, judge_url, phrase, want,
     args += ["--against", str(other), "--judge", "http", "--judge-url", judge_url, "--judge-model", "fake"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
+    assert "judge http:fake: both orders 0/6 (starting)" in res.output  # a long judging speaks
     r = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert (r["wins"], r["ties"], r["losses"]) == want and r["invalid"] == 0
     cached = [json.loads(x) for x in (tmp_path / "judge-cache.jsonl").read_text().splitlines()]

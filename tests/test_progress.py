@@ -20,6 +20,7 @@ def test_long_tasks_in_a_log_say_their_eta():
     out = io.StringIO()
     lines = Lines(Console(file=out, width=80), interval=0.0)
     task = lines.add_task("member SFT", total=8)
+    assert out.getvalue() == "member SFT 0/8 (starting)\n"  # said at once, not 30 s later
     lines.update(task, advance=2)
     assert "member SFT 2/8 (" in out.getvalue() and "eta " in out.getvalue()
     lines.update(task, advance=6)

@@ -20,6 +20,7 @@ from rich.progress import Progress
 from bpo.annotators import PairsOnly, judge_accuracy
 from bpo.data import load_source
 from bpo.io import tidy, write_json, write_jsonl
+from bpo.progress import progress_bar
 from bpo.sft import sft_dir, sft_key
 from bpo.stats import mean_ci, outcomes_from_scores, summarize, win_rate
 
@@ -86,6 +87,17 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     items = ({"id": r.id, **{k: v[i] for k, v in (scores | texts).items()}} for i, r in enumerate(records))
     write_jsonl(run.out / "eval_items.jsonl", items)
     return result
+
+
+def _in_chunks(judge, records, texts: list[str], done) -> list[float]:
+    """``judge.scores`` a few forwards at a time, ``done(n)`` after each (minutes for 500 texts on a CPU).
+    Chunks are whole multiples of a reward model's batch, so its batches, and scores, are the same."""
+    step = getattr(getattr(judge, "rm", None), "batch_size", 0) * 4 or len(texts) or 1
+    out: list[float] = []
+    for i in range(0, len(texts), step):
+        out += judge.scores(records[i : i + step], texts[i : i + step])
+        done(len(texts[i : i + step]))
+    return out
 
 
 def _plain(judge, records, texts: list[str]) -> list[float]:
@@ -351,7 +363,12 @@ def run_eval(
         j = http_judge(cfg, judge_url, judge_model, api_key)
         notes: list[str] = []
         accuracy = None
-        outcomes = [j.compare(r.prompt, a, b) for r, a, b in zip(records, mine, other)]
+        with progress_bar() as progress:
+            task = progress.add_task(f"judge {j.name}: both orders", total=len(records))
+            outcomes = []
+            for r, a, b in zip(records, mine, other):
+                outcomes.append(j.compare(r.prompt, a, b))
+                progress.advance(task)
         scores = None
         name = j.name
     else:  # the judge a run's own evaluation uses: eval.gold when there is one, else the annotator
@@ -359,7 +376,13 @@ def run_eval(
         notes = judge_notes(annotator)
         accuracy = judge_accuracy(annotator)
         fixed = against == "reference"  # the same texts every time: their scores are kept
-        scores = (annotator.scores(records, mine), (fixed_scores if fixed else _plain)(annotator, records, other))
+        with progress_bar() as progress:
+            task = progress.add_task(f"judge {annotator.name}: scoring", total=2 * len(records))
+            scores = (
+                _in_chunks(annotator, records, mine, lambda n: progress.advance(task, n)),
+                (fixed_scores if fixed else _plain)(annotator, records, other),
+            )
+            progress.advance(task, len(records))
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
     valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable

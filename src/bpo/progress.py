@@ -62,6 +62,8 @@ class Lines:
             said=now,
             quiet=quiet,
         )
+        if not quiet and total:  # a long task says it has begun, not only, 30 s later, how far it is
+            self.line(f"{description} {completed:.0f}/{total:.0f} (starting)")
         return key
 
     def update(self, task: int, advance: float = 0, description: str | None = None, **_) -> None:
