@@ -202,7 +202,9 @@ class EvalConfig:
         "reward model (folder or Hub name) that judges the final evaluation apart from the annotator, so that "
         "over-optimisation of the annotator shows; empty: the annotator judges (the paper's set-up)",
     )
-    judge_timeout: float = setting(60.0, "seconds per HTTP judge request (bpo eval and annotator.kind=llm_judge)")
+    judge_timeout: float = setting(
+        60.0, "seconds for a whole HTTP judge request, answer included (bpo eval and annotator.kind=llm_judge)"
+    )
     judge_retries: int = setting(5, "retries of a transient HTTP judge fault (and of an unreadable answer)")
 
 
