@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from bpo.config import Config
 from bpo.data import PromptRecord
 from bpo.errors import BpoError
+from bpo.judges import outcome
 
 
 @dataclass
@@ -141,6 +142,10 @@ def load_callable(spec: str) -> Callable[..., Any]:
         raise ValueError(f"cannot import annotator callable {spec!r}: {err}") from err
 
 
+LETTER = {0: "A", 1: "B", None: "tie"}  # a pick between (first, second) as a judge's answer
+PICK = {1.0: 0, 0.0: 1, 0.5: None}  # the first response's outcome as the preferred index (None: a tie)
+
+
 class PairwiseAnnotator(PairsOnly):
     """A Python function that picks the better of two responses: ``fn(prompt, a, b) -> 0 | 1 | None``.
 
@@ -177,9 +182,8 @@ class PairwiseAnnotator(PairsOnly):
                 out.append(Judgement(choice, None, rationale, unjudged="tie" if choice is None else None))
                 continue
             swapped, why = self._ask(record, b, a)
-            second = None if swapped is None else 1 - swapped  # back in the pair's order
-            agreed = choice if choice == second else None
-            said = f"A/B: {choice}, B/A: {second}" + "".join(f"; {x}" for x in (rationale, why) if x)
+            agreed = PICK[outcome(LETTER[choice], LETTER[swapped])]  # the LLM judge's rule: win both orders
+            said = f"A/B: {LETTER[choice]}, B/A: {LETTER[swapped]}" + "".join(f"; {x}" for x in (rationale, why) if x)
             out.append(Judgement(agreed, None, said, calls=2, unjudged="tie" if agreed is None else None))
         return out
 
@@ -244,15 +248,13 @@ class LLMJudgeAnnotator(PairsOnly):
         self.judge, self.concurrency, self.name = judge, concurrency, judge.name
 
     def _one(self, record: PromptRecord, pair: tuple[str, str]) -> Judgement:
-        from bpo.judges import outcome
-
         spent: dict[str, int] = {}
         first, second = self.judge.both(record.prompt, pair[0], pair[1], spent)
         result = outcome(first, second)
         if result is None:
             why = "invalid: the judge's answer named neither response"
             return Judgement(None, None, why, spent, calls=2, unjudged="invalid")
-        choice = {1.0: 0, 0.0: 1}.get(result)
+        choice = PICK[result]
         why = {0: "A in both orders", 1: "B in both orders"}.get(
             choice, f"tie: order A/B answered {first}, order B/A answered {second}"
         )

@@ -63,15 +63,15 @@ def evaluate_run(run: Run, progress: Progress) -> dict:
     for name, adapter in (("start", "sft"), ("trained", "behavior")):
         bar = progress.add_task(f"eval {name}: greedy responses", total=len(records))
         texts = _cached_texts(start_cache, len(records)) if name == "start" else None
-        if texts is None:  # batch by batch, the backend's own batches: the same responses, and progress
+        if texts is not None:
+            progress.advance(bar, len(records))
+        else:  # batch by batch, the backend's own batches: the same responses, and progress
             texts = []
             for i in range(0, len(records), size):
                 texts += greedy(run.policy, records[i : i + size], cfg, run.ens, adapter)
                 progress.advance(bar, len(records[i : i + size]))
-        else:
-            progress.advance(bar, len(records))
-        if name == "start" and _cached_texts(start_cache, len(records)) is None:
-            write_json(start_cache, texts)
+            if name == "start":
+                write_json(start_cache, texts)
         responses[name] = texts
     scores, result = _judge(run.gold or run.annotator, records, responses, cfg.eval.bootstrap)
     if run.gold and not isinstance(run.annotator, PairsOnly):  # a pairwise judge (or people) gives no scores
@@ -98,10 +98,6 @@ def _in_chunks(judge, records, texts: list[str], done) -> list[float]:
         out += judge.scores(records[i : i + step], texts[i : i + step])
         done(len(texts[i : i + step]))
     return out
-
-
-def _plain(judge, records, texts: list[str]) -> list[float]:
-    return judge.scores(records, texts)
 
 
 def fixed_scores(judge, records, texts: list[str]) -> list[float]:
@@ -375,14 +371,16 @@ def run_eval(
         annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
         notes = judge_notes(annotator)
         accuracy = judge_accuracy(annotator)
-        fixed = against == "reference"  # the same texts every time: their scores are kept
         with progress_bar() as progress:
             task = progress.add_task(f"judge {annotator.name}: scoring", total=2 * len(records))
-            scores = (
-                _in_chunks(annotator, records, mine, lambda n: progress.advance(task, n)),
-                (fixed_scores if fixed else _plain)(annotator, records, other),
-            )
-            progress.advance(task, len(records))
+            done = lambda n: progress.advance(task, n)  # noqa: E731
+            mine_scores = _in_chunks(annotator, records, mine, done)
+            if against == "reference":  # the same texts every time: their scores are kept
+                other_scores = fixed_scores(annotator, records, other)
+                done(len(records))
+            else:
+                other_scores = _in_chunks(annotator, records, other, done)
+            scores = (mine_scores, other_scores)
         outcomes = outcomes_from_scores(*scores)
         name = annotator.name
     valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable

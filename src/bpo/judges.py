@@ -65,6 +65,7 @@ _STRONG = [  # a letter named as the winner: read first, whatever else the answe
 ]
 _TIE = re.compile(r"(?i)\b(?:tie|tied|draw|equally|neither\s+(?:response|answer|one|is))\b")
 _LEADING = re.compile(rf"^(?:{_NAMES}\s*)?\(?([AB])\)?\b")  # "B, because ..."
+_ANY = re.compile(r"\b([AB])\b")  # the one letter an answer mentions
 
 
 def parse_verdict(text: str) -> str | None:
@@ -95,7 +96,7 @@ def parse_verdict(text: str) -> str | None:
             return letters.pop()
     if _TIE.search(plain):
         return "tie"
-    for pattern in (_LEADING, re.compile(r"\b([AB])\b")):
+    for pattern in (_LEADING, _ANY):
         letters = set(pattern.findall(plain))
         if len(letters) == 1:
             return letters.pop()

@@ -77,8 +77,8 @@ class Lines:
             total = f"/{t['total']:.0f}" if t["total"] is not None else ""
             spent = now - t["started"]
             left = ""
-            if t["total"] and not done and t["completed"] > t.get("at_start", 0):
-                rate = spent / (t["completed"] - t.get("at_start", 0))
+            if t["total"] and not done and t["completed"] > t["at_start"]:
+                rate = spent / (t["completed"] - t["at_start"])
                 left = f", eta {rate * (t['total'] - t['completed']) / 60:.1f} min"
             self.line(f"{t['description']} {t['completed']:.0f}{total} ({spent:.0f} s{left})")
 

@@ -16,6 +16,7 @@ import yaml
 
 from bpo.errors import BpoError
 from bpo.io import read_jsonl
+from bpo.stats import at_chance
 
 CURVES = [  # metric, title
     ("loss", "loss (member mean)"),
@@ -128,7 +129,7 @@ def eval_lines(ev: dict) -> list[str]:
         lo, hi = acc["ci95"]
         out.append(
             f"the judge's held-out accuracy {acc['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {acc['pairs']} pairs"
-            + (" (includes 0.5: not shown to beat a coin)" if lo <= 0.5 else "")
+            + (" (includes 0.5: not shown to beat a coin)" if at_chance(acc) else "")
         )
     return out
 

@@ -30,7 +30,7 @@ from bpo.errors import BpoError
 from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json
 from bpo.logprobs import pad
 from bpo.models import ModelLoadError, default_device, offline_model_folder
-from bpo.stats import bootstrap_ci
+from bpo.stats import at_chance, bootstrap_ci
 
 FORMAT_FILE = "bpo_rm.json"
 
@@ -68,11 +68,16 @@ def encode(tokenizer: Any, style: str, prompts: Sequence[str], responses: Sequen
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def input_style(folder: str | Path, tokenizer: Any) -> str:
-    """The format a reward model reads: recorded by ``bpo rm``; otherwise chat if it has a template, else pair."""
+def input_spec(folder: str | Path) -> dict:
+    """How ``bpo rm`` recorded that its model reads inputs (format, length); empty for other models."""
     spec = Path(folder) / FORMAT_FILE
-    if spec.exists():
-        return json.loads(spec.read_text())["input"]
+    return json.loads(spec.read_text()) if spec.exists() else {}
+
+
+def input_style(spec: dict, tokenizer: Any) -> str:
+    """The format a reward model reads: recorded by ``bpo rm``; otherwise chat if it has a template, else pair."""
+    if spec:
+        return spec["input"]
     return "chat" if getattr(tokenizer, "chat_template", None) else "pair"
 
 
@@ -146,9 +151,9 @@ class RewardModel:
             )
         self.model = model.to(self.device).eval()
         _set_pad(self.tokenizer, self.model)
-        self.style = input_style(folder, self.tokenizer)
-        spec = Path(folder) / FORMAT_FILE
-        self.trained_length = json.loads(spec.read_text()).get("max_length") if spec.exists() else None
+        spec = input_spec(folder)
+        self.style = input_style(spec, self.tokenizer)
+        self.trained_length = spec.get("max_length")
         self.max_length = max_length or self.trained_length or 1024
         self.notes: list[str] = []  # said when it loads: how good a judge it is, and how it is read
         if max_length and self.trained_length and max_length != self.trained_length:
@@ -161,11 +166,11 @@ class RewardModel:
         self.identity = json.dumps([str(Path(folder).resolve()), files, self.style, self.max_length])
         self.accuracy = recorded_accuracy(folder)
         if self.accuracy:
-            a, (lo, hi) = self.accuracy["accuracy"], self.accuracy["ci95"]
+            a, (lo, hi), coin = self.accuracy["accuracy"], self.accuracy["ci95"], at_chance(self.accuracy)
             self.notes.append(
-                f"{'warning' if lo <= 0.5 else 'note'}: reward model {folder}: held-out accuracy {a:.3f} "
+                f"{'warning' if coin else 'note'}: reward model {folder}: held-out accuracy {a:.3f} "
                 f"[{lo:.3f}, {hi:.3f}] on {self.accuracy['pairs']} pairs (rm.json)"
-                + ("; its interval includes 0.5: not shown to beat a coin" if lo <= 0.5 else "")
+                + ("; its interval includes 0.5: not shown to beat a coin" if coin else "")
             )
         self.batch_size = batch_size
 
@@ -313,7 +318,7 @@ def rm_warnings(result: dict) -> list[str]:
             "the same (no preference to learn)"
         )
     held = result.get("heldout")
-    if held and held["ci95"][0] <= 0.5:
+    if held and at_chance(held):
         out.append(
             f"warning: held-out accuracy {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}]: its "
             "interval includes 0.5, so this judge is not shown to beat a coin"

@@ -24,6 +24,11 @@ def bootstrap_ci(values: Sequence[float], n: int = 2000, seed: int = 0, level: f
     return float(lo), float(hi)
 
 
+def at_chance(accuracy: dict) -> bool:
+    """A judge's accuracy ``{accuracy, ci95, ...}`` whose 95% interval includes 0.5: not shown to beat a coin."""
+    return accuracy["ci95"][0] <= 0.5
+
+
 def mean_ci(values: Sequence[float], n: int = 2000, seed: int = 0) -> dict[str, float]:
     lo, hi = bootstrap_ci(values, n, seed)
     return {"mean": float(np.mean(values)), "ci_low": lo, "ci_high": hi, "n": len(values)}

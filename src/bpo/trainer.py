@@ -106,7 +106,7 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
         rank = "" if acc.num_processes == 1 else f".rank{acc.process_index}"  # one writer per file
         annotator.judge.journal = out / f"judge-requests{rank}.jsonl"
     for note in judge_notes(annotator, gold):
-        progress.console.print(note, highlight=False, soft_wrap=True, markup=False)
+        say(note, highlight=False, soft_wrap=True, markup=False)
 
     if not sft_done(cfg):
         if acc.is_main_process:
