@@ -27,8 +27,8 @@ def rss_mib() -> float:
 def measure_memory(k: int, r: int) -> None:
     from peft import LoraConfig
 
-    from bpo.ensemble import Ensemble
-    from bpo.models import load_policy
+    from bpo.model.ensemble import Ensemble
+    from bpo.model.policy import load_policy
 
     before = rss_mib()
     policy = load_policy("smollm2-135m-instruct", device="cpu")
@@ -41,8 +41,8 @@ def measure_memory(k: int, r: int) -> None:
 
 
 def time_logps(repeats: int) -> dict[str, float]:
-    from bpo.logprobs import build_batch, sequence_logps
-    from bpo.models import load_policy
+    from bpo.model.logprobs import build_batch, sequence_logps
+    from bpo.model.policy import load_policy
 
     policy = load_policy("smollm2-135m-instruct", device="cpu")
     g = torch.Generator().manual_seed(0)
@@ -71,9 +71,9 @@ def time_pair_pass(repeats: int, prompt_len: int, response_len: int, pairs: int 
     """
     from peft import LoraConfig
 
-    from bpo.ensemble import Ensemble
-    from bpo.logprobs import build_batch, build_shared_batch
-    from bpo.models import load_policy
+    from bpo.model.ensemble import Ensemble
+    from bpo.model.logprobs import build_batch, build_shared_batch
+    from bpo.model.policy import load_policy
 
     policy = load_policy("smollm2-135m-instruct", device="cpu")
     ens = Ensemble.create(policy.model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"), 1)

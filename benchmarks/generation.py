@@ -1,7 +1,7 @@
 """What each generation speed-up buys: a phase's sampling with and without them, on one model.
 
 A phase samples n responses per prompt from the frozen behavior adapter (rank K*r: the merge of
-K members). Two speed-ups in ``bpo.sampling`` use that it is frozen and shared:
+K members). Two speed-ups in ``bpo.model.sampling`` use that it is frozen and shared:
 ``prefill_once`` (each prompt runs once, its KV cache repeated for the n samples) and
 ``fold_adapter`` (the adapter folded into a copy-restored base weight, so decoding has no LoRA
 matmuls). Each variant samples the same prompts with the same keys; the script checks that all
@@ -25,9 +25,9 @@ from peft import LoraConfig
 
 from bpo.config import load_config
 from bpo.data import load_source
-from bpo.ensemble import Ensemble
-from bpo.models import load_policy
-from bpo.sampling import HFBackend
+from bpo.model.ensemble import Ensemble
+from bpo.model.policy import load_policy
+from bpo.model.sampling import HFBackend
 
 VARIANTS = {  # name: (prefill_once, fold_adapter)
     "plain (every sample prefills, LoRA unfolded)": (False, False),

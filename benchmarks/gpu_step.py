@@ -1,7 +1,7 @@
 """A paper-scale BPO step on one GPU: seconds per part, peak memory and training MFU.
 
 The paper's batch (16 prompts x 2 samples x 128 new tokens, K = 5 members of LoRA r 256 on every
-linear layer) on Gemma-3-270M in bf16, through bpo's own loop (``bpo.trainer.train``) with F = T, so
+linear layer) on Gemma-3-270M in bf16, through bpo's own loop (``bpo.train.loop.train``) with F = T, so
 every step samples its prompts (the worst case for BPO; F = 2 samples a whole phase at once). The
 first step is a warm-up and is left out of the means. The training FLOPs are counted by torch's
 ``FlopCounterMode`` around the warm-up step's update (reference pass, every member's forward,
@@ -48,12 +48,12 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
     """bpo's loop at K members; the means of the timed steps, the first step's FLOPs, the run's peaks."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import bpo.step
-    import bpo.trainer
+    import bpo.train.loop
+    import bpo.train.step
     from bpo.config import load_config
 
     counted: list[float] = []
-    real_step = bpo.step.train_step
+    real_step = bpo.train.step.train_step
 
     def counting_step(*args, **kwargs):  # FLOPs of the first step only: counting slows what it counts
         if counted:
@@ -63,7 +63,7 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
         counted.append(float(fc.get_total_flops()))
         return out
 
-    bpo.trainer.train_step = counting_step
+    bpo.train.loop.train_step = counting_step
     with tempfile.TemporaryDirectory() as tmp:
         over = [
             f"model.name={a.model}", f"model.dtype={a.dtype}", f"device={a.device}", f"output_dir={tmp}/run",
@@ -76,11 +76,11 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
             f"data.sft_examples={a.prompts}",
         ]  # fmt: skip
         started = time.time()
-        bpo.trainer.train(load_config(a.task, over), evaluate=False)
+        bpo.train.loop.train(load_config(a.task, over), evaluate=False)
         wall = time.time() - started
         metrics = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         info = json.loads((Path(tmp) / "run" / "run.json").read_text())
-    bpo.trainer.train_step = real_step
+    bpo.train.loop.train_step = real_step
     timed = metrics[1:] or metrics  # the first step warms up (allocator, kernels)
     out = {p: sum(m.get(f"time/{p}", 0.0) for m in timed) / len(timed) for p in PARTS}
     out.update(step=sum(m["time/step"] for m in timed) / len(timed), flops=counted[0] if counted else 0.0)

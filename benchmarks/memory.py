@@ -40,10 +40,10 @@ def worker(a: argparse.Namespace, fold: bool, micro: int) -> list[float]:
 
     from bpo.config import load_config
     from bpo.data import load_source
-    from bpo.ensemble import Ensemble
-    from bpo.logprobs import build_shared_batch
-    from bpo.models import load_policy
-    from bpo.sampling import HFBackend
+    from bpo.model.ensemble import Ensemble
+    from bpo.model.logprobs import build_shared_batch
+    from bpo.model.policy import load_policy
+    from bpo.model.sampling import HFBackend
 
     peaks = [peak_mib()]
     cfg = load_config(a.task)

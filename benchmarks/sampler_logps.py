@@ -18,11 +18,11 @@ from common import publish  # benchmarks/common.py (scripts run from this folder
 from peft import LoraConfig
 
 from bpo.config import load_config
-from bpo.ensemble import Ensemble
-from bpo.logprobs import build_shared_batch
-from bpo.models import load_policy
-from bpo.quickstart import QuickstartTask
-from bpo.sampling import HFBackend
+from bpo.model.ensemble import Ensemble
+from bpo.model.logprobs import build_shared_batch
+from bpo.model.policy import load_policy
+from bpo.model.sampling import HFBackend
+from bpo.tasks.quickstart import QuickstartTask
 
 
 def gap(dtype: str, prompts: int, tokens: int) -> dict[str, float]:
@@ -71,7 +71,7 @@ def main() -> None:
             *rows,
             "",
             "bpo reuses the sampler's numbers as BPO's reference only in fp32; in bf16/fp16 it runs the "
-            "teacher-forced pass (`bpo.trainer.reference_logps`), so the loss at a phase start is exactly log 2.",
+            "teacher-forced pass (`bpo.train.step.reference_logps`), so the loss at a phase start is exactly log 2.",
         ],
         a.out,
     )

@@ -54,7 +54,7 @@ def trl_reward(prompts, completions, **kwargs) -> list[float]:  # TRL's reward f
 
 def model_folder(name: str, tmp: Path) -> str:
     """A folder both libraries load: a built-in offline model's cache, tiny-random-llama saved, or ``name``."""
-    from bpo.models import load_policy, offline_model_folder
+    from bpo.model.policy import load_policy, offline_model_folder
 
     if name == "tiny-random-llama":
         policy = load_policy(name, "cpu")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from bpo.labels import LabelQueue
+from bpo.human.labels import LabelQueue
 
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 with socket.socket() as s:

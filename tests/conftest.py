@@ -26,7 +26,7 @@ def shared_data() -> Path:
 
 @pytest.fixture()
 def tiny():
-    from bpo.models import load_policy
+    from bpo.model.policy import load_policy
 
     return load_policy("tiny-random-llama", device="cpu")
 

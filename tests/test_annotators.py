@@ -6,7 +6,7 @@ from transformers import LlamaForSequenceClassification
 
 from bpo.annotators import RewardModelAnnotator, ScoreAnnotator, load_callable
 from bpo.data import PromptRecord
-from bpo.models import ModelLoadError, byte_tokenizer, tiny_llama_config
+from bpo.model.policy import ModelLoadError, byte_tokenizer, tiny_llama_config
 
 
 def length_score(record: PromptRecord, response: str) -> float:
@@ -102,7 +102,7 @@ def test_a_non_finite_score_is_refused_not_taken_for_a_choice():
 
 
 def test_the_quickstart_judge_refuses_records_that_are_not_its_posts():
-    from bpo.quickstart import QuickstartTask
+    from bpo.tasks.quickstart import QuickstartTask
 
     task = QuickstartTask(0)
     post = task.prompts("eval", 2)[1]
@@ -117,8 +117,8 @@ def test_a_folder_without_a_trained_score_head_is_refused(tmp_path):
     from transformers import LlamaForCausalLM
     from typer.testing import CliRunner
 
+    from bpo.annotators.reward_model import RewardModelError
     from bpo.cli import app
-    from bpo.rm import RewardModelError
 
     tok = byte_tokenizer()
     LlamaForCausalLM(tiny_llama_config(tok, num_hidden_layers=1)).save_pretrained(tmp_path / "clm")

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from bpo.cli import app
-from bpo.ledger import AnnotationLog
+from bpo.train.ledger import AnnotationLog
 
 runner = CliRunner()
 

@@ -266,7 +266,7 @@ def test_export_merged_and_adapter(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from bpo.models import load_policy
+    from bpo.model.policy import load_policy
 
     res = runner.invoke(app, ["train", "quickstart", *tiny_config(tmp_path)])
     assert res.exit_code == 0, res.output

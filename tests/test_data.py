@@ -140,7 +140,7 @@ def test_an_overlong_prompt_is_dropped_by_default_and_said(tmp_path):
     """A 250k-token prompt ran over 300 s with no output: there was no default length limit."""
     from bpo.config import load_config
     from bpo.data import load_source
-    from bpo.models import byte_tokenizer
+    from bpo.model.policy import byte_tokenizer
 
     f = tmp_path / "p.jsonl"
     rows = [{"id": "short", "prompt": "hello?", "label": "hi"}, {"id": "huge", "prompt": "x" * 5000, "label": "y"}]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from conftest import adapters, tiny_config
 
-from bpo.ledger import AnnotationLog
+from bpo.train.ledger import AnnotationLog
 
 TOLERANCE = 1e-4  # absolute, on LoRA weights of size ~0.1: float reduction order and padding differ
 
@@ -63,14 +63,14 @@ def test_a_sharding_launcher_is_refused_before_anything_loads(tmp_path, monkeypa
     from accelerate.utils import DistributedType
     from typer.testing import CliRunner
 
-    import bpo.trainer
+    import bpo.train.loop
     from bpo.cli import app
 
     class Sharded:
         def __init__(self, **kwargs):
             self.distributed_type = DistributedType.FSDP
 
-    monkeypatch.setattr(bpo.trainer, "Accelerator", Sharded)
+    monkeypatch.setattr(bpo.train.loop, "Accelerator", Sharded)
     res = CliRunner().invoke(app, ["train", "quickstart", *tiny_config(tmp_path), "--no-eval"])
     assert res.exit_code == 2
     line = res.output.strip().splitlines()[-1]
@@ -84,7 +84,7 @@ def test_other_processes_wait_until_the_folder_is_locked_and_cleaned(tmp_path, m
     # between the cleaning and the first write to the folder.
     from accelerate.utils import DistributedType
 
-    import bpo.trainer
+    import bpo.train.loop
     from bpo.config import load_config
 
     order = []
@@ -103,11 +103,11 @@ def test_other_processes_wait_until_the_folder_is_locked_and_cleaned(tmp_path, m
         order.append("ledger")
         raise Stop
 
-    monkeypatch.setattr(bpo.trainer, "Accelerator", Acc)
-    monkeypatch.setattr(bpo.trainer, "clean_leftovers", lambda out: order.append("clean"))
-    monkeypatch.setattr(bpo.trainer, "open_ledger", ledger)
+    monkeypatch.setattr(bpo.train.loop, "Accelerator", Acc)
+    monkeypatch.setattr(bpo.train.loop, "clean_leftovers", lambda out: order.append("clean"))
+    monkeypatch.setattr(bpo.train.loop, "open_ledger", ledger)
     try:
-        bpo.trainer.train(load_config(None, tiny_config(tmp_path)), evaluate=False)
+        bpo.train.loop.train(load_config(None, tiny_config(tmp_path)), evaluate=False)
     except Stop:
         pass
     assert order == ["clean", "barrier", "ledger"]

@@ -5,9 +5,9 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
-from bpo.ensemble import Ensemble
-from bpo.logprobs import build_batch
-from bpo.models import load_policy
+from bpo.model.ensemble import Ensemble
+from bpo.model.logprobs import build_batch
+from bpo.model.policy import load_policy
 
 K = 3
 
@@ -122,7 +122,7 @@ def test_only_members_train_and_base_is_shared():
     assert len(bases) == len(layers) and len({p.data_ptr() for p in bases}) == len(layers)
     # switching adapters never touches the base: with adapters disabled it is the plain model
     fresh = load_policy("tiny-random-llama", device="cpu").model
-    from bpo.logprobs import sequence_logps
+    from bpo.model.logprobs import sequence_logps
 
     with torch.no_grad():
         plain = sequence_logps(fresh, tiny_batch())[0]
@@ -140,7 +140,7 @@ def test_saved_merge_loads_with_peft(tmp_path):
     assert (tmp_path / "behavior" / "adapter_config.json").exists()
     fresh = load_policy("tiny-random-llama", device="cpu").model
     loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "behavior"))
-    from bpo.logprobs import sequence_logps
+    from bpo.model.logprobs import sequence_logps
 
     with torch.no_grad():
         got = sequence_logps(loaded, batch)[0]

@@ -9,11 +9,11 @@ from conftest import tiny_config
 from test_judges import Server
 from typer.testing import CliRunner
 
+from bpo.annotators.llm_judge import HTTPPairwiseJudge
 from bpo.cli import app
 from bpo.config import load_config
-from bpo.evaluation import read_responses, run_eval
-from bpo.judges import HTTPPairwiseJudge
-from bpo.quickstart import QuickstartTask, judge
+from bpo.eval.systems import read_responses, run_eval
+from bpo.tasks.quickstart import QuickstartTask, judge
 
 runner = CliRunner()
 
@@ -249,7 +249,7 @@ def test_references_are_scored_once_per_judge(tmp_path, monkeypatch):
     """Each bpo eval --responses of 500 prompts rescored the 500 references (6-8 min on a CPU)."""
     from test_annotators import make_tiny_rm
 
-    from bpo.rm import RewardModel
+    from bpo.annotators.reward_model import RewardModel
 
     monkeypatch.setenv("BPO_CACHE", str(tmp_path / "cache"))
     scored = []

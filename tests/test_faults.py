@@ -20,8 +20,8 @@ from conftest import adapters, tiny_config
 
 from bpo.config import load_config
 from bpo.io import FolderInUseError, FolderLock
-from bpo.ledger import AnnotationLog, LedgerError
-from bpo.trainer import train
+from bpo.train.ledger import AnnotationLog, LedgerError
+from bpo.train.loop import train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 OVER = {"train.steps": 8, "train.phases": 2, "train.save_every": 2, "sampling.max_new_tokens": 16}
@@ -66,7 +66,7 @@ STOP = """
 import sys
 from bpo.config import load_config
 from bpo.errors import Interrupted
-from bpo.trainer import train
+from bpo.train.loop import train
 
 def stop(run, step, metrics):
     if step + 1 == int(sys.argv[1]):
@@ -192,7 +192,7 @@ def test_a_planted_pickle_in_a_run_folder_is_never_executed(tmp_path, reference)
     """--resume unpickled trainer_state.pt with weights_only=False: code planted in a shared run folder ran."""
     import pickle
 
-    from bpo.checkpoint import write_manifest
+    from bpo.train.checkpoint import write_manifest
 
     run = stopped_run(tmp_path, reference["sft"], at_step=7)
     marker = tmp_path / "pwned"
@@ -366,35 +366,6 @@ def test_ctrl_c_says_how_to_continue(tmp_path, reference):
     assert steps == list(range(1, 201))
 
 
-def test_a_run_from_an_older_bpo_resumes_as_it_started(tmp_path, reference):
-    """Checkpoints without a manifest, a ledger without a header, a config without the newer settings."""
-    import yaml
-
-    from bpo.config import resume_config
-
-    run = stopped_run(tmp_path, reference["sft"], at_step=5)
-    for folder in (run / "checkpoints").glob("step-*"):
-        (folder / "manifest.json").unlink()
-        state = torch.load(folder / "trainer_state.pt", weights_only=False)
-        del state["ledgers"]
-        torch.save(state, folder / "trainer_state.pt")
-    ledger = run / "annotations.jsonl"
-    ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[1:]))  # no header line
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    for key in ("weight_decay", "adam_eps", "ema_update"):
-        del saved["train"][key]
-    (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    cfg = resume_config(run)  # the values the older bpo used, not today's defaults
-    assert (cfg.train.weight_decay, cfg.train.adam_eps, cfg.train.ema_update) == (0.01, 1e-8, "step")
-    res = resume(run)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "written by an older bpo (no manifest): resuming from it unverified" in res.stderr
-    got = snapshot(run)
-    assert got["adapters"].keys() == reference["snapshot"]["adapters"].keys()
-    for key, value in reference["snapshot"]["adapters"].items():
-        assert torch.equal(got["adapters"][key], value), key
-
-
 def test_sft_leftovers_are_removed_and_the_cache_reused(tmp_path):
     from typer.testing import CliRunner
 
@@ -523,7 +494,7 @@ def test_a_run_that_failed_before_its_first_judgement_does_not_block_its_folder(
 DISK_FULL_AT_SAVE = """
 import sys
 import torch
-import bpo.checkpoint
+import bpo.train.checkpoint
 from bpo.cli import app
 
 real = torch.save
@@ -532,7 +503,7 @@ def save(obj, path, *a, **k):  # the disk fills while the step-4 checkpoint is w
         real(obj, path, *a, **k)
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 640 vs 512: file write failed")
     return real(obj, path, *a, **k)
-bpo.checkpoint.torch.save = save
+bpo.train.checkpoint.torch.save = save
 sys.argv = ["bpo", "train", "--no-eval", *sys.argv[1:]]
 app()
 """

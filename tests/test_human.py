@@ -8,8 +8,8 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from bpo.cli import app
-from bpo.labels import LabelError, LabelStore, kappa
-from bpo.ledger import AnnotationLog
+from bpo.human.labels import LabelError, LabelStore, kappa
+from bpo.train.ledger import AnnotationLog
 
 runner = CliRunner()
 
@@ -145,7 +145,7 @@ def test_after_a_lowered_quorum_the_trained_phases_leftovers_are_no_longer_offer
         store.add("bo", leftovers[0].id, 1)
     labels = tmp_path / "late.jsonl"
     labels.write_text(json.dumps({"id": leftovers[0].id, "choice": 1}) + "\n")
-    from bpo.label_files import export, import_labels
+    from bpo.human.files import export, import_labels
 
     with pytest.raises(LabelError, match="is not waiting for labels"):
         import_labels(store, labels, "cy")
@@ -159,7 +159,7 @@ def test_after_a_lowered_quorum_the_trained_phases_leftovers_are_no_longer_offer
 )
 def test_import_takes_only_0_1_or_tie(tmp_path, row, said):
     """A row without a choice, or with null, was taken as a tie."""
-    from bpo.label_files import import_labels
+    from bpo.human.files import import_labels
 
     over, run = human_run(tmp_path, **{"train.phases": 1, "train.steps": 2}), tmp_path / "run"
     assert runner.invoke(app, ["train", *over, "--no-eval"]).exit_code == 0

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from bpo.judges import HTTPPairwiseJudge, JudgeError, parse_verdict
+from bpo.annotators.llm_judge import HTTPPairwiseJudge, JudgeError, parse_verdict
 
 
 class Server(BaseHTTPRequestHandler):

@@ -20,8 +20,8 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from bpo.cli import app
-from bpo.labels import LabelQueue, LabelStore
-from bpo.ledger import AnnotationLog
+from bpo.human.labels import LabelQueue, LabelStore
+from bpo.train.ledger import AnnotationLog
 
 runner = CliRunner()
 CHROMIUM = os.environ.get("BPO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

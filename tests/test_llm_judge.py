@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from bpo.cli import app
 from bpo.config import load_config
 from bpo.errors import Interrupted
-from bpo.ledger import AnnotationLog
-from bpo.trainer import train
+from bpo.train.ledger import AnnotationLog
+from bpo.train.loop import train
 
 runner = CliRunner()
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from bpo.logprobs import build_batch, sequence_logps
-from bpo.losses import dap_loss
+from bpo.model.logprobs import build_batch, sequence_logps
+from bpo.train.losses import dap_loss
 
 
 def t(*xs: float) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_logps_carry_gradients(tiny, rows):
 
 
 def test_shared_prompt_logps_equal_the_plain_pass(tiny, rows):
-    from bpo.logprobs import build_shared_batch, shared_prompt_logps
+    from bpo.model.logprobs import build_shared_batch, shared_prompt_logps
 
     prompts, responses = rows
     pairs = [[r, list(reversed(r)) + [9]] for r in responses]  # two responses per prompt

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bpo.config import SamplingConfig
-from bpo.models import ModelLoadError, load_policy
-from bpo.sampling import HFBackend
+from bpo.model.policy import ModelLoadError, load_policy
+from bpo.model.sampling import HFBackend
 
 
 def test_tiny_random_llama_is_seeded():
@@ -59,7 +59,7 @@ def needs_gemma3(test):
 
 @needs_gemma3
 def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
-    from bpo.logprobs import build_batch, build_shared_batch, sequence_logps, shared_prompt_logps
+    from bpo.model.logprobs import build_batch, build_shared_batch, sequence_logps, shared_prompt_logps
 
     policy = load_policy("gemma3-270m", device="cpu")
     assert type(policy.model).__name__ == "Gemma3ForCausalLM"
@@ -85,7 +85,7 @@ def test_gemma3_samples_the_same_with_shared_prefill_and_a_folded_adapter():
     # give the plain path's tokens and log-probs
     from peft import LoraConfig
 
-    from bpo.ensemble import Ensemble
+    from bpo.model.ensemble import Ensemble
 
     policy = load_policy("gemma3-270m", device="cpu")
     ens = Ensemble.create(policy.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), 2)
@@ -115,9 +115,9 @@ def test_an_adapter_of_an_offline_model_loads_anywhere_with_auto_peft(tmp_path, 
 
     from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
 
-    from bpo.ensemble import Ensemble
     from bpo.io import replace_dir, temp_dir
-    from bpo.models import base_model_path, check_adapter
+    from bpo.model.ensemble import Ensemble
+    from bpo.model.policy import base_model_path, check_adapter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name = "smollm2-135m-instruct"

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bpo.annotators import load_callable
 from bpo.cli import app
-from bpo.ledger import AnnotationLog
+from bpo.train.ledger import AnnotationLog
 
 runner = CliRunner()
 

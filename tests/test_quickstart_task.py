@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from bpo.quickstart import QuickstartTask, judge, judge_parts, make_post, make_posts, reference
+from bpo.tasks.quickstart import QuickstartTask, judge, judge_parts, make_post, make_posts, reference
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bpo.cli import app
 from bpo.data import PromptRecord, load_pairs, plain_dialogue
-from bpo.models import byte_tokenizer, tiny_llama_config
+from bpo.model.policy import byte_tokenizer, tiny_llama_config
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_rm_trains_on_every_format_and_loads_both_ways(tmp_path, name):
     recs = [PromptRecord(str(i), p.prompt) for i, p in enumerate(pairs[:8])]
     judged = ann.annotate(recs, [(p.rejected, p.chosen) for p in pairs[:8]])
     assert sum(j.choice == 1 for j in judged) >= 7
-    from bpo.rm import encode
+    from bpo.annotators.reward_model import encode
 
     enc = encode(tok, "concat", [pairs[0].prompt], [pairs[0].chosen], 64)
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_rm_trains_on_every_format_and_loads_both_ways(tmp_path, name):
 
 
 def test_rm_holdout_and_parts_are_disjoint(tmp_path):
-    from bpo.rm import split_pairs
+    from bpo.train.rm import split_pairs
 
     data = tmp_path / "trl.jsonl"
     write_trl(data, 40)
@@ -149,10 +149,10 @@ def test_rm_annotator_uses_its_own_tokenizer_in_training(tmp_path):
     res = runner.invoke(app, ["train", "quickstart", *over, "--no-eval"])
     assert res.exit_code == 0, res.output
 
+    from bpo.annotators.reward_model import RewardModel, encode
     from bpo.config import load_config
     from bpo.data import load_source
-    from bpo.ledger import AnnotationLog
-    from bpo.rm import RewardModel, encode
+    from bpo.train.ledger import AnnotationLog
 
     cfg = load_config("quickstart", over)
     prompts = {r.id: r.prompt for r in load_source(cfg.data, "train", 64, None)}
@@ -183,7 +183,7 @@ def test_plain_dialogue_matches_the_bpo_splits_format():
 def test_top_layers_leaves_the_lower_blocks_as_they_were(tmp_path):
     from safetensors.torch import load_file
 
-    from bpo.rm import load_backbone
+    from bpo.train.rm import load_backbone
 
     data = tmp_path / "trl.jsonl"
     write_trl(data, 16)
@@ -213,9 +213,9 @@ def _tiny_rm(tmp_path, name: str, swap: bool = False):
 def test_a_gold_judge_scores_the_evaluation_beside_the_annotator(tmp_path):
     from conftest import tiny_config
 
+    from bpo.annotators.reward_model import RewardModel
     from bpo.config import load_config
     from bpo.data import load_source
-    from bpo.rm import RewardModel
 
     proxy, gold = _tiny_rm(tmp_path, "proxy"), _tiny_rm(tmp_path, "gold", swap=True)
     over = tiny_config(

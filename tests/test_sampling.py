@@ -2,9 +2,9 @@ import torch
 from peft import LoraConfig
 
 from bpo.config import SamplingConfig
-from bpo.ensemble import Ensemble
-from bpo.logprobs import build_batch, sequence_logps
-from bpo.sampling import Completion, HFBackend, identical
+from bpo.model.ensemble import Ensemble
+from bpo.model.logprobs import build_batch, sequence_logps
+from bpo.model.sampling import Completion, HFBackend, identical
 
 
 def test_sampling_shapes_eos_and_own_logps(tiny):
@@ -81,7 +81,7 @@ def test_keyed_sampling_does_not_depend_on_the_batch(tiny):
 
 
 def test_keyed_gumbel_samples_the_softmax():
-    from bpo.sampling import _KeyedGumbel
+    from bpo.model.sampling import _KeyedGumbel
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 1e-9]]))
     for top_k in (0, 3):  # all tokens get noise, or only the top 3 (the 4th is ~impossible anyway)
@@ -95,7 +95,7 @@ def test_keyed_gumbel_samples_the_softmax():
 def test_keyed_sampling_with_temperature_and_top_p_samples_the_warped_softmax():
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from bpo.sampling import _KeyedGumbel
+    from bpo.model.sampling import _KeyedGumbel
 
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.05]]))
     temperature, top_p = 0.7, 0.8

@@ -17,9 +17,9 @@ from conftest import adapters, tiny_config
 from rich.console import Console
 
 from bpo.config import load_config
-from bpo.ledger import AnnotationLog
-from bpo.phases import phase_bounds
-from bpo.trainer import train
+from bpo.train.ledger import AnnotationLog
+from bpo.train.loop import train
+from bpo.train.phases import phase_bounds
 
 T, B = 6, 4  # the tiny runs' steps and batch (tiny_config's defaults)
 
@@ -128,7 +128,7 @@ def test_identical_pairs_are_recorded_not_annotated(tmp_path):
 
 
 def test_a_phase_of_identical_pairs_is_collected_once(tmp_path, monkeypatch):
-    from bpo.sampling import HFBackend
+    from bpo.model.sampling import HFBackend
 
     calls = []
     generate = HFBackend.generate
@@ -216,7 +216,7 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_annotation_log_drops_a_line_cut_by_a_kill(tmp_path):
-    from bpo.ledger import Annotation
+    from bpo.train.ledger import Annotation
 
     log = AnnotationLog(tmp_path / "a.jsonl")
     log.append([Annotation(0, i, f"p{i}", ["a", "b"], [[1], [2]], 0) for i in range(3)])
@@ -236,7 +236,7 @@ def test_existing_run_needs_resume(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    from bpo.step import NonFiniteError
+    from bpo.train.step import NonFiniteError
 
     # an absurd lr blows the weights up after the first update: step 2's loss or gradient is not finite
     want = r"step 2 of run .*non-finite .*last good checkpoint is checkpoints/step-000001"
@@ -319,40 +319,6 @@ def test_micro_batches_give_the_same_update(tmp_path):
         for f, a in w_files.items():
             for k in a:
                 torch.testing.assert_close(a[k], m_files[f][k], atol=1e-5, rtol=1e-4)
-
-
-def test_a_run_saved_before_micro_batch_and_fast_sampling_resumes_as_it_started(tmp_path):
-    # a run written before train.micro_batch / sampling.fold_adapter / sampling.prefill_once existed has
-    # none of them in config.yaml: --resume must accept its ledger and continue with the old code paths,
-    # bit for bit the run that was never interrupted
-    import yaml
-
-    from bpo.config import resume_config
-    from bpo.errors import Interrupted
-
-    old = {"train.micro_batch": 10**9, "sampling.fold_adapter": False, "sampling.prefill_once": False}
-    run_tiny(tmp_path / "whole", **old)
-    cfg = load_config(None, tiny_config(tmp_path / "cut", **old))
-
-    def stop(run, step, m):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted):
-        train(cfg, evaluate=False, on_step=stop)
-    folder = tmp_path / "cut" / "run"
-    saved = yaml.safe_load((folder / "config.yaml").read_text())
-    del saved["train"]["micro_batch"], saved["sampling"]["fold_adapter"], saved["sampling"]["prefill_once"]
-    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
-    lines = (folder / "annotations.jsonl").read_text().splitlines()
-    header = json.loads(lines[0])  # an old ledger's header has none of them either
-    for section, key in (("train", "micro_batch"), ("sampling", "fold_adapter"), ("sampling", "prefill_once")):
-        header["settings"][section].pop(key, None)
-    (folder / "annotations.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
-    train(resume_config(folder), resume=True, evaluate=False)
-    want, got = adapters(tmp_path / "whole" / "run" / "final"), adapters(folder / "final")
-    assert want.keys() == got.keys() and want
-    assert all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_metrics_reach_weights_and_biases_when_asked(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def _run_config(
     """The config and adapter for ``--run RUN``: the run's own config.yaml (plus overrides) and its
     final behavior adapter; without --run, the config from ``args`` and ``--adapter`` as given."""
     from bpo.config import resume_config
-    from bpo.models import check_adapter
+    from bpo.model.policy import check_adapter
 
     if run is None:
         return _config(args), adapter
@@ -78,7 +78,7 @@ def _run_config(
             f"or pass --adapter RUN/checkpoints/<step>/adapters/behavior"
         )
     if Path(adapter).resolve() == (run / "final" / "behavior").resolve():
-        from bpo.checkpoint import check_final
+        from bpo.train.checkpoint import check_final
 
         check_final(run)  # the adapter evaluated is the one the run saved
     check_adapter(adapter, cfg.model.name)
@@ -132,7 +132,7 @@ def train(
     from bpo.config import resume_config
 
     cfg = resume_config(resume, list(args or [])) if resume else _config(args)  # before torch is imported
-    from bpo.trainer import train as run_train
+    from bpo.train.loop import train as run_train
 
     try:
         run_train(cfg, resume=bool(resume), console=console, evaluate=not no_eval)
@@ -145,9 +145,9 @@ def train(
 def sft(args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]")) -> None:
     """Train the K member SFT adapters only (they are cached for `bpo train`)."""
     from bpo.data import load_source
-    from bpo.models import load_policy
+    from bpo.model.policy import load_policy
     from bpo.progress import progress_bar
-    from bpo.sft import run_sft
+    from bpo.train.sft import run_sft
 
     cfg = _config(args)
     cfg.check_sources(("sft",), task_judge=False)
@@ -174,8 +174,8 @@ def generate(
 
     from bpo.data import load_prompts
     from bpo.io import write_jsonl
-    from bpo.models import check_adapter, load_policy
-    from bpo.sampling import HFBackend
+    from bpo.model.policy import check_adapter, load_policy
+    from bpo.model.sampling import make_backend
 
     cfg, adapter = _run_config(run, args, adapter)
     if adapter:
@@ -188,7 +188,7 @@ def generate(
         policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
     params = replace(cfg.sampling, do_sample=sample)
-    groups = HFBackend(policy).generate(ids, n, params, None, keys=[r.id for r in records])
+    groups = make_backend(policy, None, params.backend).generate(ids, n, params, None, keys=[r.id for r in records])
     write_jsonl(
         out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
     )
@@ -203,17 +203,20 @@ def annotate(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
 ) -> None:
     """Judge a file of response pairs with the configured annotator (reward model, callable, pairwise, LLM judge)."""
-    from bpo.annotators import build_annotator, judge_notes
+    from bpo.annotators import build_annotator, check_annotator, judge_notes
     from bpo.data import PromptRecord, load_pairs
     from bpo.io import write_jsonl
+    from bpo.registry import ANNOTATOR_KINDS
 
     cfg = _config(args)
-    if cfg.annotator.kind == "quickstart":
+    kind = ANNOTATOR_KINDS.get(cfg.annotator.kind)
+    if kind.task or kind.deferred:
         raise ConfigError(
-            "annotate needs annotator.kind=reward_model, callable, pairwise or llm_judge (the quickstart judge "
-            "only knows its own generated posts)"
+            f"annotate needs a model annotator that judges any pairs (annotator.kind=reward_model, callable, pairwise "
+            f"or llm_judge); the {cfg.annotator.kind} judge "
+            + ("only knows its own generated posts" if kind.task else "labels a run's phases (bpo label RUN)")
         )
-    cfg.check_annotator()
+    check_annotator(cfg)
     rows = load_pairs(pairs, skip_bad=cfg.data.skip_bad_rows)
     annotator = build_annotator(cfg)
     for note in judge_notes(annotator):
@@ -247,7 +250,7 @@ def eval_(
     run: Path = typer.Option(None, help="a run folder: its config (model, data, judge) and final behavior adapter"),
 ) -> None:
     """Win rate (95% bootstrap interval, ties apart) of an adapter or a responses file."""
-    from bpo.evaluation import run_eval
+    from bpo.eval.systems import run_eval
 
     cfg, adapter = _run_config(run, args, adapter, need_adapter=not responses)
     r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
@@ -272,7 +275,7 @@ def compare(
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from finished runs"),
 ) -> None:
     """Methods x seeds at equal annotation budget; writes OUT/report.md and plots. Resumable."""
-    from bpo.compare import report, run_grid
+    from bpo.eval.compare import report, run_grid
 
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else "quickstart"
@@ -312,10 +315,11 @@ def rm(
     """Train a Bradley-Terry reward model on human pairs; prints and saves its held-out accuracy (OUT/rm.json)."""
     import dataclasses
 
+    from bpo.annotators.reward_model import RewardModelError, is_reward_model
     from bpo.data import load_pairs, load_prompts, plain_dialogue
     from bpo.io import check_target
     from bpo.progress import progress_bar
-    from bpo.rm import RewardModelError, is_reward_model, train_rm
+    from bpo.train.rm import train_rm
 
     i, sep, n = part.partition("/")
     if not (sep and i.isdigit() and n.isdigit()):
@@ -395,6 +399,18 @@ def config_keys_cmd() -> None:
     print("\n".join(keys(Config())))
 
 
+@config_app.command("kinds")
+@user_errors
+def config_kinds_cmd() -> None:
+    """The annotator kinds and data tasks registered (built in, and from installed plugins)."""
+    from bpo.registry import ANNOTATOR_KINDS, TASKS
+
+    for name in ANNOTATOR_KINDS.names():
+        print(f"annotator.kind={name}: {ANNOTATOR_KINDS.get(name).help}")
+    for name in TASKS.names():
+        print(f"data.train/sft/eval={name}: {TASKS.get(name).what}")
+
+
 @app.command()
 @user_errors
 def report(
@@ -402,7 +418,7 @@ def report(
     out: Path = typer.Option(None, help="where report.md and curves.png go (default: the run itself, for one run)"),
 ) -> None:
     """A run's report (report.md + curves.png), or several runs overlaid. Every run writes its own at the end."""
-    from bpo.report import ReportError, write_report
+    from bpo.eval.report import ReportError, write_report
 
     if out is None and len(runs) > 1:
         raise ReportError(f"{len(runs)} runs overlaid need --out DIR (one run's report goes into the run)")
@@ -419,7 +435,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="replace a target folder that is not a bpo export"),
 ) -> None:
     """The run's behavior model for the Hub: merged (a plain transformers folder) or a PEFT adapter, with a card."""
-    from bpo.export import export as run_export
+    from bpo.train.export import export as run_export
 
     for path in run_export(run, merged, adapter, force):
         console.print(f"wrote {path}")
@@ -438,7 +454,7 @@ def label(
 ) -> None:
     """Label a human-annotated run's pairs in the browser (keys 1/2/t/s/u), or export/import them."""
     from bpo.config import resume_config
-    from bpo.labels import LabelStore
+    from bpo.human.labels import LabelStore
 
     cfg = resume_config(run)
     if cfg.annotator.kind != "human":
@@ -447,8 +463,8 @@ def label(
         raise ConfigError(f"{run} has no pairs waiting yet: start it with bpo train (it stops at the first phase)")
     overlap, phases = cfg.annotator.overlap, cfg.train.phases
     if export_to or import_from:
+        from bpo.human.files import export, import_labels
         from bpo.io import FolderLock
-        from bpo.label_files import export, import_labels
 
         with FolderLock(run / "labels", what="label queue"):
             store = LabelStore(run, overlap)
@@ -458,7 +474,7 @@ def label(
                 n = import_labels(store, import_from, labeller)
                 console.print(f"imported {n} labels from {import_from}")
     elif not summary:
-        from bpo.label_server import serve
+        from bpo.human.server import serve
 
         serve(run, overlap, phases, host, port, say=lambda m: console.print(Text(m), soft_wrap=True))
         return
@@ -481,7 +497,7 @@ def info() -> None:
     import transformers
 
     from bpo import __version__
-    from bpo.models import cache_dir
+    from bpo.model.policy import cache_dir
 
     console.print(
         f"bpo {__version__}  python {sys.version.split()[0]}  torch {torch.__version__}  "

@@ -20,6 +20,7 @@ import yaml
 from bpo.errors import ConfigError
 from bpo.fields import apply_values, section, setting
 from bpo.io import write_text_atomic
+from bpo.registry import ANNOTATOR_KINDS, BACKENDS, TASKS
 
 
 @dataclass
@@ -99,16 +100,12 @@ class SamplingConfig:
     batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
     fold_adapter: bool = setting(True, "sample with the frozen adapter folded into (copy-restored) base weights")
     prefill_once: bool = setting(True, "run each prompt once, its KV cache repeated for its n samples")
+    backend: str = setting("hf", "what generates: a registered backend (hf: transformers generate)")
 
 
 @dataclass
 class AnnotatorConfig:
-    kind: Literal["quickstart", "reward_model", "callable", "pairwise", "llm_judge", "human"] = setting(
-        "quickstart",
-        "who judges the pairs: quickstart, reward_model, callable (a score per response), pairwise (a Python "
-        "pick per pair), llm_judge (an LLM behind an OpenAI-compatible API, asked in both orders), human "
-        "(people, in the browser: the run stops at each phase until `bpo label RUN` has its labels)",
-    )
+    kind: str = setting("quickstart", "who judges the pairs: a registered kind (`bpo config kinds` lists them)")
     model: str = setting(
         "OpenAssistant/reward-model-deberta-v3-large-v2",
         "reward model (Hub name or folder); for llm_judge the model name the API serves",
@@ -126,7 +123,7 @@ class AnnotatorConfig:
     )
     overlap: int = setting(1, "human: different people who label each pair (2+: their agreement is measured)")
     quorum: float = setting(1.0, "human: share of a phase's pairs labelled before training goes on (rest unused)")
-    prelabel: Literal["", "reward_model", "callable", "pairwise", "llm_judge", "quickstart"] = setting(
+    prelabel: str = setting(
         "", "human: a model annotator that judges each phase first (its settings: the other annotator.* keys)"
     )
     review: Literal["all", "disagreements"] = setting(
@@ -254,7 +251,18 @@ class Config:
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
-        need(self.annotator.kind != "human" or sm.n == 2, "sampling.n", "2 with annotator.kind=human", sm.n)
+        kind = ANNOTATOR_KINDS.get(self.annotator.kind)
+        need(not kind.deferred or sm.n == 2, "sampling.n", f"2 with annotator.kind={self.annotator.kind}", sm.n)
+        pre, models = (
+            self.annotator.prelabel,
+            [k for k in ANNOTATOR_KINDS.names() if not ANNOTATOR_KINDS.get(k).deferred],
+        )
+        need(
+            not pre or pre in models,
+            "annotator.prelabel",
+            f"empty or a model annotator kind ({', '.join(models)})",
+            pre,
+        )
         need(0 < self.annotator.quorum <= 1, "annotator.quorum", "in (0, 1]", self.annotator.quorum)
         need(self.annotator.review_margin >= 0, "annotator.review_margin", ">= 0", self.annotator.review_margin)
         a = self.annotator
@@ -267,14 +275,19 @@ class Config:
             a.judge_temperature,
         )
         need(sm.n >= 2, "sampling.n", "at least 2 (a pair)", sm.n)
-        scorer = self.annotator.kind not in PAIRWISE
         need(
-            scorer or sm.n == 2 or sm.pairs == "random",
+            kind.per_response or sm.n == 2 or sm.pairs == "random",
             "sampling.pairs",
             f"random with annotator.kind={self.annotator.kind} (best_worst needs a score per response)",
             sm.pairs,
         )
         need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
+        need(
+            sm.backend in BACKENDS,
+            "sampling.backend",
+            f"a registered backend ({', '.join(BACKENDS.names())})",
+            sm.backend,
+        )
         need(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)", lora.dropout)
         need(sft.epochs >= 0, "sft.epochs", ">= 0 (0: no SFT)", sft.epochs)
         need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)
@@ -299,30 +312,23 @@ class Config:
         """
         for role in roles:
             spec = getattr(self.data, role)
-            if spec != "quickstart" and not spec.startswith("hub:") and not Path(spec).exists():
+            if spec not in TASKS and not spec.startswith("hub:") and not Path(spec).exists():
                 raise ConfigError(
-                    f"data.{role} = {spec!r}: no such file (use a jsonl/csv path, hub:NAME:SPLIT or quickstart)"
+                    f"data.{role} = {spec!r}: no such file (use a jsonl/csv path, hub:NAME:SPLIT or a task: "
+                    f"{', '.join(TASKS.names())})"
                 )
-        if task_judge and self.annotator.kind == "quickstart":
-            other = [f"data.{r} = {getattr(self.data, r)!r}" for r in roles if getattr(self.data, r) != "quickstart"]
+        task = ANNOTATOR_KINDS.get(self.annotator.kind).task
+        if task_judge and task:
+            other = [f"data.{r} = {getattr(self.data, r)!r}" for r in roles if getattr(self.data, r) != task]
             if other:
                 raise ConfigError(
-                    f"the quickstart judge scores only the embedded task's posts, but {', '.join(other)}: set "
+                    f"the {self.annotator.kind} judge scores only {TASKS.get(task).what}, but {', '.join(other)}: set "
                     "annotator.kind=reward_model annotator.model=DIR, or annotator.kind=callable annotator.callable=..."
                 )
 
-    def check_annotator(self) -> None:
-        """An LLM judge needs its URL before anything is loaded."""
-        if self.annotator.kind == "llm_judge" and not self.annotator.url:
-            raise ConfigError("annotator.kind=llm_judge needs annotator.url (an OpenAI-compatible base URL)")
-        if self.annotator.judge_template:
-            from bpo.judges import read_template
-
-            read_template(self.annotator.judge_template)
-
     def check_evaluation(self) -> None:
         """A judge that only picks between two responses gives no scores for the final evaluation."""
-        if self.annotator.kind in PAIRWISE and not self.eval.gold:
+        if not ANNOTATOR_KINDS.get(self.annotator.kind).per_response and not self.eval.gold:
             raise ConfigError(
                 f"annotator.kind={self.annotator.kind} picks between two responses and gives no scores to evaluate "
                 "with: set eval.gold=RM (a reward model judges the evaluation), or pass --no-eval and judge the "
@@ -364,8 +370,6 @@ POSITIVE = (
     "sft.lr",
     "lora.alpha",
 )
-
-PAIRWISE = ("pairwise", "llm_judge", "human")  # annotator kinds without a score per response
 
 PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
 
@@ -414,24 +418,19 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-# Settings added after runs were already written, with the value those runs used: a run saved by
-# an older bpo resumes exactly as it started, not with today's defaults.
-BEFORE_THEY_EXISTED = {  # micro_batch 1e9: the whole step at once; fold/prefill: the plain generate path
-    "train.weight_decay": 0.01,
-    "train.adam_eps": 1e-8,
-    "train.ema_update": "step",
-    "train.micro_batch": 10**9,
-    "sampling.fold_adapter": False,
-    "sampling.prefill_once": False,
-}
-
-
 def sft_key(cfg: Config) -> str:
     """A short hash of everything that changes the SFT result: the SFT cache's key."""
     parts = {"model": cfg.model.__dict__, "lora": cfg.lora.__dict__, "sft": cfg.sft.__dict__, "device": cfg.device}
     # every data setting that changes which SFT records are read and how (not the train or eval prompts)
     parts["data"] = {k: v for k, v in cfg.data.__dict__.items() if k not in ("train", "eval", "eval_examples")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sft_dir(cfg: Config) -> Path:
+    """Where the members' SFT adapters are cached: ``sft_dir``, else beside the run, named by :func:`sft_key`."""
+    if cfg.sft_dir:
+        return Path(cfg.sft_dir)
+    return Path(cfg.output_dir).parent / f"sft-{sft_key(cfg)}"
 
 
 def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Config:
@@ -444,10 +443,7 @@ def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Con
         raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}); restore the run's config.yaml") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path}: the top level must be a mapping; restore the run's config.yaml")
-    older = [
-        f"{k}={v}" for k, v in BEFORE_THEY_EXISTED.items() if k.split(".")[1] not in saved.get(k.split(".")[0], {})
-    ]
-    cfg = load_config(path, older + list(overrides or []))
+    cfg = load_config(path, list(overrides or []))
     # a run folder is where it is: moved or copied, it is resumed (and written) there, not at the
     # output_dir it was started with; its SFT cache is found where it was, when it is not beside it
     for o in overrides or []:

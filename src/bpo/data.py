@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from bpo.config import DataConfig
 from bpo.errors import BpoError
+from bpo.registry import TASKS
 
 
 class DataError(BpoError, ValueError):
@@ -318,37 +319,16 @@ def filter_by_length(
     return kept
 
 
-PromptSource = Callable[[DataConfig, str, int], list[PromptRecord]]
-SOURCES: dict[str, PromptSource] = {}
-
-
-def register_source(name: str) -> Callable[[PromptSource], PromptSource]:
-    """Make ``data.train=NAME`` (or sft, eval) a generated source: ``fn(data_config, role, n)``."""
-
-    def add(fn: PromptSource) -> PromptSource:
-        SOURCES[name] = fn
-        return fn
-
-    return add
-
-
-@register_source("quickstart")
-def _quickstart(cfg: DataConfig, role: str, n: int) -> list[PromptRecord]:
-    from bpo.quickstart import QuickstartTask
-
-    return QuickstartTask(cfg.seed).prompts(role, n)
-
-
 def load_source(cfg: DataConfig, role: str, n: int, tokenizer: PreTrainedTokenizerBase | None) -> list[PromptRecord]:
     """Up to ``n`` records for ``role`` (train, sft or eval) from the source the config names.
 
-    A registered source (``quickstart``: the embedded task's posts of that split) makes them;
+    A registered task (:mod:`bpo.tasks`; ``quickstart``: the embedded task's posts) makes them;
     files and Hub datasets are length-filtered as in the paper, then train and SFT prompts are
     shuffled with the seed.
     """
     spec = getattr(cfg, role)
-    if spec in SOURCES:
-        return SOURCES[spec](cfg, role, n)
+    if spec in TASKS:
+        return TASKS.get(spec).prompts(cfg, role, n)
     if spec.startswith("hub:"):
         _, name, split = (spec.split(":", 2) + [""])[:3]
         if not split:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bpo.checkpoint import check_final
 from bpo.config import ConfigError, resume_config
+from bpo.eval.report import model_card
 from bpo.io import check_target, replace_dir, temp_for
-from bpo.report import model_card
+from bpo.train.checkpoint import check_final
 
 
 def is_export(folder: Path, kind: str) -> bool:
@@ -55,7 +55,7 @@ def export(
     if "merged" in targets:
         from peft import PeftModel
 
-        from bpo.models import load_policy
+        from bpo.model.policy import load_policy
 
         policy = load_policy(cfg.model.name, "cpu", cfg.model.dtype, cfg.model.chat_template)
         model = PeftModel.from_pretrained(policy.model, str(behavior)).merge_and_unload()

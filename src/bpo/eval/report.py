@@ -16,6 +16,7 @@ import yaml
 
 from bpo.errors import BpoError
 from bpo.io import read_jsonl
+from bpo.registry import ANNOTATOR_KINDS
 from bpo.stats import at_chance
 
 CURVES = [  # metric, title
@@ -159,9 +160,14 @@ def run_warnings(metrics: list[dict], ev: dict, steps: int) -> list[str]:
     return out
 
 
+def _uses_model(kind: str) -> bool:
+    """The kind's verdicts come from ``annotator.model`` (named beside it); a kind no longer registered: no."""
+    return kind in ANNOTATOR_KINDS and ANNOTATOR_KINDS.get(kind).uses_model
+
+
 def _run_lines(r: dict) -> list[str]:
     cfg, info, t, ann = r["config"], r["run"], r["config"]["train"], r["config"]["annotator"]
-    judge = f" (`{ann['model']}`)" if ann["kind"] in ("reward_model", "llm_judge") else ""
+    judge = f" (`{ann['model']}`)" if _uses_model(ann["kind"]) else ""
     used = info.get("annotations", r["metrics"][-1].get("annotations/used", 0) if r["metrics"] else 0)
     cost = f"; wall {info['wall_seconds'] / 60:.1f} min, peak RSS {info['peak_rss_mib'] / 1024:.1f} GB" if info else ""
     return [
@@ -177,14 +183,14 @@ def _run_lines(r: dict) -> list[str]:
 def model_card(run: Path, kind: str) -> str:
     """A model card for ``kind``: ``merged`` (a transformers folder), ``adapter`` (the behavior model as a
     PEFT adapter) or ``final`` (a run's final/ folder): what made it, how it did, how to load it."""
-    from bpo.models import HUB_NAMES, base_model_path
+    from bpo.model.policy import HUB_NAMES, base_model_path
 
     r = load_run(run)
     cfg = r["config"]
     name = cfg["model"]["name"]
     base = HUB_NAMES.get(name, name)
     ann = cfg["annotator"]
-    judge = f" ({ann['model']})" if ann["kind"] in ("reward_model", "llm_judge") else ""
+    judge = f" ({ann['model']})" if _uses_model(ann["kind"]) else ""
     what = {
         "merged": "The behavior model merged into the base weights",
         "adapter": "The behavior model, a LoRA adapter",

@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
-from bpo.logprobs import SharedPromptBatch, TokenBatch, sequence_logps, shared_prompt_logps
+from bpo.model.logprobs import SharedPromptBatch, TokenBatch, sequence_logps, shared_prompt_logps
 
 MergeMethod = Literal["exact", "linear"]
 

@@ -4,7 +4,7 @@ With Delta = [log pi(y_w) - log pi(y_l)] - [log pi_ref(y_w) - log pi_ref(y_l)]:
   DPO  -(1-eps) log sigmoid(beta*Delta) - eps log sigmoid(-beta*Delta)
   IPO  (Delta - 1/(2 beta))^2, on log-probs averaged over response tokens
   SLiC max(0, 1 - beta*Delta)
-DPO and SLiC use summed log-probs (:mod:`bpo.logprobs` computes both kinds). Which reference
+DPO and SLiC use summed log-probs (:mod:`bpo.model.logprobs` computes both kinds). Which reference
 (SFT, behavior, EMA) feeds these functions is the trainer's business; the formulas do not care.
 """
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bpo.labels import Item, LabelError, LabelQueue, LabelStore
+from bpo.human.labels import Item, LabelError, LabelQueue, LabelStore
 
 KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
 MAX_BODY = 16 * 1024  # a label is a few dozen bytes; anything much larger is refused unread
@@ -59,7 +59,7 @@ def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
     """The label page and its API for run ``out`` (``phases``: F, shown as progress)."""
     store = LabelStore(out, overlap)
     token = store.queue.token()
-    page = files("bpo").joinpath("label_page.html").read_text(encoding="utf-8")
+    page = files("bpo.human").joinpath("label_page.html").read_text(encoding="utf-8")
 
     def allowed(request: Request) -> bool:
         given = request.query_params.get("token") or request.headers.get("x-bpo-token") or ""

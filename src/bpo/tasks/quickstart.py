@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bpo.annotators import Annotator, ScoreAnnotator, register_annotator
+from bpo.config import Config, DataConfig
 from bpo.data import PromptRecord
+from bpo.registry import TASKS, Task
 
 NAMES = """Aisha Ben Carla Dmitri Elena Farid Greta Hugo Ines Jonas Kofi Lena Mateo Nadia Omar Priya Quinn Rosa
 Sven Tara Umar Vera Wanda Xavier Yara Zeke Amir Bianca Chen Daria Emil Fatima Gabe Hana Ivan Julia Kai Lucia Marek
@@ -309,3 +312,21 @@ def breakdown(runs: dict[str, list[dict]]) -> list[str]:
         5, f"| start (SFT) | - | {s['facts']:.2f} | {s['distractors']:.2f} | {s['invented']:.2f} | {s['words']:.1f} | |"
     )
     return lines
+
+
+def _prompts(cfg: DataConfig, role: str, n: int) -> list[PromptRecord]:
+    return QuickstartTask(cfg.seed).prompts(role, n)
+
+
+def _judge(cfg: Config) -> Annotator:
+    return ScoreAnnotator(QuickstartTask(cfg.data.seed).score, "quickstart-judge")  # the task that made the posts
+
+
+TASKS.register("quickstart", Task(_prompts, "the embedded task's posts"))
+register_annotator(
+    "quickstart",
+    _judge,
+    help="the embedded task's exact judge (facts stated, distractors, length); only for data.*=quickstart",
+    task="quickstart",
+    report=breakdown,
+)

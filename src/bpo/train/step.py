@@ -8,19 +8,15 @@ any parameter moves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from bpo.errors import BpoError
-from bpo.ledger import Annotation, outcome_counts
-from bpo.logprobs import SharedPromptBatch, build_shared_batch
-from bpo.losses import dap_loss
-
-if TYPE_CHECKING:
-    from bpo.trainer import Run
+from bpo.model.logprobs import SharedPromptBatch, build_shared_batch
+from bpo.train.ledger import Annotation, outcome_counts
+from bpo.train.losses import dap_loss
+from bpo.train.run import Run
 
 
 class NonFiniteError(BpoError, RuntimeError):

@@ -73,30 +73,28 @@ class AnnotationLog:
 
     ``settings`` (when given) must match the header of an existing ledger; a new ledger gets them
     as its header, and so does a new run over a ledger with no judgement (a run that failed before
-    its first: nothing was paid for). ``legacy_ok`` (a ``--resume``) accepts a ledger written before
-    headers existed and never replaces a header.
+    its first: nothing was paid for). A ``--resume`` (``resume``) never replaces a header.
     """
 
-    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None, legacy_ok: bool = False):
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None, resume: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.header, self.entries = self._read()
         self._check_keys()
         if settings is not None:
-            self.bind(settings, legacy_ok)
+            self.bind(settings, resume)
 
-    def bind(self, settings: dict[str, Any], legacy_ok: bool = False) -> None:
+    def bind(self, settings: dict[str, Any], resume: bool = False) -> None:
         """Check ``settings`` against the header, or write them as the header of a new ledger."""
         settings = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
         if self.header is None:
-            if self.entries and not legacy_ok:
+            if self.entries:
                 raise LedgerError(
                     f"{self.path} holds {len(self.entries)} judgements but no header saying what produced them; "
-                    "a new run cannot trust them: use another output_dir (or --resume the run that wrote it)"
+                    "no run can trust them: use another output_dir"
                 )
-            if not self.entries:
-                self._write_header(settings)  # an empty file, or only a torn line
-        elif self.header["settings"] != settings and not self.entries and not legacy_ok:
+            self._write_header(settings)  # an empty file, or only a torn line
+        elif self.header["settings"] != settings and not self.entries and not resume:
             self._write_header(settings)  # a new run after one that failed before its first judgement: none paid
         elif self.header["settings"] != settings:
             old, new = _flat(self.header["settings"]), _flat(settings)
@@ -215,6 +213,8 @@ def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
     """Sampling keys that change samples (keyed noise: not the batch size, nor the speed-ups that give the
     same tokens); best-of-n keys only when used."""
     skip = {"batch_size", "fold_adapter", "prefill_once"} | ({"n", "pairs"} if s["n"] == 2 else set())
+    if s["backend"] == "hf":  # the default: a ledger written before the setting existed stays valid
+        skip.add("backend")
     return {k: v for k, v in s.items() if k not in skip}
 
 

@@ -14,13 +14,13 @@ import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 
 from bpo.config import Config
 from bpo.errors import BpoError
+from bpo.eval.report import model_card
 from bpo.io import (
     TEMP_FILE,
     read_jsonl,
@@ -33,12 +33,9 @@ from bpo.io import (
     write_manifest,
     write_text_atomic,
 )
-from bpo.ledger import AnnotationLog, check_prefix, digest, ledger_settings
-from bpo.models import base_model_path
-from bpo.report import model_card
-
-if TYPE_CHECKING:
-    from bpo.trainer import Run
+from bpo.model.policy import base_model_path
+from bpo.train.ledger import AnnotationLog, check_prefix, digest, ledger_settings
+from bpo.train.run import Run
 
 KEEP = 2  # checkpoints kept: the newest and one to fall back to
 
@@ -113,7 +110,7 @@ def find_checkpoint(out: Path, processes: int, say: Callable[[str], None] = prin
     for folder in candidates:
         problem = verify(folder)
         state = None
-        if problem is None or problem.startswith("no manifest"):
+        if problem is None:
             try:  # tensors, numbers, strings and containers only: a run folder may come from anyone
                 state = torch.load(folder / "trainer_state.pt", weights_only=True)
             except pickle.UnpicklingError as err:
@@ -126,9 +123,6 @@ def find_checkpoint(out: Path, processes: int, say: Callable[[str], None] = prin
                 )
             except Exception as err:  # a truncated or garbled file: torch raises several types
                 problem = f"trainer_state.pt cannot be read ({type(err).__name__})"
-        if state is not None and problem is not None and "ledgers" not in state:
-            say(f"warning: {folder.name} was written by an older bpo (no manifest): resuming from it unverified")
-            problem = None
         if problem is None:
             break
         skipped.append(f"{folder.name}: {problem}")
@@ -218,5 +212,5 @@ def open_ledger(cfg: Config, acc: Accelerator, resume: bool, say) -> tuple[Annot
     out = Path(cfg.output_dir)
     log = AnnotationLog(ledger_path(out, acc))  # first its lines: a duplicated or deleted one is named as such
     found = find_checkpoint(out, acc.num_processes, say) if resume else None  # then the prefix the checkpoint saw
-    log.bind(ledger_settings(cfg, acc.num_processes), legacy_ok=resume)  # then the settings (a new ledger's header)
+    log.bind(ledger_settings(cfg, acc.num_processes), resume=resume)  # then the settings (a new ledger's header)
     return log, found

@@ -19,14 +19,19 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bpo.annotators.base import Annotator, Judgement, PairsOnly, register_annotator
+from bpo.config import Config
+from bpo.data import PromptRecord
 from bpo.errors import BpoError, ConfigError
 from bpo.io import append_lines, read_jsonl
 
@@ -264,3 +269,88 @@ def outcome(first: str | None, second: str | None) -> float | None:
     a_votes = (first == "A") + (second == "B")
     b_votes = (first == "B") + (second == "A")
     return 1.0 if a_votes == 2 else 0.0 if b_votes == 2 else 0.5
+
+
+LETTER = {0: "A", 1: "B", None: "tie"}  # a pick between (first, second) as a judge's answer
+PICK = {1.0: 0, 0.0: 1, 0.5: None}  # the first response's outcome as the preferred index (None: a tie)
+
+
+class LLMJudgeAnnotator(PairsOnly):
+    """A pairwise LLM judge over an OpenAI-compatible API (:class:`HTTPPairwiseJudge`) as annotator.
+
+    Each pair is asked in both orders; a response is preferred only when it wins both, a split
+    verdict is a tie (not trained on). Answers are cached on disk (shared with ``bpo eval``), so a
+    resumed or repeated run pays for no question twice; every judgement records what it cost.
+    """
+
+    def __init__(self, judge: Any, concurrency: int):
+        self.judge, self.concurrency, self.name = judge, concurrency, judge.name
+
+    def _one(self, record: PromptRecord, pair: tuple[str, str]) -> Judgement:
+        spent: dict[str, int] = {}
+        first, second = self.judge.both(record.prompt, pair[0], pair[1], spent)
+        result = outcome(first, second)
+        if result is None:
+            why = "invalid: the judge's answer named neither response"
+            return Judgement(None, None, why, spent, calls=2, unjudged="invalid")
+        choice = PICK[result]
+        why = {0: "A in both orders", 1: "B in both orders"}.get(
+            choice, f"tie: order A/B answered {first}, order B/A answered {second}"
+        )
+        return Judgement(choice, None, why, spent, calls=2, unjudged="tie" if choice is None else None)
+
+    def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._one, prompts, pairs))  # in order, whatever order they finish in
+
+
+def judge_cache(cfg: Config) -> Path:
+    """Where HTTP judge answers are kept: one file shared by training annotators and ``bpo eval``."""
+    from bpo.model.policy import cache_dir
+
+    return Path(cfg.annotator.cache) if cfg.annotator.cache else cache_dir() / "judge-cache.jsonl"
+
+
+def http_judge(cfg: Config, url: str, model: str, api_key: str | None) -> Any:
+    """The pairwise HTTP judge ``llm_judge`` and ``bpo eval --judge http`` share: the config's template,
+    sampling, retries and time-out, and one answer cache."""
+    from bpo.annotators.llm_judge import HTTPPairwiseJudge, read_template
+
+    a, e = cfg.annotator, cfg.eval
+    template = read_template(a.judge_template) if a.judge_template else None
+    return HTTPPairwiseJudge(
+        url,
+        model,
+        judge_cache(cfg),
+        api_key,
+        e.judge_retries,
+        timeout=e.judge_timeout,
+        template=template,
+        temperature=a.judge_temperature,
+        max_tokens=a.judge_max_tokens,
+    )
+
+
+def _llm_judge(cfg: Config) -> Annotator:
+    a = cfg.annotator
+    return LLMJudgeAnnotator(http_judge(cfg, a.url, a.model, os.environ.get(a.api_key_env)), a.concurrency)
+
+
+def _check(cfg: Config) -> None:
+    if not cfg.annotator.url:
+        raise ConfigError("annotator.kind=llm_judge needs annotator.url (an OpenAI-compatible base URL)")
+    if cfg.annotator.judge_template:
+        read_template(cfg.annotator.judge_template)
+
+
+register_annotator(
+    "llm_judge",
+    _llm_judge,
+    help="an LLM behind an OpenAI-compatible API (annotator.url, annotator.model), asked in both orders",
+    per_response=False,
+    uses_model=True,
+    ledger_keys=("url", "judge_template", "judge_temperature", "judge_max_tokens"),
+    check=_check,
+)

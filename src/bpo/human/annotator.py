@@ -1,7 +1,7 @@
 """``annotator.kind=human``: people label each phase's pairs in the browser (``bpo label RUN``).
 
 The annotator is *deferred*: at a phase start the trainer samples the whole phase and hands it
-here; the pairs go to the run's label queue (:mod:`bpo.labels`) and the run stops with
+here; the pairs go to the run's label queue (:mod:`bpo.human.labels`) and the run stops with
 :class:`~bpo.errors.AwaitingLabels` (exit 0). ``bpo train --resume RUN`` asks again; once enough
 pairs are labelled (``annotator.quorum``) each becomes a judgement, with who labelled it and when,
 and training goes on to the next phase, where it stops again. With ``annotator.prelabel`` a model
@@ -16,16 +16,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bpo.annotators import Annotator, Judgement, PairsOnly
+from bpo.annotators import Annotator, Judgement, PairsOnly, build_annotator, register_annotator
 from bpo.config import Config, ConfigError
 from bpo.data import PromptRecord
 from bpo.errors import AwaitingLabels
+from bpo.human.labels import Item, LabelQueue, LabelStore
 from bpo.io import write_text_atomic
-from bpo.labels import Item, LabelQueue, LabelStore
 
 
-class HumanAnnotator(PairsOnly):
-    deferred = True  # answers arrive later: the trainer queues a whole phase, then asks for its verdicts
+class HumanAnnotator(PairsOnly):  # a Deferred annotator: the trainer queues a phase, then collects
     name = "human"
 
     def __init__(self, cfg: Config):
@@ -35,8 +34,6 @@ class HumanAnnotator(PairsOnly):
             raise ConfigError("annotator.prelabel=human: the pre-labeller must be a model annotator")
         self.prelabeller: Annotator | None = None
         if a.prelabel:
-            from bpo.annotators import build_annotator
-
             self.prelabeller = build_annotator(replace(cfg, annotator=replace(a, kind=a.prelabel)))
 
     def annotate(self, prompts: Sequence[PromptRecord], pairs: Sequence[tuple[str, str]]) -> list[Judgement]:
@@ -44,6 +41,9 @@ class HumanAnnotator(PairsOnly):
             "annotator.kind=human labels a training run's phases (bpo train, then bpo label RUN); it cannot "
             "judge a file of pairs on the spot"
         )
+
+    def queued(self, phase: int, fingerprint: str) -> bool:
+        return self.queue.has(phase, fingerprint)
 
     def queue_phase(self, phase: int, records: list[PromptRecord], items: list[Item], fingerprint: str) -> None:
         """Pre-label (if configured) and write the phase's pairs to the label queue."""
@@ -106,3 +106,13 @@ class HumanAnnotator(PairsOnly):
             out_rows.append((item, jd, len(got) + int(bool(pre)), given))
         status_file.unlink(missing_ok=True)
         return out_rows
+
+
+register_annotator(
+    "human",
+    HumanAnnotator,
+    help="people, in the browser: the run stops at each phase until `bpo label RUN` has its labels",
+    per_response=False,
+    deferred=True,
+    ledger_keys=("overlap", "prelabel", "review", "review_margin"),
+)

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bpo.human.labels import LabelError, LabelStore
 from bpo.io import write_jsonl, write_text_atomic
-from bpo.labels import LabelError, LabelStore
 
 LABEL_STUDIO_CONFIG = """<View>
   <Header value="Which response is better?"/>

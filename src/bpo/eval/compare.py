@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bpo.annotators import REPORTS
 from bpo.config import load_config
 from bpo.errors import BpoError, Interrupted
+from bpo.eval.report import load_run, plot
 from bpo.io import write_text_atomic
-from bpo.report import load_run, plot
+from bpo.registry import ANNOTATOR_KINDS
 
 
 class GridError(BpoError, RuntimeError):
@@ -79,9 +79,9 @@ def run_grid(
 ) -> list[Path]:
     base = load_config(config, overrides)
     base.check_sources()  # every run would meet a missing file: say so before the first starts
-    if base.annotator.kind == "human":
+    if ANNOTATOR_KINDS.get(base.annotator.kind).deferred:
         raise ValueError(
-            "bpo compare runs its grid unattended; annotator.kind=human stops at every phase for people: "
+            f"bpo compare runs its grid unattended; annotator.kind={base.annotator.kind} stops at every phase for people: "
             "run each method with bpo train and label it with bpo label"
         )
     unknown = [m for m in methods if m not in METHODS]
@@ -243,12 +243,8 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
 
 
 def _annotator(cfg) -> str:
-    a = cfg.annotator
-    return {
-        "reward_model": f"rm:{a.model}",
-        "callable": f"callable:{a.callable}",
-        "pairwise": f"pairwise:{a.callable}",
-    }.get(a.kind, a.kind)
+    label = ANNOTATOR_KINDS.get(cfg.annotator.kind).label
+    return label(cfg.annotator) if label else cfg.annotator.kind
 
 
 def report(out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None) -> Path:
@@ -281,8 +277,9 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
     if "offline-dpo" in runs and len(runs) > 1:
         lines += ["", "## Against offline DPO, seed by seed", "", *_head_to_head(runs, "offline-dpo")]
     kinds = {r["config"].annotator.kind for rs in runs.values() for r in rs}
-    for kind in sorted(kinds & REPORTS.keys()):  # a judge that can say why it scored as it did
-        lines += REPORTS[kind](runs)
+    for kind in sorted(kinds):  # a judge that can say why it scored as it did
+        section = ANNOTATOR_KINDS.get(kind).report
+        lines += section(runs) if section else []
     lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", ""]
     _plot_win_rates(summary, out / "win_rate.png")
     _plot_curves(runs, out / "curves.png")
@@ -323,13 +320,6 @@ def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
 
 
 def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
-    # Runs before kl/behavior_to_sft was logged have kl/sft = E_beta[log sft - log theta]; with
-    # kl/behavior = E_beta[log beta - log theta], the difference is E_beta[log beta - log sft] = KL(beta || sft).
-    for rs in runs.values():
-        for r in rs:
-            for m in r["metrics"]:
-                if "kl/behavior_to_sft" not in m and "kl/sft" in m and "kl/behavior" in m:
-                    m["kl/behavior_to_sft"] = m["kl/behavior"] - m["kl/sft"]
     keys = [
         ("score/behavior_samples", "gold score of the sampled pairs, mean over seeds"),
         ("loss", "loss (member mean), mean over seeds"),

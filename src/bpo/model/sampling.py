@@ -24,9 +24,10 @@ from transformers import (
 )
 
 from bpo.config import SamplingConfig
-from bpo.ensemble import Ensemble
-from bpo.logprobs import pad, prompt_cache
-from bpo.models import Policy
+from bpo.model.ensemble import Ensemble
+from bpo.model.logprobs import pad, prompt_cache
+from bpo.model.policy import Policy
+from bpo.registry import BACKENDS
 
 
 @dataclass
@@ -213,3 +214,11 @@ class HFBackend:
                 comp.logp = float(sum(comp.token_logps))
             groups[row // n].append(comp)
         return groups
+
+
+BACKENDS.register("hf", HFBackend)
+
+
+def make_backend(policy: Policy, ensemble: Ensemble | None = None, name: str = "hf") -> Backend:
+    """The generation backend ``sampling.backend`` names, over ``policy`` (and the ensemble's adapters)."""
+    return BACKENDS.get(name)(policy, ensemble)

@@ -11,8 +11,8 @@
         checkpoint every N steps and at each phase end
 
 F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. The pieces:
-collecting a phase (``bpo.phases``), one step (``bpo.step``), checkpoints and the ledger check
-(``bpo.checkpoint``), the evaluation (``bpo.evaluation``). ``train`` reads as: lock the run
+collecting a phase (``bpo.train.phases``), one step (``bpo.train.step``), checkpoints and the ledger check
+(``bpo.train.checkpoint``), the evaluation (``bpo.eval.evaluation``). ``train`` reads as: lock the run
 folder, check ledger and checkpoint, ``setup``, ``prepare``, ``fit``, ``finish``.
 """
 
@@ -22,7 +22,7 @@ import json
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,8 +32,14 @@ from rich.console import Console
 from rich.text import Text
 from transformers import get_linear_schedule_with_warmup
 
-from bpo.annotators import Annotator, LLMJudgeAnnotator, build_annotator, build_gold, judge_notes
-from bpo.checkpoint import (
+from bpo.annotators import check_annotator
+from bpo.config import Config, ConfigError, save_config
+from bpo.errors import Interrupted
+from bpo.eval.evaluation import evaluate_run, print_result
+from bpo.eval.report import load_run, run_warnings, write_report
+from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_json
+from bpo.progress import Bars, Lines, LogConsole, StepClock, progress_bar, step_line
+from bpo.train.checkpoint import (
     clean_leftovers,
     has_checkpoint,
     open_ledger,
@@ -43,91 +49,12 @@ from bpo.checkpoint import (
     trim_metrics,
     write_final_card,
 )
-from bpo.config import Config, ConfigError, save_config
-from bpo.data import PromptRecord, load_source
-from bpo.ensemble import Ensemble
-from bpo.errors import Interrupted
-from bpo.evaluation import evaluate_run, print_result
-from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_json
-from bpo.ledger import Annotation, AnnotationLog
-from bpo.models import Policy, load_policy
-from bpo.phases import collect_phase, local_shard, phase_bounds
-from bpo.progress import Bars, Lines, LogConsole, StepClock, progress_bar, step_line
-from bpo.report import load_run, run_warnings, write_report
-from bpo.sft import check_sft_dir, member_paths, run_sft, sft_done
-from bpo.step import NonFiniteError, total, train_step
-from bpo.timing import Timer
-from bpo.tracking import Trackers, check_wandb, win_rates
-
-
-@dataclass
-class Run:
-    """What the loop works on; built by :func:`setup`, so tests can drive pieces of it."""
-
-    cfg: Config
-    acc: Accelerator
-    policy: Policy
-    ens: Ensemble
-    annotator: Annotator
-    prompts: list[PromptRecord]  # this process's shard, step-major: step t's prompts are [t*b, (t+1)*b)
-    prompt_ids: list[list[int]]
-    out: Path
-    local_batch: int
-    gold: Annotator | None = None  # eval.gold: a judge apart from the annotator (None: the annotator judges)
-    timer: Timer = field(default_factory=Timer)  # seconds per part of the loop, logged as time/<part>
-
-    def __post_init__(self) -> None:
-        self.index = {r.id: i for i, r in enumerate(self.prompts)}
-
-
-def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, evaluate: bool = True) -> Run:
-    acc = acc or Accelerator(cpu=cfg.device == "cpu")
-    t = cfg.train
-    if t.batch_size % acc.num_processes:
-        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the {acc.num_processes} processes")
-    out = Path(cfg.output_dir)
-    say = progress.console.print if acc.is_main_process else (lambda *a, **k: None)
-    loading = time.time()
-    say(f"loading {cfg.model.name} on {acc.device} ...", highlight=False, markup=False)  # seconds, or a minute
-    policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
-    say(f"loaded {cfg.model.name} in {time.time() - loading:.0f} s", highlight=False, markup=False)
-    needed = t.steps * t.batch_size
-    records = load_source(cfg.data, "train", needed, policy.tokenizer)
-    if len(records) < needed:
-        raise ConfigError(
-            f"data.train {cfg.data.train!r} has {len(records)} usable prompts; T*B = {t.steps}*{t.batch_size} "
-            f"= {needed} are needed (each prompt is used once)"
-        )
-    records = records[:needed]
-    # the judges load before SFT: a wrong reward-model path fails in seconds, not after member SFT
-    annotator = build_annotator(cfg)
-    gold = build_gold(cfg) if cfg.eval.gold and evaluate else None  # --no-eval: nothing to judge
-    if isinstance(annotator, LLMJudgeAnnotator):  # every request it sends is counted in the run folder
-        rank = "" if acc.num_processes == 1 else f".rank{acc.process_index}"  # one writer per file
-        annotator.judge.journal = out / f"judge-requests{rank}.jsonl"
-    for note in judge_notes(annotator, gold):
-        say(note, highlight=False, soft_wrap=True, markup=False)
-
-    if not sft_done(cfg):
-        if acc.is_main_process:
-            sft_records = load_source(cfg.data, "sft", cfg.data.sft_examples, policy.tokenizer)
-            sft_policy = load_policy(cfg.model.name, acc.device, cfg.model.dtype, cfg.model.chat_template)
-            run_sft(cfg, sft_policy, sft_records, progress)
-            del sft_policy
-        acc.wait_for_everyone()
-    ens = Ensemble.from_adapters(policy.model, member_paths(cfg))
-    policy.model.eval()
-    ens.disable_dropout()  # no dropout anywhere during DAP training, as in the paper
-    ens.merge("behavior", t.merge)
-    ens.snapshot("behavior", "sft")
-    if t.reference == "ema":
-        ens.snapshot("behavior", "ema")
-    shard = local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
-    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
-    return Run(cfg, acc, policy, ens, annotator, shard, ids, out, t.batch_size // acc.num_processes, gold)
-
-
-# ----------------------------------------------------------------------------- the loop
+from bpo.train.ledger import Annotation, AnnotationLog
+from bpo.train.phases import collect_phase, phase_bounds
+from bpo.train.run import Run, setup
+from bpo.train.sft import check_sft_dir
+from bpo.train.step import NonFiniteError, total, train_step
+from bpo.train.tracking import Trackers, check_wandb, win_rates
 
 
 @dataclass
@@ -276,7 +203,7 @@ def train(
     console = console or LogConsole()
     out = Path(cfg.output_dir)
     cfg.check_sources()
-    cfg.check_annotator()
+    check_annotator(cfg)
     check_sft_dir(cfg)
     check_wandb(cfg.logging.wandb)
     if evaluate:

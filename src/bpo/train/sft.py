@@ -16,18 +16,12 @@ import torch
 from rich.progress import Progress
 from transformers import get_cosine_schedule_with_warmup
 
-from bpo.config import Config, ConfigError, sft_key
+from bpo.config import Config, ConfigError, sft_dir, sft_key
 from bpo.data import PromptRecord, shuffled
-from bpo.ensemble import Ensemble
 from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, verify, write_json, write_manifest
-from bpo.logprobs import build_batch
-from bpo.models import Policy, base_model_path
-
-
-def sft_dir(cfg: Config) -> Path:
-    if cfg.sft_dir:
-        return Path(cfg.sft_dir)
-    return Path(cfg.output_dir).parent / f"sft-{sft_key(cfg)}"
+from bpo.model.ensemble import Ensemble
+from bpo.model.logprobs import build_batch
+from bpo.model.policy import Policy, base_model_path
 
 
 def member_paths(cfg: Config) -> list[Path]:

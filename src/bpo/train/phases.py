@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from bpo.annotators import Judgement, check_finite
+from bpo.annotators import Deferred, Judgement, check_finite
 from bpo.config import ConfigError
 from bpo.data import PromptRecord
-from bpo.ledger import Annotation, AnnotationLog, outcome_counts
+from bpo.model.sampling import identical, make_backend
 from bpo.progress import Bars, Lines
-from bpo.sampling import HFBackend, identical
-
-if TYPE_CHECKING:
-    from bpo.trainer import Run
-
-
-def local_shard(records: list[PromptRecord], b: int, rank: int, world: int) -> list[PromptRecord]:
-    """Step t uses global prompts [t*B, (t+1)*B); process r takes every world-th of them."""
-    return [r for i, r in enumerate(records) if (i % b) % world == rank]
+from bpo.train.ledger import Annotation, AnnotationLog, outcome_counts
+from bpo.train.run import Run
 
 
 def phase_bounds(steps: int, phases: int) -> list[int]:
@@ -42,7 +34,7 @@ def collect_phase(run: Run, phase: int, log: AnnotationLog, progress: Bars | Lin
     per_phase = (bounds[phase + 1] - bounds[phase]) * run.local_batch
     have = log.phase(phase)
     todo = [i for i in range(per_phase) if i not in have]
-    if getattr(run.annotator, "deferred", False):
+    if isinstance(run.annotator, Deferred):
         return collect_deferred(run, phase, log, progress, todo, start)
     bar = progress.add_task(f"phase {phase}: sample + annotate", total=per_phase, completed=per_phase - len(todo))
     batch = cfg.sampling.batch_size
@@ -96,7 +88,7 @@ def sample(run: Run, start: int, chunk: list[int]) -> tuple[list[PromptRecord], 
     records = [run.prompts[start + j] for j in chunk]
     keys = [f"{run.cfg.train.seed}:{r.id}" for r in records]
     with run.timer.part("sample"):
-        groups = HFBackend(run.policy, run.ens).generate(
+        groups = make_backend(run.policy, run.ens, params.backend).generate(
             [run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys
         )
     return records, keys, groups
@@ -110,12 +102,12 @@ def collect_deferred(
     The annotator raises :class:`~bpo.errors.AwaitingLabels` while the labels are not in; the
     queue keeps the samples (tokens and log-probs too), so the resume trains on what was shown.
     """
-    from bpo.labels import Item, item_id, left_side
+    from bpo.human.labels import Item, item_id, left_side
 
     ann, fp = run.annotator, log.header["fingerprint"]
     if run.acc.num_processes > 1:
         raise ConfigError("annotator.kind=human runs in one process (people, not compute, set the pace)")
-    if todo and not ann.queue.has(phase, fp):
+    if todo and not ann.queued(phase, fp):
         bar = progress.add_task(f"phase {phase}: sample for people", total=len(todo))
         items, records = [], []
         for i in range(0, len(todo), run.cfg.sampling.batch_size):
