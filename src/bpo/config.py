@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -21,194 +21,17 @@ from bpo.errors import ConfigError
 from bpo.fields import apply_values, section, setting
 from bpo.io import write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS, BACKENDS, TASKS
-
-
-@dataclass
-class ModelConfig:
-    name: str = setting(
-        "smollm2-135m-instruct",
-        "Hub name, local folder, or smollm2-135m-instruct / gemma3-270m / tiny-random-llama (offline)",
-    )
-    dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16")
-    chat_template: Literal["auto", "always", "never"] = setting(
-        "auto", "use the tokenizer's chat template: auto (if it has one), always, never"
-    )
-
-
-@dataclass
-class LoraConfig:
-    """The LoRA of each ensemble member; :meth:`peft` is the same as PEFT's ``LoraConfig``."""
-
-    r: int = setting(16, "LoRA rank of each ensemble member (the paper: 256)")
-    alpha: int = setting(32, "LoRA alpha (the scale is alpha / r; the paper: 512)")
-    dropout: float = setting(
-        0.1, "LoRA dropout in member SFT only; DAP runs without dropout in every adapter, as the paper"
-    )
-    target_modules: str = setting("all-linear", "modules that get LoRA (PEFT's target_modules)")
-
-    def peft(self, dropout: float | None = None) -> Any:
-        """PEFT's ``LoraConfig`` for these settings (``dropout`` overrides ``self.dropout``)."""
-        from peft import LoraConfig as PeftLoraConfig  # heavy: not needed to read or check a config
-
-        drop = self.dropout if dropout is None else dropout
-        return PeftLoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=drop,
-            target_modules=self.target_modules,
-            task_type="CAUSAL_LM",
-        )
-
-
-@dataclass
-class DataConfig:
-    """Where prompts come from: a registered source (``quickstart``), a jsonl/csv path or ``hub:NAME:SPLIT``."""
-
-    train: str = setting("quickstart", "prompts for online training (each used once: T*B are needed)")
-    sft: str = setting("quickstart", "(prompt, reference) records for member SFT")
-    eval: str = setting("quickstart", "held-out prompts (with references) for the final evaluation")
-    prompt_field: str = setting("prompt", "field of the prompt in jsonl/csv files")
-    reference_field: str = setting("label", "field of the human reference in jsonl/csv files")
-    prompt_template: str = setting("{prompt}", "text the model sees around each prompt")
-    max_prompt_tokens: int | None = setting(
-        1024,
-        "drop longer prompts, saying how many (a very long prompt takes minutes a sample; the paper: 512 TL;DR, "
-        "64 helpful, 256 harmless); empty: no limit",
-    )
-    max_response_tokens: int | None = setting(None, "drop records with longer references")
-    skip_bad_rows: bool = setting(False, "skip (and count) malformed rows instead of stopping")
-    sft_examples: int = setting(64, "records used for member SFT")
-    eval_examples: int = setting(64, "prompts in the final evaluation")
-    seed: int = setting(0, "order of the train and SFT records (and the quickstart task's posts)")
-
-
-@dataclass
-class SamplingConfig:
-    """Decoding settings; the defaults are the paper's public code: temperature 1, top-p 0.95, top-k off."""
-
-    max_new_tokens: int = setting(48, "longest sampled response (the paper: 128)")
-    n: int = setting(
-        2, "responses sampled per prompt (the paper: 2); more is best-of-n, the pair set by sampling.pairs"
-    )
-    pairs: Literal["best_worst", "random"] = setting(
-        "best_worst", "with n > 2: train on the best vs the worst response (a scoring annotator) or on a random pair"
-    )
-    temperature: float = setting(1.0, "sampling temperature")
-    top_k: int = setting(0, "keep the k most likely tokens (0: off)")
-    top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
-    do_sample: bool = setting(True, "training always samples; False is greedy (evaluation)")
-    batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
-    fold_adapter: bool = setting(True, "sample with the frozen adapter folded into (copy-restored) base weights")
-    prefill_once: bool = setting(True, "run each prompt once, its KV cache repeated for its n samples")
-    backend: str = setting("hf", "what generates: a registered backend (hf: transformers generate)")
-
-
-@dataclass
-class AnnotatorConfig:
-    kind: str = setting("quickstart", "who judges the pairs: a registered kind (`bpo config kinds` lists them)")
-    model: str = setting(
-        "OpenAssistant/reward-model-deberta-v3-large-v2",
-        "reward model (Hub name or folder); for llm_judge the model name the API serves",
-    )
-    url: str = setting("", "llm_judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = setting("OPENAI_API_KEY", "llm_judge: environment variable holding the API key (never logged)")
-    concurrency: int = setting(4, "llm_judge: requests in flight at once")
-    cache: str = setting(
-        "", "llm_judge and bpo eval --judge http: answer cache (empty: $BPO_CACHE/judge-cache.jsonl, shared)"
-    )
-    callable: str = setting(
-        "",
-        "package.module:fn or path/to/file.py:fn; kind=callable: fn(prompt_record, response) -> float; "
-        "kind=pairwise: fn(prompt, response_a, response_b) -> 0 | 1 | None, or (that, rationale)",
-    )
-    overlap: int = setting(1, "human: different people who label each pair (2+: their agreement is measured)")
-    quorum: float = setting(1.0, "human: share of a phase's pairs labelled before training goes on (rest unused)")
-    prelabel: str = setting(
-        "", "human: a model annotator that judges each phase first (its settings: the other annotator.* keys)"
-    )
-    review: Literal["all", "disagreements"] = setting(
-        "disagreements", "human with prelabel: people label all pairs, or only those the pre-labeller leaves open"
-    )
-    review_margin: float = setting(0.0, "human with prelabel: a scorer's pair is open when its scores differ <= this")
-    both_orders: bool = setting(
-        False, "pairwise: ask the function in both orders (A/B, then B/A); a split verdict is a tie, not trained on"
-    )
-    judge_template: str = setting(
-        "",
-        "llm_judge and bpo eval --judge http: a file with the judge's prompt ({prompt}, {a}, {b}); empty: "
-        "bpo's, which asks for one letter",
-    )
-    judge_temperature: float = setting(0.0, "llm_judge and bpo eval --judge http: the judge's sampling temperature")
-    judge_max_tokens: int = setting(16, "llm_judge and bpo eval --judge http: tokens the judge may answer with")
-    batch_size: int = setting(16, "responses per reward-model forward")
-    max_length: int = setting(
-        0,
-        "reward-model input tokens (prompt + response), truncated beyond; 0: the length it was trained at "
-        "(bpo_rm.json), else 1024",
-    )
-
-
-@dataclass
-class SFTConfig:
-    epochs: int = setting(2, "epochs of member SFT; 0: none, members start as the model itself (as TRL's online DPO)")
-    batch_size: int = setting(8, "records per SFT step")
-    lr: float = setting(1e-3, "SFT learning rate (cosine decay)")
-    seeds: list[int] = setting([0, 1], "one SFT run, one ensemble member, per seed (the paper: K = 5)")
-    max_length: int = setting(512, "prompt + reference tokens, the prompt's start cut beyond")
-
-
-@dataclass
-class TrainConfig:
-    steps: int = setting(16, "T: optimizer steps")
-    batch_size: int = setting(8, "B: prompts per step, 2 responses each")
-    micro_batch: int = setting(0, "prompts per forward/backward in a step, same update (0: 1 on CPU, all B on GPU)")
-    phases: int = setting(2, "F: behavior refreshes (annotation phases); 1 = offline DAP, T = on-policy")
-    reference: Literal["behavior", "sft", "ema"] = setting(
-        "behavior", "behavior = BPO; sft = online DAP; ema (ablation)"
-    )
-    ema_alpha: float = setting(5e-3, "EMA rate of the ema reference")
-    ema_update: Literal["refresh", "step"] = setting(
-        "refresh",
-        "refresh: EMA toward behavior at each refresh (the paper's code); step: after every step (not the paper's)",
-    )
-    loss: Literal["dpo", "ipo", "slic"] = setting("dpo", "the DAP loss")
-    beta: float = setting(0.1, "beta of every loss")
-    label_smoothing: float = setting(0.0, "DPO's conservative label smoothing eps")
-    lr: float = setting(5e-4, "AdamW learning rate (linear decay to 0, no warm-up; the paper: 5e-5)")
-    grad_clip: float = setting(1.0, "gradient-norm clip per member")
-    weight_decay: float = setting(0.0, "AdamW weight decay (the paper's transformers.AdamW: 0; torch's default 0.01)")
-    adam_eps: float = setting(1e-6, "AdamW eps (the paper's transformers.AdamW: 1e-6; torch's default 1e-8)")
-    merge: Literal["exact", "linear"] = setting(
-        "exact", "exact: mean of members' delta-W; linear: PEFT linear (the paper's code)"
-    )
-    reference_from_sampler: bool = setting(
-        True, "BPO in fp32: the sampler's log-probs are the reference (no extra forward); bf16/fp16 recompute them"
-    )
-    log_kl_sft: bool = setting(True, "log KL(behavior || SFT): one extra forward when the reference is not SFT")
-    save_every: int = setting(0, "checkpoint every N steps (0: at phase ends and the end only)")
-    seed: int = setting(0, "sampling noise of the run")
-
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int = setting(48, "longest greedy response in evaluation")
-    batch_size: int = setting(32, "prompts per greedy generate call")
-    bootstrap: int = setting(2000, "bootstrap resamples for every interval")
-    gold: str = setting(
-        "",
-        "reward model (folder or Hub name) that judges the final evaluation apart from the annotator, so that "
-        "over-optimisation of the annotator shows; empty: the annotator judges (the paper's set-up)",
-    )
-    judge_timeout: float = setting(
-        60.0, "seconds for a whole HTTP judge request, answer included (bpo eval and annotator.kind=llm_judge)"
-    )
-    judge_retries: int = setting(5, "retries of a transient HTTP judge fault (and of an unreadable answer)")
-
-
-@dataclass
-class LoggingConfig:
-    wandb: bool = setting(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)")
-    wandb_project: str = setting("bpo", "the W&B project; the W&B run is named after the run folder")
+from bpo.sections import (  # re-exported: every module reads its section's type from bpo.config
+    AnnotatorConfig,
+    DataConfig,
+    EvalConfig,
+    LoggingConfig,
+    LoraConfig,
+    ModelConfig,
+    SamplingConfig,
+    SFTConfig,
+    TrainConfig,
+)
 
 
 @dataclass
@@ -228,15 +51,12 @@ class Config:
 
     def validate(self) -> None:
         """Refuse numbers that cannot give a meaningful run, before anything is loaded."""
-        t, sm, sft, lora, d, e = self.train, self.sampling, self.sft, self.lora, self.data, self.eval
+        self._check_training()
+        self._check_annotator()
+        self._check_sampling_and_data()
 
-        def need(ok: bool, key: str, rule: str, value: Any) -> None:
-            if not ok:
-                raise ConfigError(f"{key} = {value!r}: must be {rule}")
-
-        def positive(value: float) -> bool:
-            return math.isfinite(value) and value > 0
-
+    def _check_training(self) -> None:
+        t, e = self.train, self.eval
         for key in COUNTS:
             need(self.get(key) >= 1, key, "at least 1", self.get(key))
         need(1 <= t.phases <= t.steps, "train.phases", f"between 1 and train.steps (T={t.steps})", t.phases)
@@ -250,37 +70,29 @@ class Config:
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
-        need(sm.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", sm.top_k)
-        kind = ANNOTATOR_KINDS.get(self.annotator.kind)
-        need(not kind.deferred or sm.n == 2, "sampling.n", f"2 with annotator.kind={self.annotator.kind}", sm.n)
-        pre, models = (
-            self.annotator.prelabel,
-            [k for k in ANNOTATOR_KINDS.names() if not ANNOTATOR_KINDS.get(k).deferred],
-        )
-        need(
-            not pre or pre in models,
-            "annotator.prelabel",
-            f"empty or a model annotator kind ({', '.join(models)})",
-            pre,
-        )
-        need(0 < self.annotator.quorum <= 1, "annotator.quorum", "in (0, 1]", self.annotator.quorum)
-        need(self.annotator.review_margin >= 0, "annotator.review_margin", ">= 0", self.annotator.review_margin)
-        a = self.annotator
+        need(self.sampling.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", self.sampling.top_k)
+
+    def _check_annotator(self) -> None:
+        a, n = self.annotator, self.sampling.n
+        kind = ANNOTATOR_KINDS.get(a.kind)
+        need(not kind.deferred or n == 2, "sampling.n", f"2 with annotator.kind={a.kind}", n)
+        models = [k for k in ANNOTATOR_KINDS.names() if not ANNOTATOR_KINDS.get(k).deferred]
+        rule = f"empty or a model annotator kind ({', '.join(models)})"
+        need(not a.prelabel or a.prelabel in models, "annotator.prelabel", rule, a.prelabel)
+        need(0 < a.quorum <= 1, "annotator.quorum", "in (0, 1]", a.quorum)
+        need(a.review_margin >= 0, "annotator.review_margin", ">= 0", a.review_margin)
         need(a.max_length >= 0, "annotator.max_length", ">= 0 (0: the reward model's own)", a.max_length)
         need(a.judge_max_tokens >= 1, "annotator.judge_max_tokens", "at least 1", a.judge_max_tokens)
+        temp = a.judge_temperature
+        need(math.isfinite(temp) and temp >= 0, "annotator.judge_temperature", ">= 0 and finite", temp)
+        need(n >= 2, "sampling.n", "at least 2 (a pair)", n)
+        rule = f"random with annotator.kind={a.kind} (best_worst needs a score per response)"
         need(
-            math.isfinite(a.judge_temperature) and a.judge_temperature >= 0,
-            "annotator.judge_temperature",
-            ">= 0 and finite",
-            a.judge_temperature,
+            kind.per_response or n == 2 or self.sampling.pairs == "random", "sampling.pairs", rule, self.sampling.pairs
         )
-        need(sm.n >= 2, "sampling.n", "at least 2 (a pair)", sm.n)
-        need(
-            kind.per_response or sm.n == 2 or sm.pairs == "random",
-            "sampling.pairs",
-            f"random with annotator.kind={self.annotator.kind} (best_worst needs a score per response)",
-            sm.pairs,
-        )
+
+    def _check_sampling_and_data(self) -> None:
+        sm, sft, d = self.sampling, self.sft, self.data
         need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
         need(
             sm.backend in BACKENDS,
@@ -288,7 +100,7 @@ class Config:
             f"a registered backend ({', '.join(BACKENDS.names())})",
             sm.backend,
         )
-        need(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)", lora.dropout)
+        need(0 <= self.lora.dropout < 1, "lora.dropout", "in [0, 1)", self.lora.dropout)
         need(sft.epochs >= 0, "sft.epochs", ">= 0 (0: no SFT)", sft.epochs)
         need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)
         need(len(sft.seeds) >= 1, "sft.seeds", "at least one seed (one ensemble member per seed)", sft.seeds)
@@ -342,6 +154,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def need(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: must be {rule}")
+
+
+def positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 # Settings that count things (at least 1) and rates or scales (positive and finite).
@@ -457,3 +278,18 @@ def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Con
         if not here.exists() and there.exists():
             cfg.sft_dir = str(there)
     return cfg
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "LoraConfig",
+    "DataConfig",
+    "SamplingConfig",
+    "AnnotatorConfig",
+    "SFTConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "LoggingConfig",
+]

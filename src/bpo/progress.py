@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -130,3 +131,18 @@ def progress_bar(console: Console | None = None, disable: bool = False) -> Bars 
         disable=disable,
         transient=False,
     )
+
+
+def warning_lines(console: Console) -> None:
+    """bpo's own warnings (dropped rows or prompts) as one ``warning:`` line on ``console``; others as Python
+    prints them; transformers' deprecation notices (theirs, not the user's) not at all."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    show = warnings.showwarning
+
+    def line(message, category, filename, lineno, file=None, line=None) -> None:
+        if category is UserWarning and f"{os.sep}bpo{os.sep}" in str(filename):
+            console.print(f"warning: {message}", soft_wrap=True, markup=False, highlight=False)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = line

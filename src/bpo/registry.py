@@ -45,13 +45,13 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         self._load()
-        return list(self._entries)
+        return sorted(self._entries)
 
     def get(self, name: str) -> T:
         """The part ``name``; an unknown name is a :class:`ConfigError` that lists the known ones."""
         self._load()
         if name not in self._entries:
-            raise ConfigError(f"{self.setting} = {name!r}: unknown; known: {', '.join(self._entries)}")
+            raise ConfigError(f"{self.setting} = {name!r}: unknown; known: {', '.join(self.names())}")
         return self._entries[name]
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from bpo.config import Config
 from bpo.data import PromptRecord
-from bpo.errors import BpoError
+from bpo.errors import BpoError, ConfigError
 from bpo.registry import ANNOTATOR_KINDS, AnnotatorKind
 
 
@@ -148,3 +149,27 @@ def judge_accuracy(judge: Annotator | None) -> dict | None:
     """The held-out accuracy recorded with a reward-model judge (``bpo rm``'s rm.json), if any."""
     rm = getattr(judge, "rm", None)
     return getattr(rm, "accuracy", None)
+
+
+def judge_file(cfg: Config, pairs: Path, out: Path, say: Callable[[str], None]) -> tuple[int, float]:
+    """``bpo annotate``: judge a file of pairs with the configured annotator, one JSONL row per pair to ``out``;
+    returns the number judged and the share where the first response was preferred."""
+    from bpo.data import load_pairs
+    from bpo.io import write_jsonl
+
+    kind = ANNOTATOR_KINDS.get(cfg.annotator.kind)
+    if kind.task or kind.deferred:
+        raise ConfigError(
+            f"annotate needs a model annotator that judges any pairs (annotator.kind=reward_model, callable, pairwise "
+            f"or llm_judge); the {cfg.annotator.kind} judge "
+            + ("only knows its own generated posts" if kind.task else "labels a run's phases (bpo label RUN)")
+        )
+    check_annotator(cfg)
+    rows = load_pairs(pairs, skip_bad=cfg.data.skip_bad_rows)
+    annotator = build_annotator(cfg)
+    for note in judge_notes(annotator):
+        say(note)
+    judged = annotator.annotate([PromptRecord(r.id, r.prompt) for r in rows], [(r.chosen, r.rejected) for r in rows])
+    fields = ("choice", "scores", "rationale", "usage")
+    write_jsonl(out, ({"id": r.id, **{k: getattr(j, k) for k in fields}} for r, j in zip(rows, judged)))
+    return len(judged), sum(j.choice == 0 for j in judged) / max(len(judged), 1)

@@ -81,7 +81,8 @@ def run_grid(
     base.check_sources()  # every run would meet a missing file: say so before the first starts
     if ANNOTATOR_KINDS.get(base.annotator.kind).deferred:
         raise ValueError(
-            f"bpo compare runs its grid unattended; annotator.kind={base.annotator.kind} stops at every phase for people: "
+            f"bpo compare runs its grid unattended; annotator.kind={base.annotator.kind} stops at every phase for "
+            "people: "
             "run each method with bpo train and label it with bpo label"
         )
     unknown = [m for m in methods if m not in METHODS]

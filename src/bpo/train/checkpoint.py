@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from bpo.config import Config
+from bpo.config import Config, ConfigError
 from bpo.errors import BpoError
 from bpo.eval.report import model_card
 from bpo.io import (
@@ -214,3 +214,20 @@ def open_ledger(cfg: Config, acc: Accelerator, resume: bool, say) -> tuple[Annot
     found = find_checkpoint(out, acc.num_processes, say) if resume else None  # then the prefix the checkpoint saw
     log.bind(ledger_settings(cfg, acc.num_processes), resume=resume)  # then the settings (a new ledger's header)
     return log, found
+
+
+def final_adapter(run: Path, adapter: str | None, model: str) -> str:
+    """The adapter ``--run RUN`` means: ``adapter``, else the run's final behavior adapter, checked to be as the
+    run saved it and made for ``model``."""
+    from bpo.model.policy import check_adapter
+
+    adapter = adapter or str(run / "final" / "behavior")
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ConfigError(
+            f"{adapter} does not exist: run {run} has not finished; finish it with `bpo train --resume {run}` "
+            f"or pass --adapter RUN/checkpoints/<step>/adapters/behavior"
+        )
+    if Path(adapter).resolve() == (run / "final" / "behavior").resolve():
+        check_final(run)  # the adapter evaluated is the one the run saved
+    check_adapter(adapter, model)
+    return adapter

@@ -200,15 +200,8 @@ def train(
 
     ``on_step(run, step, metrics)`` is called after every step (logging, inspection, tests).
     """
-    console = console or LogConsole()
-    out = Path(cfg.output_dir)
-    cfg.check_sources()
-    check_annotator(cfg)
-    check_sft_dir(cfg)
-    check_wandb(cfg.logging.wandb)
-    if evaluate:
-        cfg.check_evaluation()
-    started = time.time()
+    console, out, started = console or LogConsole(), Path(cfg.output_dir), time.time()
+    check_before_loading(cfg, evaluate)
     acc = Accelerator(cpu=cfg.device == "cpu")
     if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         # bpo keeps the base model whole on every process and sums the members' LoRA gradients itself;
@@ -217,15 +210,7 @@ def train(
             f"accelerate launched bpo with {acc.distributed_type.value}; bpo trains data-parallel only (the "
             "model is whole on every process): launch with configs/accelerate/ddp.yaml"
         )
-    lock = None
-    if acc.is_main_process:  # one writer per run folder; the kernel drops the lock if this process dies
-        try:
-            lock = FolderLock(out)
-        except OSError as err:
-            raise ConfigError(
-                f"output_dir {out} cannot be created or locked ({err}); choose a writable folder"
-            ) from None
-        clean_leftovers(out)
+    lock = lock_run(out) if acc.is_main_process else None  # one writer per run folder
     # the other processes touch the folder only once it is locked and cleaned: the cleaning removes
     # *.tmp leftovers, and a rank's ledger being written right then is one (seen in CI, 2 processes)
     acc.wait_for_everyone()
@@ -233,23 +218,9 @@ def train(
         # after the lock: a second process started beside a running one is told "in use", not "--resume"
         if not resume and (has_checkpoint(out) or (out / "labels").is_dir()):
             raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or another output_dir")
-        if resume and (out / "run.json").exists():
-            problem = verify(out / "final")
-            if problem is None:
-                if not (out / "report.md").exists():  # killed between run.json and the report
-                    console.print(f"wrote {write_report([out], out)} (it was missing)")
-                console.print(
-                    f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help"
-                )
-                return {}
-            # final/ lost or damaged after the run finished: the last checkpoint holds the end of training
-            console.print(f"{out}/final is not as the run saved it ({problem}); rebuilding it from the last checkpoint")
-            (out / "run.json").unlink()
-        say = (
-            (lambda msg: console.print(Text(msg, style="yellow"), soft_wrap=True))
-            if acc.is_main_process
-            else (lambda m: None)
-        )
+        if resume and finished(out, console):
+            return {}
+        say = lambda m: console.print(Text(m, style="yellow"), soft_wrap=True) if acc.is_main_process else None  # noqa: E731
         log, found = open_ledger(cfg, acc, resume, say)
         with progress_bar(console) as progress:
             run = setup(cfg, progress, acc, evaluate)
@@ -268,3 +239,39 @@ def train(
     if acc.is_main_process and result:
         print_result(console, result, time.time() - started)
     return result
+
+
+def check_before_loading(cfg: Config, evaluate: bool) -> None:
+    """What can be refused in seconds: data files, the annotator's settings, the SFT cache, W&B, the evaluation."""
+    cfg.check_sources()
+    check_annotator(cfg)
+    check_sft_dir(cfg)
+    check_wandb(cfg.logging.wandb)
+    if evaluate:
+        cfg.check_evaluation()
+
+
+def lock_run(out: Path) -> FolderLock:
+    """The run folder's lock (the kernel drops it if this process dies), its leftovers of a kill removed."""
+    try:
+        lock = FolderLock(out)
+    except OSError as err:
+        raise ConfigError(f"output_dir {out} cannot be created or locked ({err}); choose a writable folder") from None
+    clean_leftovers(out)
+    return lock
+
+
+def finished(out: Path, console: Console) -> bool:
+    """A resumed run that has run.json is done (its missing report redrawn), unless final/ was lost since:
+    then run.json goes and the last checkpoint rebuilds final/."""
+    if not (out / "run.json").exists():
+        return False
+    problem = verify(out / "final")
+    if problem is None:
+        if not (out / "report.md").exists():  # killed between run.json and the report
+            console.print(f"wrote {write_report([out], out)} (it was missing)")
+        console.print(f"{out} is finished (it has run.json); nothing to do. To evaluate it again: bpo eval --help")
+        return True
+    console.print(f"{out}/final is not as the run saved it ({problem}); rebuilding it from the last checkpoint")
+    (out / "run.json").unlink()
+    return False

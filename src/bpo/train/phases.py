@@ -15,6 +15,7 @@ from dataclasses import replace
 from bpo.annotators import Deferred, Judgement, check_finite
 from bpo.config import ConfigError
 from bpo.data import PromptRecord
+from bpo.human.labels import Item, item_id, left_side
 from bpo.model.sampling import identical, make_backend
 from bpo.progress import Bars, Lines
 from bpo.train.ledger import Annotation, AnnotationLog, outcome_counts
@@ -102,34 +103,11 @@ def collect_deferred(
     The annotator raises :class:`~bpo.errors.AwaitingLabels` while the labels are not in; the
     queue keeps the samples (tokens and log-probs too), so the resume trains on what was shown.
     """
-    from bpo.human.labels import Item, item_id, left_side
-
     ann, fp = run.annotator, log.header["fingerprint"]
     if run.acc.num_processes > 1:
         raise ConfigError("annotator.kind=human runs in one process (people, not compute, set the pace)")
     if todo and not ann.queued(phase, fp):
-        bar = progress.add_task(f"phase {phase}: sample for people", total=len(todo))
-        items, records = [], []
-        for i in range(0, len(todo), run.cfg.sampling.batch_size):
-            chunk = todo[i : i + run.cfg.sampling.batch_size]
-            got, _, groups = sample(run, start, chunk)
-            for j, r, g in zip(chunk, got, groups):
-                items.append(
-                    Item(
-                        item_id(phase, j),
-                        phase,
-                        j,
-                        r.id,
-                        r.prompt,
-                        [c.text for c in g],
-                        [c.token_ids for c in g],
-                        [c.logp for c in g],
-                        left_side(run.cfg.train.seed, r.id),
-                        identical(g),
-                    )
-                )
-            records += got
-            progress.advance(bar, len(chunk))
+        records, items = sample_for_people(run, phase, todo, start, progress)
         with run.timer.part("annotate"):
             ann.queue_phase(phase, records, items, fp)
     if todo:
@@ -158,6 +136,22 @@ def collect_deferred(
     labelled = sum(bool(a.labels) for a in pairs.values())
     progress.line(f"phase {phase}: {len(pairs)} pairs, {labelled} labelled by people; {outcome_line(pairs.values())}")
     return pairs
+
+
+def sample_for_people(run: Run, phase: int, todo: list[int], start: int, progress: Bars | Lines) -> tuple:
+    """The phase's samples as label-queue items (which side the page shows each response on: a keyed coin)."""
+    bar = progress.add_task(f"phase {phase}: sample for people", total=len(todo))
+    items, records = [], []
+    for i in range(0, len(todo), run.cfg.sampling.batch_size):
+        chunk = todo[i : i + run.cfg.sampling.batch_size]
+        got, _, groups = sample(run, start, chunk)
+        for j, r, g in zip(chunk, got, groups):
+            texts, tokens, logps = [c.text for c in g], [c.token_ids for c in g], [c.logp for c in g]
+            left = left_side(run.cfg.train.seed, r.id)
+            items.append(Item(item_id(phase, j), phase, j, r.id, r.prompt, texts, tokens, logps, left, identical(g)))
+        records += got
+        progress.advance(bar, len(chunk))
+    return records, items
 
 
 def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) -> list[tuple[Judgement | None, int]]:

@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from bpo.annotators.base.reward_model import FORMAT_FILE, RewardModelError, _set_pad, is_reward_model, rewards
 
-from bpo.data import PreferenceRecord, shuffled
+from bpo.data import PreferenceRecord, load_pairs, load_prompts, plain_dialogue, shuffled
 from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json
 from bpo.model.policy import ModelLoadError, default_device, offline_model_folder
 from bpo.stats import at_chance, bootstrap_ci
@@ -165,34 +166,79 @@ def rm_warnings(result: dict) -> list[str]:
     return out
 
 
+@dataclass
+class RMSettings:
+    """``bpo rm``'s options, typed and checked in one place (:meth:`check`) before any work."""
+
+    model: str = "smollm2-135m-instruct"  # backbone: Hub name, folder or built-in offline name
+    part: str = "1/1"  # I/N: part I of N disjoint parts
+    holdout: float = 0.2
+    lora_r: int = 16  # 0: full fine-tuning
+    top_layers: int = 0  # LoRA on the top N blocks only (0: all)
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 8
+    max_length: int = 512
+    dialogue: str = "keep"  # or plain: HH turns as the BPO splits' "user: ... assistant: "
+    seed: int = 0  # split, order and initialisation
+    device: str = ""
+
+    def check(self) -> tuple[int, int]:
+        """Refuse a setting that cannot train; the part as (I, N)."""
+        i, sep, n = self.part.partition("/")
+        if not (sep and i.isdigit() and n.isdigit()):
+            raise RewardModelError(f"--part {self.part!r}: use I/N, e.g. 1/2")
+        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size), ("max-length", self.max_length)):
+            if value < 1:
+                raise RewardModelError(f"--{name} {value}: must be at least 1")
+        if not (0 <= self.holdout < 1) or self.lora_r < 0 or not (0 < self.lr < 1):
+            raise RewardModelError(
+                f"--holdout {self.holdout} must be in [0, 1), --lora-r {self.lora_r} >= 0, --lr {self.lr} in (0, 1)"
+            )
+        if self.dialogue not in ("keep", "plain"):
+            raise RewardModelError(f"--dialogue {self.dialogue!r}: use keep or plain")
+        return int(i), int(n)
+
+
+def read_pairs(data: Path, dialogue: str, exclude: list[Path], say: Callable[[str], None]) -> list[PreferenceRecord]:
+    """The pairs to train on: HH turns rewritten as the BPO splits write them (``plain``), and without the
+    pairs on ``exclude``'s prompts (a judge that has seen the eval prompts' references would favour them)."""
+    pairs = load_pairs(data)
+    if dialogue == "plain":
+        pairs = [replace(p, prompt=plain_dialogue(p.prompt)) for p in pairs]
+    if exclude:
+        seen = {" ".join(r.prompt.split()) for f in exclude for r in load_prompts(f, reference_field=None)}
+        kept = [p for p in pairs if " ".join(p.prompt.split()) not in seen]
+        say(f"left out {len(pairs) - len(kept)} of {len(pairs)} pairs whose prompt is in --exclude")
+        pairs = kept
+    return pairs
+
+
+def summary(out: Path, result: dict) -> list[str]:
+    """What ``bpo rm`` prints: where the model is, its loss, its accuracies with intervals, its warnings."""
+    tr, held = result["train"], result["heldout"]
+    lines = [
+        f"reward model: {out}  ({result['pairs_train']} training pairs, loss {result['loss_first']:.3f} -> "
+        f"{result['loss_last']:.3f})",
+        f"accuracy on {tr['pairs']} training pairs: {tr['accuracy']:.3f} [{tr['ci95'][0]:.3f}, {tr['ci95'][1]:.3f}]",
+    ]
+    if held:
+        lines.append(
+            f"held-out accuracy: {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}] "
+            f"on {held['pairs']} pairs"
+        )
+    return lines + result["warnings"]
+
+
 def train_rm(
-    pairs: list[PreferenceRecord],
-    backbone: str,
-    out: Path,
-    *,
-    lora_r: int = 16,
-    top_layers: int = 0,
-    epochs: int = 1,
-    lr: float = 1e-4,
-    batch_size: int = 8,
-    max_length: int = 512,
-    part: tuple[int, int] = (1, 1),
-    holdout: float = 0.2,
-    seed: int = 0,
-    device: str | None = None,
-    source: str = "",
-    progress: Any = None,
-    force: bool = False,
+    pairs: list[PreferenceRecord], s: RMSettings, out: Path, source: str = "", progress: Any = None, force: bool = False
 ) -> dict:
-    """Train, measure and save a reward model; returns what ``rm.json`` holds. ``lora_r=0``: full fine-tuning.
+    """Train, measure and save a reward model; returns what ``rm.json`` holds.
 
     ``out`` is replaced only when it is a reward model bpo wrote (or empty, or ``force``), and only once
     the new one is complete.
     """
-    from peft import get_peft_model
-    from transformers import get_linear_schedule_with_warmup
-
-    started = time.time()
+    started, part = time.time(), s.check()
     out = check_target(out, "a reward model bpo wrote", is_reward_model, force)
     degenerate = sum(p.chosen.strip() == p.rejected.strip() for p in pairs)
     if degenerate == len(pairs):
@@ -201,30 +247,63 @@ def train_rm(
             "(check the file's chosen/rejected fields)"
         )
     pairs = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]  # no preference; no gradient either
-    train, held = split_pairs(pairs, part, holdout, seed)
+    train, held = split_pairs(pairs, part, s.holdout, s.seed)
     lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
-    torch.manual_seed(seed)
-    model, tokenizer, src = load_backbone(backbone, seed)
+    torch.manual_seed(s.seed)
+    model, tokenizer, src = load_backbone(s.model, s.seed)
     _set_pad(tokenizer, model)
-    dev = torch.device(device) if device else default_device()
-    model.to(dev)
-    if lora_r:  # SEQ_CLS: PEFT trains the new score head in full beside the LoRA
-        model = get_peft_model(model, _lora(model, lora_r, top_layers))
+    model.to(torch.device(s.device) if s.device else default_device())
+    model, losses = _fit(model, tokenizer, train, s, progress)
+    fit = {"backbone": s.model, "data": source, "part": f"{part[0]}/{part[1]}", "seed": s.seed}
+    keys = ("lora_r", "top_layers", "epochs", "lr", "batch_size", "max_length")
+    fit.update(pairs_train=len(train), settings={k: getattr(s, k) for k in keys})
+    fit.update(loss_first=float(np.mean(losses[:8])), loss_last=float(np.mean(losses[-8:])))
+
+    def measured(pairs: list, what: str) -> dict:
+        return accuracy(model, tokenizer, pairs, s.max_length, s.batch_size, seed=s.seed, progress=progress, what=what)
+
+    result = {**fit, "train": measured(train[:TRAIN_CHECK], "training pairs")}
+    result["heldout"] = measured(held, "held-out pairs") if held else None
+    result["degenerate_pairs_left_out"] = degenerate
+    result["warnings"] = rm_warnings(result)
+    result["wall_seconds"] = round(time.time() - started, 1)
+    tmp = temp_for(out)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / FORMAT_FILE, {"input": "concat", "max_length": s.max_length, "backbone": src})
+        write_json(tmp / "rm.json", result)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
+    return result
+
+
+def _fit(model: Any, tokenizer: Any, train: list, s: RMSettings, progress: Any) -> tuple[Any, list[float]]:
+    """The Bradley-Terry loop (AdamW, linear schedule with 10% warm-up, clip 1); LoRA merged in at the end."""
+    from peft import get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    if s.lora_r:  # SEQ_CLS: PEFT trains the new score head in full beside the LoRA
+        model = get_peft_model(model, _lora(model, s.lora_r, s.top_layers))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    steps = math.ceil(len(train) / batch_size) * epochs
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+    steps = math.ceil(len(train) / s.batch_size) * s.epochs
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
     task = progress.add_task("reward model", total=steps) if progress else None
-    losses = []
-    for epoch in range(epochs):
+    losses: list[float] = []
+    for epoch in range(s.epochs):
         model.train()
-        order = shuffled(train, seed * 1000 + epoch + 1)
-        for i in range(0, len(order), batch_size):
-            chosen, rejected = pair_scores(model, tokenizer, order[i : i + batch_size], max_length, batch_size, True)
+        order = shuffled(train, s.seed * 1000 + epoch + 1)
+        for i in range(0, len(order), s.batch_size):
+            chosen, rejected = pair_scores(
+                model, tokenizer, order[i : i + s.batch_size], s.max_length, s.batch_size, True
+            )
             loss = -F.logsigmoid(chosen - rejected).mean()
             if not torch.isfinite(loss):
                 raise RewardModelError(
-                    f"non-finite reward-model loss at step {len(losses) + 1}: lower --lr (now {lr}) and retry"
+                    f"non-finite reward-model loss at step {len(losses) + 1}: lower --lr (now {s.lr}) and retry"
                 )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -234,51 +313,4 @@ def train_rm(
             losses.append(loss.item())
             if progress:
                 progress.update(task, advance=1, description=f"reward model loss {np.mean(losses[-16:]):.3f}")
-    if lora_r:
-        model = model.merge_and_unload()
-    result = {
-        "backbone": backbone,
-        "data": source,
-        "part": f"{part[0]}/{part[1]}",
-        "seed": seed,
-        "pairs_train": len(train),
-        "settings": {
-            "lora_r": lora_r,
-            "top_layers": top_layers,
-            "epochs": epochs,
-            "lr": lr,
-            "batch_size": batch_size,
-            "max_length": max_length,
-        },
-        "loss_first": float(np.mean(losses[:8])),
-        "loss_last": float(np.mean(losses[-8:])),
-        "train": accuracy(
-            model,
-            tokenizer,
-            train[:TRAIN_CHECK],
-            max_length,
-            batch_size,
-            seed=seed,
-            progress=progress,
-            what="training pairs",
-        ),
-        "heldout": accuracy(
-            model, tokenizer, held, max_length, batch_size, seed=seed, progress=progress, what="held-out pairs"
-        )
-        if held
-        else None,
-    }
-    result["degenerate_pairs_left_out"] = degenerate
-    result["warnings"] = rm_warnings(result)
-    result["wall_seconds"] = round(time.time() - started, 1)
-    tmp = temp_for(out)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / FORMAT_FILE, {"input": "concat", "max_length": max_length, "backbone": src})
-        write_json(tmp / "rm.json", result)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        lock.release()
-    return result
+    return (model.merge_and_unload() if s.lora_r else model), losses

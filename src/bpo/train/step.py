@@ -58,6 +58,17 @@ def reference_logps(
     return ref, behavior, sft
 
 
+class Sums:
+    """Per-pair metrics summed over the step (each weighted by its pairs), divided by the global count at the end."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.values = device, {}
+
+    def add(self, name: str, value: torch.Tensor, weight: int) -> None:
+        zero = torch.zeros((), device=self.device)
+        self.values[name] = self.values.get(name, zero) + value.detach().float() * weight
+
+
 def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: dict) -> dict[str, float]:
     """One DAP update of every member on this step's pairs; returns global mean metrics.
 
@@ -69,12 +80,23 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     device = run.policy.device
     kept = [a for a in pairs if a.choice is not None]
     n_global = total(acc, float(len(kept)), device).item()
-    sums: dict[str, torch.Tensor] = {}
+    sums = Sums(device)
     lr = schedulers[ens.members[0]].get_last_lr()[0]  # the rate this step uses
+    micro = micro_batches(run, kept, sums)
+    with run.timer.part("update"):  # every member's forwards, backwards and optimizer step
+        for name in ens.members:
+            update_member(run, name, micro, n_global, sums, optimizers[name], schedulers[name])
+    if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
+        ens.merge("current", t.merge)
+        ens.ema_update("current", "ema", t.ema_alpha)
+    out = step_metrics(acc, sums, n_global, pairs, kept)
+    out["lr"] = lr
+    return out
 
-    def add(name: str, value: torch.Tensor, weight: int) -> None:  # summed, divided by n_global at the end
-        sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * weight
 
+def micro_batches(run: Run, kept: list[Annotation], sums: Sums) -> list[tuple]:
+    """The step's pairs in micro-batches, each with its reference and behavior log-probs."""
+    t, device = run.cfg.train, run.policy.device
     # 0: one prompt at a time on CPU (benchmarks/vs_trl.py: as fast as the whole step, a quarter of the
     # peak memory), the whole step on a GPU, where bigger matmuls pay
     size = t.micro_batch or (1 if device.type == "cpu" else max(len(kept), 1))
@@ -88,50 +110,52 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
             ref_sum, behavior_sum, sft_sum = reference_logps(run, chunk, batch)
         ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
         if sft_sum is not None:  # how far the data-collecting model has moved from SFT
-            add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean(), len(chunk))
+            sums.add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean(), len(chunk))
         micro.append((len(chunk), batch, ref, behavior_sum))
-    k = len(ens.members)
-    with run.timer.part("update"):  # every member's forwards, backwards and optimizer step
-        for name in ens.members:
-            params = ens.member_parameters(name)
-            finite = True
-            for n, batch, ref, behavior_sum in micro:
-                summed, mean = ens.logps(name, batch, grad=True)
-                pol = mean if t.loss == "ipo" else summed
-                losses, metrics = dap_loss(
-                    pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing
-                )
-                loss = losses.sum() / n_global
-                finite = finite and bool(torch.isfinite(loss).item())
-                loss.backward()
-                for key, value in metrics.items():
-                    add(key, value / k, n)
-                add("kl/behavior", (behavior_sum - summed.detach()).mean() / k, n)
-            if n_global == 0:
-                schedulers[name].step()  # keep the schedule aligned with the step count
-                continue
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                if acc.num_processes > 1:
-                    p.grad = acc.reduce(p.grad, "sum")
-            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
-            bad_loss = total(acc, float(not finite), device).item()
-            if bad_loss or not torch.isfinite(norm):
-                what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
-                raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
-            add("grad_norm", norm / k, len(kept))
-            optimizers[name].step()
-            schedulers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-    if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
-        ens.merge("current", t.merge)
-        ens.ema_update("current", "ema", t.ema_alpha)
-    names = sorted(sums) if acc.num_processes == 1 else sorted(set(gather_object(sorted(sums))))
+    return micro
+
+
+def update_member(run: Run, name: str, micro: list[tuple], n_global: float, sums: Sums, optimizer, scheduler) -> None:
+    """Forward and backward over every micro-batch, then one clipped AdamW step (refused if non-finite)."""
+    t, ens, acc, device = run.cfg.train, run.ens, run.acc, run.policy.device
+    k, params, finite = len(ens.members), ens.member_parameters(name), True
+    for n, batch, ref, behavior_sum in micro:
+        summed, mean = ens.logps(name, batch, grad=True)
+        pol = mean if t.loss == "ipo" else summed
+        losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
+        loss = losses.sum() / n_global
+        finite = finite and bool(torch.isfinite(loss).item())
+        loss.backward()
+        for key, value in metrics.items():
+            sums.add(key, value / k, n)
+        sums.add("kl/behavior", (behavior_sum - summed.detach()).mean() / k, n)
+    if n_global == 0:
+        scheduler.step()  # keep the schedule aligned with the step count
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if acc.num_processes > 1:
+            p.grad = acc.reduce(p.grad, "sum")
+    norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+    # every process decides alike: the norm is of all-reduced gradients, the loss flag is summed
+    bad_loss = total(acc, float(not finite), device).item()
+    if bad_loss or not torch.isfinite(norm):
+        what = "loss" if bad_loss else f"gradient norm ({norm.item()})"
+        raise NonFiniteError(f"non-finite {what} in {name}; the update was not applied")
+    sums.add("grad_norm", norm / k, sum(n for n, *_ in micro))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def step_metrics(acc: Accelerator, sums: Sums, n_global: float, pairs: list[Annotation], kept: list) -> dict:
+    """The step's metrics, mean over all processes' pairs, with the pair counts."""
+    device = sums.device
+    names = sorted(sums.values) if acc.num_processes == 1 else sorted(set(gather_object(sorted(sums.values))))
     out = {}
     for name in names:
-        summed = total(acc, sums.get(name, torch.zeros((), device=device)), device)
+        summed = total(acc, sums.values.get(name, torch.zeros((), device=device)), device)
         out[name] = summed.item() / n_global if n_global else float("nan")
     scored = [sum(a.scores) / len(a.scores) for a in kept if a.scores is not None]
     score = total(acc, torch.tensor([sum(scored), len(scored)], dtype=torch.float64), device)
@@ -141,5 +165,4 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     counts = outcome_counts(pairs)
     for key, name in (("tie", "pairs/ties"), ("invalid", "pairs/invalid"), ("unlabelled", "pairs/unlabelled")):
         out[name] = total(acc, float(counts[key]), device).item()
-    out["lr"] = lr
     return out
