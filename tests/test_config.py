@@ -4,11 +4,12 @@ import pytest
 from typer.testing import CliRunner
 
 from bpo.cli import app
-from bpo.config import ConfigError, load_config
+from bpo.config import load_config
+from bpo.errors import ConfigError
 
 
 def test_config_errors_name_the_key(tmp_path):
-    from bpo.config import ConfigError
+    from bpo.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
         load_config(None, ["train.stepz=3"])

@@ -228,7 +228,7 @@ def test_annotation_log_drops_a_line_cut_by_a_kill(tmp_path):
 
 
 def test_existing_run_needs_resume(tmp_path):
-    from bpo.config import ConfigError
+    from bpo.errors import ConfigError
 
     cfg, _ = run_tiny(tmp_path, **{"train.steps": 2, "train.phases": 1})
     with pytest.raises(ConfigError, match="already holds a run: pass --resume"):

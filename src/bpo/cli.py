@@ -16,8 +16,8 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from bpo.config import PRESETS, Config, ConfigError, load_config
-from bpo.errors import AwaitingLabels, BpoError, Interrupted
+from bpo.config import PRESETS, Config, load_config
+from bpo.errors import AwaitingLabels, BpoError, ConfigError, Interrupted
 from bpo.progress import LogConsole, warning_lines
 
 HELP = """Online preference alignment with BPO (arXiv 2406.12168).

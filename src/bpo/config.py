@@ -282,7 +282,6 @@ def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Con
 
 __all__ = [
     "Config",
-    "ConfigError",
     "ModelConfig",
     "LoraConfig",
     "DataConfig",

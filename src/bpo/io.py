@@ -1,8 +1,10 @@
 """Files that survive a kill: atomic writes, directory replacement, fsync'd appends, torn lines,
 and the lock that gives a run folder one writer.
 
-Every file bpo writes goes through here, so "a kill never leaves half a file" is true in one
-place rather than in each caller.
+Every file a run reads back goes through here, or is written into a temporary folder that
+:func:`replace_dir` renames into place (adapters, exported and reward models), so "a kill never
+leaves half a file" is true in one place rather than in each caller. Plots and TensorBoard event
+files are written by their libraries; ``bpo report RUN`` redraws the plots.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from bpo.errors import BpoError
-from bpo.io import read_jsonl
+from bpo.io import read_jsonl, write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS
 from bpo.stats import at_chance
 
@@ -250,5 +250,5 @@ def write_report(folders: list[str | Path], out: str | Path, command: str = "") 
         lines += [f"## {label}" if len(runs) > 1 else f"`{r['folder']}`", "", *_run_lines(r), ""]
     lines += ["![curves](curves.png)", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path

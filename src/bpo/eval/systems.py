@@ -113,7 +113,7 @@ def generate_greedy(cfg, records, adapter: str | None) -> list[str]:
 
 def check_eval_args(cfg, out: Path, adapter, responses, against: str, judge: str, judge_url, judge_model) -> None:
     """Everything about a ``bpo eval`` call that can be wrong, checked before a model is loaded."""
-    from bpo.config import ConfigError
+    from bpo.errors import ConfigError
     from bpo.model.policy import check_adapter
 
     if judge not in ("task", "http"):

@@ -17,9 +17,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from bpo.annotators import Annotator, Judgement, PairsOnly, build_annotator, register_annotator
-from bpo.config import Config, ConfigError
+from bpo.config import Config
 from bpo.data import PromptRecord
-from bpo.errors import AwaitingLabels
+from bpo.errors import AwaitingLabels, ConfigError
 from bpo.human.labels import Item, LabelQueue, LabelStore
 from bpo.io import write_text_atomic
 

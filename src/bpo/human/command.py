@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from bpo.config import ConfigError, resume_config
+from bpo.config import resume_config
+from bpo.errors import ConfigError
 from bpo.human.labels import LabelStore
 
 

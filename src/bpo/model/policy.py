@@ -1,4 +1,4 @@
-"""Loading policies and computing response log-probs.
+"""Loading a policy: its weights, tokenizer and prompt format (log-probs are :mod:`bpo.model.logprobs`).
 
 Every decision about a model that other modules would otherwise repeat lives here:
 where the weights come from (Hub name, local folder, or a built-in offline name),

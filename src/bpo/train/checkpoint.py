@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from bpo.config import Config, ConfigError
-from bpo.errors import BpoError
+from bpo.config import Config
+from bpo.errors import BpoError, ConfigError
 from bpo.eval.report import model_card
 from bpo.io import (
     TEMP_FILE,
@@ -173,7 +173,7 @@ def _save_final(run: Run) -> None:
 
 def write_final_card(out: Path) -> None:
     """The final/ card again, with the evaluation's figures once there are some (manifest updated)."""
-    (out / "final" / "README.md").write_text(model_card(out, "final"))
+    write_text_atomic(out / "final" / "README.md", model_card(out, "final"))
     write_manifest(out / "final")
 
 

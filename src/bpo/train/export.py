@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bpo.config import ConfigError, resume_config
+from bpo.config import resume_config
+from bpo.errors import ConfigError
 from bpo.eval.report import model_card
 from bpo.io import check_target, replace_dir, temp_for
 from bpo.train.checkpoint import check_final

@@ -23,6 +23,7 @@ from typing import Any
 from bpo.config import Config
 from bpo.errors import BpoError
 from bpo.io import append_lines, complete_lines, write_text_atomic
+from bpo.registry import ANNOTATOR_KINDS
 
 FORMAT = 1
 
@@ -213,25 +214,19 @@ def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
     """Sampling keys that change samples (keyed noise: not the batch size, nor the speed-ups that give the
     same tokens); best-of-n keys only when used."""
     skip = {"batch_size", "fold_adapter", "prefill_once"} | ({"n", "pairs"} if s["n"] == 2 else set())
-    if s["backend"] == "hf":  # the default: a ledger written before the setting existed stays valid
+    if s["backend"] == "hf":  # the default is implied, as n and pairs are with n = 2
         skip.add("backend")
     return {k: v for k, v in s.items() if k not in skip}
 
 
 def _annotator_settings(a: dict[str, Any]) -> dict[str, Any]:
-    """The annotator settings that change a judgement: each kind's own keys (an LLM judge's URL, model,
-    template and sampling, not its cache or key; a reward model's input length), not the quorum of a
-    human-labelled run (lowering it on a resume lets slow rounds go on)."""
-    kinds = {a["kind"], a.get("prelabel")}
-    own = {
-        "llm_judge": ("url", "judge_template", "judge_temperature", "judge_max_tokens"),
-        "pairwise": ("both_orders",),
-        "reward_model": ("max_length",),
-    }
+    """The annotator settings that change a judgement: the keys of the kind (and pre-labeller) in use, each
+    kind's ``ledger_keys`` (an LLM judge's URL, template and sampling, not its cache or key; a reward model's
+    input length; people's overlap and review), not the quorum of a human-labelled run (lowering it on a
+    resume lets slow rounds go on)."""
+    own = {name: ANNOTATOR_KINDS.get(name).ledger_keys for name in ANNOTATOR_KINDS.names()}
     skip = {"api_key_env", "concurrency", "cache", "quorum"} | {k for keys in own.values() for k in keys}
-    keep = {k for kind, keys in own.items() if kind in kinds for k in keys}
-    if a["kind"] != "human":  # people's keys only where people label
-        skip |= {"overlap", "prelabel", "review", "review_margin"}
+    keep = {k for kind in (a["kind"], a.get("prelabel")) if kind for k in own[kind]}
     return {k: v for k, v in a.items() if k not in skip or k in keep}
 
 

@@ -10,10 +10,11 @@
         for each member: DAP loss, backward, clip, AdamW step, LR step
         checkpoint every N steps and at each phase end
 
-F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. The pieces:
-collecting a phase (``bpo.train.phases``), one step (``bpo.train.step``), checkpoints and the ledger check
-(``bpo.train.checkpoint``), the evaluation (``bpo.eval.evaluation``). ``train`` reads as: lock the run
-folder, check ledger and checkpoint, ``setup``, ``prepare``, ``fit``, ``finish``.
+F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. The pieces: what the
+loop works on (``bpo.train.run``: ``setup`` builds it), collecting a phase (``bpo.train.phases``),
+one step (``bpo.train.step``), checkpoints and the ledger check (``bpo.train.checkpoint``), the
+evaluation (``bpo.eval.evaluation``). ``train`` reads as: check, lock the run folder, check ledger
+and checkpoint, ``setup``, ``prepare``, ``fit``, ``finish``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from rich.text import Text
 from transformers import get_linear_schedule_with_warmup
 
 from bpo.annotators import check_annotator
-from bpo.config import Config, ConfigError, save_config
-from bpo.errors import Interrupted
+from bpo.config import Config, save_config
+from bpo.errors import ConfigError, Interrupted
 from bpo.eval.evaluation import evaluate_run, print_result
 from bpo.eval.report import load_run, run_warnings, write_report
 from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_json

@@ -13,8 +13,8 @@ import random
 from dataclasses import replace
 
 from bpo.annotators import Deferred, Judgement, check_finite
-from bpo.config import ConfigError
 from bpo.data import PromptRecord
+from bpo.errors import ConfigError
 from bpo.human.labels import Item, item_id, left_side
 from bpo.model.sampling import identical, make_backend
 from bpo.progress import Bars, Lines
@@ -105,7 +105,9 @@ def collect_deferred(
     """
     ann, fp = run.annotator, log.header["fingerprint"]
     if run.acc.num_processes > 1:
-        raise ConfigError("annotator.kind=human runs in one process (people, not compute, set the pace)")
+        raise ConfigError(
+            f"annotator.kind={run.cfg.annotator.kind} runs in one process (people, not compute, set the pace)"
+        )
     if todo and not ann.queued(phase, fp):
         records, items = sample_for_people(run, phase, todo, start, progress)
         with run.timer.part("annotate"):

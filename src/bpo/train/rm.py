@@ -4,7 +4,7 @@ The loss is Bradley-Terry, ``-log sigmoid(r(x, y_chosen) - r(x, y_rejected))`` (
 2020; TRL's ``RewardTrainer`` minimises the same loss). Why a short loop here and not TRL: TRL is
 not a dependency of bpo (nor installed on the GPU machines), it pins transformers versions, and the
 loop is the loss, AdamW and a linear schedule; what bpo adds is the input format the annotator must
-reproduce exactly (:func:`bpo.annotators.base.reward_model.encode`), a held-out accuracy with its
+reproduce exactly (:func:`bpo.annotators.reward_model.encode`), a held-out accuracy with its
 interval, and an atomic save both loaders read.
 
 The saved folder is a plain ``AutoModelForSequenceClassification`` (LoRA merged in) with its own
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bpo.annotators.base.reward_model import FORMAT_FILE, RewardModelError, _set_pad, is_reward_model, rewards
 
+from bpo.annotators.reward_model import FORMAT_FILE, RewardModelError, _set_pad, is_reward_model, rewards
 from bpo.data import PreferenceRecord, load_pairs, load_prompts, plain_dialogue, shuffled
 from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json
 from bpo.model.policy import ModelLoadError, default_device, offline_model_folder

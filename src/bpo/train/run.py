@@ -13,8 +13,9 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from bpo.annotators import Annotator, LLMJudgeAnnotator, build_annotator, build_gold, judge_notes
-from bpo.config import Config, ConfigError
+from bpo.config import Config
 from bpo.data import PromptRecord, load_source
+from bpo.errors import ConfigError
 from bpo.model.ensemble import Ensemble
 from bpo.model.policy import Policy, load_policy
 from bpo.progress import Bars, Lines

@@ -16,8 +16,9 @@ import torch
 from rich.progress import Progress
 from transformers import get_cosine_schedule_with_warmup
 
-from bpo.config import Config, ConfigError, sft_dir, sft_key
+from bpo.config import Config, sft_dir, sft_key
 from bpo.data import PromptRecord, shuffled
+from bpo.errors import ConfigError
 from bpo.io import FolderLock, remove_leftovers, replace_dir, temp_dir, verify, write_json, write_manifest
 from bpo.model.ensemble import Ensemble
 from bpo.model.logprobs import build_batch

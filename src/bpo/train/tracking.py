@@ -14,6 +14,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from bpo.errors import ConfigError
+from bpo.io import write_text_atomic
 
 
 def check_wandb(enabled: bool) -> None:
@@ -47,7 +48,7 @@ class Trackers:
 
             id_file = out / "wandb-id"
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-            id_file.write_text(run_id)
+            write_text_atomic(id_file, run_id)
             self.wandb = wb.init(project=project, name=out.name, id=run_id, resume="allow", dir=str(out), config=config)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

@@ -1,0 +1,1 @@
+"""Training: the run, the BPO loop and its pieces (phases, step, losses, checkpoint, ledger), member SFT and bpo rm."""
