@@ -1,0 +1,152 @@
+"""Sampling a phase with an inference engine (CTranslate2) beside HF generate, like for like.
+
+The same prompts (a preset's training prompts, formatted as bpo formats them: the chat template
+for SmolLM2), the same model weights (the behavior model merged into the base weights: what an
+engine is given once per phase), the same settings (n samples per prompt, temperature, top-k,
+top-p, max new tokens, stop at EOS), one process, repeats after a warm-up. Counted: seconds,
+generated tokens (so responses of different lengths compare as tokens/s), and the once-per-phase
+cost of handing the weights to the engine (save the merged model, convert, load).
+
+The two sample from the same distribution with different random numbers, so their tokens differ;
+whether the engine samples the model's distribution is a separate measurement (not made here).
+
+Needs CTranslate2 (``pip install -e ".[bench]"``; not a bpo dependency).
+Run: .venv/bin/python benchmarks/engine.py [--task quickstart --prompts 64 --n 2 --tokens 40]
+     [--repeats 3] [--out docs/benchmarks/engine-speed.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from common import publish  # benchmarks/common.py (scripts run from this folder)
+
+from bpo.config import load_config
+from bpo.data import load_source
+from bpo.model.policy import load_policy
+from bpo.model.sampling import make_backend
+
+# (label, compute type, inter threads, intra threads, sequences per engine batch); the machine's 2 cores are
+# split as one batch on 2 threads, or two batches on 1 thread each (what served it best in a sweep)
+VARIANTS = [
+    ("CTranslate2 fp32, 1 x 2 threads, batch 128", "float32", 1, 2, 128),
+    ("CTranslate2 fp32, 2 x 1 thread, batch 16", "float32", 2, 1, 16),
+    ("CTranslate2 int8 (quantised: not the model), 2 x 1 thread, batch 16", "int8_float32", 2, 1, 16),
+]
+
+
+def to_engine(policy, folder: Path) -> Path:
+    """The model as CTranslate2 reads it: saved, converted without quantisation (fp32)."""
+    from ctranslate2.converters import TransformersConverter
+
+    hf = folder / "hf"
+    policy.model.save_pretrained(hf, safe_serialization=True)
+    policy.tokenizer.save_pretrained(hf)
+    return Path(TransformersConverter(str(hf)).convert(str(folder / "ct2"), quantization="float32", force=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", default="quickstart", help="preset whose training prompts and sampling are used")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=64, help="a phase's prompts (quickstart: B*T/F = 64)")
+    parser.add_argument("--n", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=0, help="max new tokens (0: the preset's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    a = parser.parse_args()
+
+    cfg = load_config(a.task)
+    s = replace(
+        cfg.sampling, do_sample=True, batch_size=a.prompts, max_new_tokens=a.tokens or cfg.sampling.max_new_tokens
+    )
+    policy = load_policy(a.model, "cpu", "float32", cfg.model.chat_template)
+    records = load_source(cfg.data, "train", a.prompts, policy.tokenizer)
+    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+    threads = torch.get_num_threads()
+    tmp = Path(tempfile.mkdtemp(prefix="bpo-engine-"))
+    try:
+        import ctranslate2
+
+        started = time.perf_counter()
+        converted = to_engine(policy, tmp)
+        ctranslate2.Generator(str(converted), device="cpu", compute_type="float32", intra_threads=threads)
+        handover = time.perf_counter() - started
+        tokens = [policy.tokenizer.convert_ids_to_tokens(x) for x in ids]
+        eos = policy.tokenizer.eos_token
+
+        def hf() -> int:
+            groups = make_backend(policy).generate(ids, a.n, s, None, True, [r.id for r in records])
+            return sum(len(c.token_ids) for g in groups for c in g)
+
+        def ct2(compute: str, inter: int, intra: int, size: int) -> int:
+            engine = ctranslate2.Generator(
+                str(converted), device="cpu", compute_type=compute, inter_threads=inter, intra_threads=intra
+            )
+            batch = [t for t in tokens for _ in range(a.n)]  # n samples: each prompt n times
+            out = engine.generate_batch(
+                batch,
+                max_length=s.max_new_tokens,
+                include_prompt_in_result=False,
+                sampling_topk=s.top_k or 0,
+                sampling_topp=s.top_p,
+                sampling_temperature=s.temperature,
+                end_token=eos,
+                return_scores=True,
+                max_batch_size=size,
+            )
+            return sum(len(r.sequences_ids[0]) for r in out)
+
+        rows = [
+            "| backend | min s | median s | new tokens | tokens/s (median) | vs HF |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        results = {}
+        runs = [("HF generate (bpo's hf backend: prefill once, batch 64 prompts)", hf)]
+        runs += [(label, lambda v=v: ct2(*v[1:])) for v in VARIANTS for label in [v[0]]]
+        for name, fn in runs:
+            fn()  # warm-up
+            times, counts = [], []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                counts.append(fn())
+                times.append(time.perf_counter() - t0)
+            results[name] = (min(times), statistics.median(times), statistics.median(counts))
+            print(name, results[name], flush=True)
+        hf_rate = None
+        for name, (lo, med, count) in results.items():
+            rate = count / med
+            hf_rate = hf_rate or rate
+            rows.append(f"| {name} | {lo:.2f} | {med:.2f} | {count:.0f} | {rate:.0f} | {rate / hf_rate:.2f}x |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    where = f"{platform.machine()}, {threads} threads, torch {torch.__version__}"
+    publish(
+        "Sampling a phase: CTranslate2 beside HF generate",
+        f"`.venv/bin/python benchmarks/engine.py --task {a.task} --prompts {a.prompts} --n {a.n} --tokens "
+        f"{s.max_new_tokens} --repeats {a.repeats}` on {where}: {a.prompts} {a.task} training prompts x {a.n} "
+        f"samples x up to {s.max_new_tokens} new tokens, temperature {s.temperature}, top-k {s.top_k}, top-p "
+        f"{s.top_p}, stop at EOS, {a.model} in fp32; {a.repeats} timed runs each after a warm-up.",
+        [
+            *rows,
+            "",
+            f"Handing the weights to the engine once per phase (save the merged model, convert, load): "
+            f"{handover:.1f} s. Each CTranslate2 timing includes making its Generator from the converted folder.",
+            "",
+            "The samples are not the same tokens (different random numbers); whether the engine samples the "
+            "model's distribution is not measured here.",
+        ],
+        a.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
