@@ -1,4 +1,4 @@
-"""Sampling a phase with an inference engine (CTranslate2) beside HF generate, like for like.
+"""Sampling a phase with an inference engine (CTranslate2, llama.cpp's server) beside HF generate, like for like.
 
 The same prompts (a preset's training prompts, formatted as bpo formats them: the chat template
 for SmolLM2), the same model weights (the behavior model merged into the base weights: what an
@@ -10,7 +10,11 @@ cost of handing the weights to the engine (save the merged model, convert, load)
 The two sample from the same distribution with different random numbers, so their tokens differ;
 whether the engine samples the model's distribution is a separate measurement (not made here).
 
-Needs CTranslate2 (``pip install -e ".[bench]"``; not a bpo dependency).
+Needs CTranslate2 (``pip install -e ".[bench]"``; not a bpo dependency). With ``--llama-server BIN
+--gguf FILE`` it also samples through llama.cpp's ``llama-server`` (built from llama.cpp's source,
+the model converted with its ``convert_hf_to_gguf.py --outtype f32``), ``--slots`` requests in
+flight, each prompt's n samples as n requests (the server takes no ``n``), min-p and repetition
+penalty off so that it samples what the others sample.
 Run: .venv/bin/python benchmarks/engine.py [--task quickstart --prompts 64 --n 2 --tokens 40]
      [--repeats 3] [--out docs/benchmarks/engine-speed.md]
 """
@@ -53,6 +57,51 @@ def to_engine(policy, folder: Path) -> Path:
     return Path(TransformersConverter(str(hf)).convert(str(folder / "ct2"), quantization="float32", force=True))
 
 
+PORT = 8091
+
+
+def start_server(binary: str, gguf: str, slots: int, threads: int):
+    """llama-server on 127.0.0.1, its context split over ``slots`` (512 tokens each), once it answers /health."""
+    import subprocess
+    import urllib.request
+
+    cmd = [binary, "-m", gguf, "-np", str(slots), "-c", str(512 * slots), "-t", str(threads)]
+    proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(PORT)], stderr=subprocess.DEVNULL)
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"{binary} did not answer on port {PORT}")
+
+
+def llama(ids: list[list[int]], n: int, s, slots: int) -> int:
+    """Every prompt's n samples from llama-server (one request each, ``slots`` in flight); tokens generated."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job: tuple[int, int]) -> int:
+        i, k = job
+        body = {
+            "prompt": ids[i],
+            "n_predict": s.max_new_tokens,
+            "temperature": s.temperature,
+            "top_k": s.top_k,
+            "top_p": s.top_p,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "seed": 1000 * i + k,
+        }
+        req = urllib.request.Request(f"http://127.0.0.1:{PORT}/completion", json.dumps(body).encode())
+        return json.loads(urllib.request.urlopen(req, timeout=600).read())["tokens_predicted"]
+
+    with ThreadPoolExecutor(slots) as pool:
+        return sum(pool.map(one, [(i, k) for i in range(len(ids)) for k in range(n)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="quickstart", help="preset whose training prompts and sampling are used")
@@ -61,6 +110,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=0, help="max new tokens (0: the preset's)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--llama-server", default="", help="a llama-server binary (optional row)")
+    parser.add_argument("--gguf", default="", help="the model as an f32 GGUF, for --llama-server")
+    parser.add_argument("--slots", type=int, default=32, help="llama-server parallel slots = requests in flight")
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args()
 
@@ -72,7 +124,7 @@ def main() -> None:
     records = load_source(cfg.data, "train", a.prompts, policy.tokenizer)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
     threads = torch.get_num_threads()
-    tmp = Path(tempfile.mkdtemp(prefix="bpo-engine-"))
+    tmp, server = Path(tempfile.mkdtemp(prefix="bpo-engine-")), None
     try:
         import ctranslate2
 
@@ -112,6 +164,10 @@ def main() -> None:
         results = {}
         runs = [("HF generate (bpo's hf backend: prefill once, batch 64 prompts)", hf)]
         runs += [(label, lambda v=v: ct2(*v[1:])) for v in VARIANTS for label in [v[0]]]
+        server = start_server(a.llama_server, a.gguf, a.slots, threads) if a.llama_server else None
+        if server:
+            label = f"llama.cpp llama-server f32, {a.slots} slots, {threads} threads"
+            runs.append((label, lambda: llama(ids, a.n, s, a.slots)))
         for name, fn in runs:
             fn()  # warm-up
             times, counts = [], []
@@ -128,20 +184,24 @@ def main() -> None:
             rows.append(f"| {name} | {lo:.2f} | {med:.2f} | {count:.0f} | {rate:.0f} | {rate / hf_rate:.2f}x |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if server:
+            server.terminate()
     where = f"{platform.machine()}, {threads} threads, torch {torch.__version__}"
     publish(
-        "Sampling a phase: CTranslate2 beside HF generate",
+        "Sampling a phase: inference engines beside HF generate",
         f"`.venv/bin/python benchmarks/engine.py --task {a.task} --prompts {a.prompts} --n {a.n} --tokens "
-        f"{s.max_new_tokens} --repeats {a.repeats}` on {where}: {a.prompts} {a.task} training prompts x {a.n} "
+        f"{s.max_new_tokens} --repeats {a.repeats}"
+        + (f" --llama-server llama-server --gguf smollm2-f32.gguf --slots {a.slots}" if a.llama_server else "")
+        + f"` on {where}: {a.prompts} {a.task} training prompts x {a.n} "
         f"samples x up to {s.max_new_tokens} new tokens, temperature {s.temperature}, top-k {s.top_k}, top-p "
         f"{s.top_p}, stop at EOS, {a.model} in fp32; {a.repeats} timed runs each after a warm-up.",
         [
             *rows,
             "",
-            f"Handing the weights to the engine once per phase (save the merged model, convert, load): "
+            f"Handing the weights to CTranslate2 once per phase (save the merged model, convert, load): "
             f"{handover:.1f} s. Each CTranslate2 timing includes making its Generator from the converted folder.",
             "",
-            "The samples are not the same tokens (different random numbers); whether the engine samples the "
+            "The samples are not the same tokens (different random numbers); whether an engine samples the "
             "model's distribution is not measured here.",
         ],
         a.out,
