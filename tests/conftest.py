@@ -65,3 +65,11 @@ def adapters(folder: Path) -> dict[str, torch.Tensor]:
         for k, v in load_file(str(f)).items():
             out[f"{f.parent.name}/{k}"] = v
     return out
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> dict:
+    """One uninterrupted standard run (tests/faults.py), shared by the fault tests that compare with it."""
+    from faults import reference_run
+
+    return reference_run(tmp_path_factory)

@@ -1,8 +1,5 @@
-"""Faults: every one is either recovered exactly or refused with one line, and nothing paid for is lost.
-
-Each test damages a real run of tiny-random-llama the way a crash, a full disk, a careless user
-or a second process would, then checks the property: the resumed run equals an uninterrupted
-one bit for bit, or the refusal names what is wrong before any work.
+"""Faults that stop a run: kills, Ctrl-C, damaged checkpoints or final/, a planted pickle, a moved folder, a full
+disk. Each is recovered exactly (the resumed run equals an uninterrupted one bit for bit) or refused in one line.
 """
 
 import json
@@ -15,93 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import adapters, tiny_config
-
-from bpo.config import load_config
-from bpo.io import FolderInUseError, FolderLock
-from bpo.train.ledger import AnnotationLog, LedgerError
-from bpo.train.loop import train
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-OVER = {"train.steps": 8, "train.phases": 2, "train.save_every": 2, "sampling.max_new_tokens": 16}
-
-
-def args(folder: Path, **over) -> list[str]:
-    return tiny_config(folder, **{**OVER, **over})
-
-
-def cfg_of(folder: Path, **over):
-    return load_config("quickstart", args(folder, **over))  # as `bpo train` with no config name
-
-
-def snapshot(run: Path) -> dict:
-    """What must be identical between an interrupted-and-resumed run and an uninterrupted one."""
-    ledger = [json.loads(x) for x in (run / "annotations.jsonl").read_text().splitlines()]
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    for m in metrics:  # wall-clock seconds (time, time/<part>) differ from run to run
-        for key in [k for k in m if k == "time" or k.startswith("time/")]:
-            m.pop(key)
-    return {"adapters": adapters(run / "final"), "ledger": ledger, "metrics": metrics}
-
-
-def assert_same(got: dict, want: dict) -> None:
-    assert got["adapters"].keys() == want["adapters"].keys() and want["adapters"]
-    for key, value in want["adapters"].items():
-        assert torch.equal(got["adapters"][key], value), key
-    assert got["ledger"] == want["ledger"]
-    assert got["metrics"] == want["metrics"]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """One uninterrupted run, in a subprocess like the runs it is compared with."""
-    folder = tmp_path_factory.mktemp("reference")
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(folder, sft_dir=folder / "sft")]
-    subprocess.run(cmd, check=True, env=ENV, capture_output=True)
-    return {"snapshot": snapshot(folder / "run"), "sft": folder / "sft"}
-
-
-STOP = """
-import sys
-from bpo.config import load_config
-from bpo.errors import Interrupted
-from bpo.train.loop import train
-
-def stop(run, step, metrics):
-    if step + 1 == int(sys.argv[1]):
-        raise KeyboardInterrupt
-
-try:
-    train(load_config("quickstart", sys.argv[2:]), evaluate=False, on_step=stop)
-except Interrupted as err:
-    print(err)
-"""
-
-
-def stopped_run(tmp_path: Path, sft: Path, at_step: int) -> Path:
-    """A run stopped (as if killed) after ``at_step`` steps, with its checkpoints on disk.
-
-    In a subprocess like the reference (same threads, so the same bits).
-    """
-    res = subprocess.run(
-        [sys.executable, "-c", STOP, str(at_step), *args(tmp_path, sft_dir=sft)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    assert f"interrupted at step {at_step + 1} of 8; continue with `bpo train --resume" in res.stdout, res.stderr[
-        -3000:
-    ]
-    return tmp_path / "run"
-
-
-def resume(run: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--resume", str(run), "--no-eval"]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-
-
-# ----------------------------------------------------------------------------- random SIGKILLs
+from faults import ENV, _flip, _truncate, args, assert_same, resume, snapshot, stopped_run
 
 
 def test_random_sigkills_resume_bit_identically(tmp_path, reference):
@@ -140,19 +51,6 @@ def test_random_sigkills_resume_bit_identically(tmp_path, reference):
                 cmd = [sys.executable, "-m", "bpo.cli", "train", "--resume", str(folder / "run"), "--no-eval"]
         assert_same(snapshot(folder / "run"), reference["snapshot"])
     assert after_checkpoint >= 1
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _flip(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-10] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 DAMAGE = {
@@ -240,110 +138,6 @@ def test_no_intact_checkpoint_is_a_one_line_error(tmp_path, reference):
     assert lines[-1].startswith("error: no intact checkpoint in") and "Traceback" not in res.stderr
 
 
-# ----------------------------------------------------------------------------- the ledger
-
-
-def _ledger_lines(run: Path) -> list[str]:
-    return (run / "annotations.jsonl").read_text().splitlines(keepends=True)
-
-
-def _change_first_judgement(lines: list[str]) -> list[str]:
-    first = next(i for i, x in enumerate(lines) if '"choice": 0' in x)
-    return lines[:first] + [lines[first].replace('"choice": 0', '"choice": 1')] + lines[first + 1 :]
-
-
-LEDGER_DAMAGE = {  # line 0 is the header
-    "a duplicated line": (lambda ls: ls[:3] + [ls[2]] + ls[3:], "appears twice"),
-    "a deleted line": (lambda ls: ls[:2] + ls[3:], "is missing while later pairs are there"),
-    "a changed judgement": (_change_first_judgement, "differs from what checkpoint"),
-    "the whole ledger": (None, "is missing, but checkpoint"),
-}
-
-
-@pytest.mark.parametrize("damage", list(LEDGER_DAMAGE))
-def test_a_damaged_ledger_is_refused_not_trained_on(tmp_path, reference, damage):
-    run = stopped_run(tmp_path, reference["sft"], at_step=5)
-    edit, message = LEDGER_DAMAGE[damage]
-    if edit is None:
-        (run / "annotations.jsonl").unlink()
-    else:
-        (run / "annotations.jsonl").write_text("".join(edit(_ledger_lines(run))))
-    before = (run / "metrics.jsonl").read_text()
-    res = resume(run)
-    assert res.returncode == 2, res.stderr[-2000:]
-    last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last and "Traceback" not in res.stderr
-    assert (run / "metrics.jsonl").read_text() == before  # nothing trained
-
-
-def test_a_new_run_with_other_settings_refuses_the_old_ledger(tmp_path, reference):
-    run = stopped_run(tmp_path, reference["sft"], at_step=1)
-    assert not (run / "checkpoints").exists()  # a ledger without a checkpoint: the next run is a fresh start
-    cfg = cfg_of(tmp_path, sft_dir=reference["sft"], **{"train.seed": 7, "annotator.kind": "callable"})
-    with pytest.raises(LedgerError, match=r"annotator\.kind: 'quickstart' in the ledger, 'callable' now.*train\.seed"):
-        train(cfg, evaluate=False)
-
-
-def test_a_new_run_with_the_same_settings_reuses_the_judgements(tmp_path, reference, monkeypatch):
-    run = stopped_run(tmp_path, reference["sft"], at_step=1)
-    bought = AnnotationLog(run / "annotations.jsonl").judged
-    assert not (run / "checkpoints").exists()
-    calls = []
-    from bpo.annotators import ScoreAnnotator
-
-    original = ScoreAnnotator.annotate
-    monkeypatch.setattr(ScoreAnnotator, "annotate", lambda self, p, q: calls.append(len(q)) or original(self, p, q))
-    train(cfg_of(tmp_path, sft_dir=reference["sft"]), evaluate=False)
-    assert bought > 0 and sum(calls) == reference_judged(reference) - bought  # phase 1's pairs are not bought again
-
-
-def reference_judged(reference: dict) -> int:
-    return sum(1 for e in reference["snapshot"]["ledger"][1:] if not e["identical"])
-
-
-# ----------------------------------------------------------------------------- one writer, leftovers, finished runs
-
-
-def test_a_second_process_on_the_run_folder_is_refused_naming_the_holder(tmp_path, reference):
-    cfg = cfg_of(tmp_path, sft_dir=reference["sft"])
-    with FolderLock(cfg.output_dir):
-        with pytest.raises(FolderInUseError, match=rf"run folder {cfg.output_dir} is in use by pid {os.getpid()}"):
-            train(cfg, evaluate=False)
-    assert not (Path(cfg.output_dir) / "annotations.jsonl").exists()
-
-
-def test_two_processes_started_together_write_once(tmp_path, reference):
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=reference["sft"])]
-    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
-    results = [(p.wait(), p.stderr.read().decode()) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 2], results
-    refused = next(err for code, err in results if code == 2)
-    assert "is in use by pid" in refused.strip().splitlines()[-1]
-    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])  # every judgement once, every step once
-
-
-def test_leftover_temp_folders_are_removed_on_the_next_start(tmp_path, reference):
-    run = stopped_run(tmp_path, reference["sft"], at_step=5)
-    leftovers = [run / "checkpoints" / ".tmp-abc", run / ".final-xyz"]
-    for folder in leftovers:
-        (folder / "adapters").mkdir(parents=True)
-    (run / ".eval.json.bpo-tmp").write_text("{")  # write_text_atomic's own temp name
-    (run / "notes.tmp").write_text("mine")  # a user's file: a start used to delete every *.tmp
-    assert resume(run).returncode == 0
-    assert not any(p.exists() for p in leftovers) and not (run / ".eval.json.bpo-tmp").exists()
-    assert (run / "notes.tmp").read_text() == "mine"
-
-
-def test_resume_of_a_finished_run_does_nothing(tmp_path, reference):
-    run = stopped_run(tmp_path, reference["sft"], at_step=7)
-    assert resume(run).returncode == 0
-    stamps = {p: p.stat().st_mtime_ns for p in (run / "run.json", run / "metrics.jsonl", run / "final")}
-    res = resume(run)
-    assert res.returncode == 0 and "is finished" in res.stderr
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-
-
 def test_ctrl_c_says_how_to_continue(tmp_path, reference):
     # T = 200: the run must still be going when the signal lands (at T = 8 a loaded machine lost the race)
     over = args(tmp_path, sft_dir=reference["sft"], **{"train.steps": 200})
@@ -364,18 +158,6 @@ def test_ctrl_c_says_how_to_continue(tmp_path, reference):
     # every step once (bit-identical resumes are checked above, against the T = 8 reference)
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 201))
-
-
-def test_sft_leftovers_are_removed_and_the_cache_reused(tmp_path):
-    from typer.testing import CliRunner
-
-    from bpo.cli import app
-
-    sft = tmp_path / "sft"
-    (sft / ".member0-x1y2").mkdir(parents=True)  # a member save cut short by a kill
-    over = [f"sft_dir={sft}", "model.name=tiny-random-llama", "device=cpu", "sft.seeds=[0]", "data.sft_examples=4"]
-    assert CliRunner().invoke(app, ["sft", "quickstart", *over, "sft.epochs=1", "lora.r=4"]).exit_code == 0
-    assert not (sft / ".member0-x1y2").exists() and (sft / "member0" / "adapter_model.safetensors").exists()
 
 
 def _alive(pid: int) -> bool:
@@ -413,35 +195,6 @@ def test_a_killed_compare_takes_its_run_with_it_and_a_rerun_resumes(tmp_path, re
     assert (out / "bpo-f2" / "seed0" / "eval.json").exists()
 
 
-# ----------------------------------------------------------------------------- verified weights
-
-
-def test_a_damaged_sft_cache_member_is_trained_again_not_trained_from(tmp_path, reference):
-    """Flipped bytes in an SFT cache adapter were trained from, exit 0."""
-    import shutil
-
-    sft = tmp_path / "sft"
-    shutil.copytree(reference["sft"], sft)
-    _flip(sft / "member0" / "adapter_model.safetensors")
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=sft)]
-    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "member SFT" in res.stderr  # trained again
-    assert_same(snapshot(tmp_path / "run"), reference["snapshot"])
-
-
-def test_an_sft_dir_made_with_other_settings_is_refused(tmp_path, reference):
-    """A reused sft_dir with other SFT settings was taken as is (the ledger then recorded settings never used)."""
-    import shutil
-
-    sft = tmp_path / "sft"
-    shutil.copytree(reference["sft"], sft)
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *args(tmp_path, sft_dir=sft), "sft.lr=0.5"]
-    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    assert res.returncode == 2 and "holds SFT adapters made with other settings" in res.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "run" / "annotations.jsonl").exists()  # refused before any work
-
-
 @pytest.mark.parametrize("damage", ["deleted", "flipped"])
 def test_a_lost_or_damaged_final_is_rebuilt_by_resume_and_never_exported(tmp_path, reference, damage):
     """A corrupted final/behavior was evaluated and exported; a deleted final/ was a dead end (export said
@@ -476,19 +229,6 @@ def test_a_missing_report_is_written_on_resume(tmp_path, reference):
     (run / "report.md").unlink()
     res = resume(run)
     assert res.returncode == 0 and (run / "report.md").exists() and "it was missing" in res.stderr + res.stdout
-
-
-def test_a_run_that_failed_before_its_first_judgement_does_not_block_its_folder(tmp_path):
-    """A callable path without ':score' left a ledger header; the corrected command was refused ("its 0
-    judgements are not this run's")."""
-    judge = tmp_path / "judge.py"
-    judge.write_text("def score(record, response):\n    return float(len(response))\n")
-    base = args(tmp_path, **{"annotator.kind": "callable", "train.steps": 2, "train.phases": 1})
-    cmd = [sys.executable, "-m", "bpo.cli", "train", "--no-eval", *base]
-    wrong = subprocess.run([*cmd, f"annotator.callable={judge}:scor"], env=ENV, capture_output=True, text=True)
-    assert wrong.returncode == 2, wrong.stderr[-2000:]
-    right = subprocess.run([*cmd, f"annotator.callable={judge}:score"], env=ENV, capture_output=True, text=True)
-    assert right.returncode == 0, right.stderr[-2000:]
 
 
 DISK_FULL_AT_SAVE = """
