@@ -81,3 +81,15 @@ def test_modules_and_functions_stay_readable():
                 long.append(f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert len((SRC / "train" / "loop.py").read_text().splitlines()) < 320
     assert not long, long
+
+
+def test_reading_a_config_loads_no_model_library():
+    """Every command checks its config first; an error there must come in a fraction of a second, before the
+    seconds torch and transformers take to import (the registries load the built-in kinds to check names)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from bpo.config import load_config; load_config('quickstart'); "
+    code += "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

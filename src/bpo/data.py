@@ -15,13 +15,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from bpo.config import DataConfig
 from bpo.errors import BpoError
 from bpo.registry import TASKS
+
+if TYPE_CHECKING:  # only named in signatures: reading a config never imports transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 class DataError(BpoError, ValueError):

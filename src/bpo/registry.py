@@ -81,4 +81,4 @@ class Task:
 
 ANNOTATOR_KINDS: Registry[AnnotatorKind] = Registry("annotator.kind", ("bpo.annotators", "bpo.human", "bpo.tasks"))
 TASKS: Registry[Task] = Registry("data source", ("bpo.tasks",))
-BACKENDS: Registry[Callable[..., Any]] = Registry("sampling.backend", ("bpo.model.sampling",))  # (policy, ensemble)
+BACKENDS: Registry[Callable[..., Any]] = Registry("sampling.backend", ("bpo.model",))  # (policy, ensemble)

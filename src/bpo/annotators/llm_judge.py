@@ -316,8 +316,6 @@ def judge_cache(cfg: Config) -> Path:
 def http_judge(cfg: Config, url: str, model: str, api_key: str | None) -> Any:
     """The pairwise HTTP judge ``llm_judge`` and ``bpo eval --judge http`` share: the config's template,
     sampling, retries and time-out, and one answer cache."""
-    from bpo.annotators.llm_judge import HTTPPairwiseJudge, read_template
-
     a, e = cfg.annotator, cfg.eval
     template = read_template(a.judge_template) if a.judge_template else None
     return HTTPPairwiseJudge(

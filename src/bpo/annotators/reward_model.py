@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bpo.annotators.base import Annotator, ScoreAnnotator, register_annotator
 from bpo.config import Config
 from bpo.data import PromptRecord
 from bpo.errors import BpoError
-from bpo.model.logprobs import pad
-from bpo.model.policy import ModelLoadError, default_device
 from bpo.stats import at_chance
+
+if TYPE_CHECKING:  # torch loads with the model, not when the kind is registered (every config check)
+    import torch
 
 FORMAT_FILE = "bpo_rm.json"
 
@@ -37,6 +36,8 @@ def encode(tokenizer: Any, style: str, prompts: Sequence[str], responses: Sequen
     ``pair``: the tokenizer's text-pair encoding (encoder RMs such as the paper's DeBERTa).
     ``chat``: the tokenizer's chat template, prompt as the user turn and response as the assistant's.
     """
+    from bpo.model.logprobs import pad
+
     if style == "pair":
         return tokenizer(
             list(prompts), list(responses), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
@@ -82,8 +83,11 @@ class RewardModel:
     """
 
     def __init__(self, folder: str, batch_size: int = 16, max_length: int = 0, device: str | None = None):
+        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
+
+        from bpo.model.policy import ModelLoadError, default_device
 
         self.device = torch.device(device) if device else default_device()
         level = hf_logging.get_verbosity()
@@ -134,11 +138,13 @@ class RewardModel:
             )
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        return rewards(
-            self.model, self.tokenizer, self.style, prompts, responses, self.max_length, self.batch_size
-        ).tolist()
+        import torch
+
+        with torch.no_grad():
+            return rewards(
+                self.model, self.tokenizer, self.style, prompts, responses, self.max_length, self.batch_size
+            ).tolist()
 
 
 def rewards(
@@ -153,6 +159,8 @@ def rewards(
 ) -> torch.Tensor:
     """The reward of each (prompt, response), ``batch_size`` rows per forward (gradients as the caller allows);
     ``done(rows)`` after each forward (progress)."""
+    import torch
+
     device = next(model.parameters()).device
     outs = []
     for i in range(0, len(responses), batch_size):

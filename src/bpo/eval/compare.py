@@ -82,8 +82,7 @@ def run_grid(
     if ANNOTATOR_KINDS.get(base.annotator.kind).deferred:
         raise ValueError(
             f"bpo compare runs its grid unattended; annotator.kind={base.annotator.kind} stops at every phase for "
-            "people: "
-            "run each method with bpo train and label it with bpo label"
+            "people: run each method with bpo train and label it with bpo label"
         )
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

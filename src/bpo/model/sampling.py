@@ -216,9 +216,6 @@ class HFBackend:
         return groups
 
 
-BACKENDS.register("hf", HFBackend)
-
-
 def make_backend(policy: Policy, ensemble: Ensemble | None = None, name: str = "hf") -> Backend:
     """The generation backend ``sampling.backend`` names, over ``policy`` (and the ensemble's adapters)."""
     return BACKENDS.get(name)(policy, ensemble)
