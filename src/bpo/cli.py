@@ -154,15 +154,22 @@ def generate(
     cfg, adapter = _run_config(run, args, adapter)
     if adapter:
         check_adapter(adapter, cfg.model.name)
+        if cfg.sampling.backend == "openai":
+            raise ConfigError(
+                "--adapter with sampling.backend=openai: the server samples its own model; serve the adapter there "
+                "and name it in engine.model, without --adapter"
+            )
     records = load_prompts(prompts, cfg.data.prompt_field, None, id_field="id", skip_bad=cfg.data.skip_bad_rows)
     if not records:
         raise ConfigError(f"--prompts {prompts}: no prompts in the file")
     policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
     if adapter:
         policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
+        if cfg.sampling.backend != "hf":  # an engine is given plain weights
+            policy.model = policy.model.merge_and_unload()
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
     params = replace(cfg.sampling, do_sample=sample)
-    groups = make_backend(policy, None, params.backend).generate(ids, n, params, None, keys=[r.id for r in records])
+    groups = make_backend(policy, None, cfg).generate(ids, n, params, None, keys=[r.id for r in records])
     write_jsonl(
         out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
     )

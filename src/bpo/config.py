@@ -24,6 +24,7 @@ from bpo.registry import ANNOTATOR_KINDS, BACKENDS, TASKS
 from bpo.sections import (  # re-exported: every module reads its section's type from bpo.config
     AnnotatorConfig,
     DataConfig,
+    EngineConfig,
     EvalConfig,
     LoggingConfig,
     LoraConfig,
@@ -40,6 +41,7 @@ class Config:
     lora: LoraConfig = section(LoraConfig, "the LoRA of each ensemble member")
     data: DataConfig = section(DataConfig, "prompts and references")
     sampling: SamplingConfig = section(SamplingConfig, "how the behavior model samples pairs")
+    engine: EngineConfig = section(EngineConfig, "the inference engine of sampling.backend=llamacpp or openai")
     annotator: AnnotatorConfig = section(AnnotatorConfig, "who judges the pairs")
     sft: SFTConfig = section(SFTConfig, "member SFT (cached by its settings)")
     train: TrainConfig = section(TrainConfig, "the BPO loop")
@@ -94,12 +96,9 @@ class Config:
     def _check_sampling_and_data(self) -> None:
         sm, sft, d = self.sampling, self.sft, self.data
         need(0 < sm.top_p <= 1, "sampling.top_p", "in (0, 1]", sm.top_p)
-        need(
-            sm.backend in BACKENDS,
-            "sampling.backend",
-            f"a registered backend ({', '.join(BACKENDS.names())})",
-            sm.backend,
-        )
+        backend = BACKENDS.get(sm.backend)
+        if backend.check:
+            backend.check(self)
         need(0 <= self.lora.dropout < 1, "lora.dropout", "in [0, 1)", self.lora.dropout)
         need(sft.epochs >= 0, "sft.epochs", ">= 0 (0: no SFT)", sft.epochs)
         need(sft.max_length >= 2, "sft.max_length", "at least 2 (a prompt token and a response token)", sft.max_length)
@@ -286,6 +285,7 @@ __all__ = [
     "LoraConfig",
     "DataConfig",
     "SamplingConfig",
+    "EngineConfig",
     "AnnotatorConfig",
     "SFTConfig",
     "TrainConfig",

@@ -79,6 +79,15 @@ class Task:
     what: str  # what its prompts are, for messages: "the embedded task's posts"
 
 
+@dataclass(frozen=True)
+class BackendKind:
+    """What ``sampling.backend=NAME`` is: how to build it over the policy, and what it needs from the config."""
+
+    build: Callable[..., Any]  # (policy, ensemble, config) -> a bpo.model.sampling.Backend
+    help: str
+    check: Callable[[Any], None] | None = None  # config -> refuse, before anything loads
+
+
 ANNOTATOR_KINDS: Registry[AnnotatorKind] = Registry("annotator.kind", ("bpo.annotators", "bpo.human", "bpo.tasks"))
 TASKS: Registry[Task] = Registry("data source", ("bpo.tasks",))
-BACKENDS: Registry[Callable[..., Any]] = Registry("sampling.backend", ("bpo.model",))  # (policy, ensemble)
+BACKENDS: Registry[BackendKind] = Registry("sampling.backend", ("bpo.model",))

@@ -85,7 +85,44 @@ class SamplingConfig:
     batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
     fold_adapter: bool = setting(True, "sample with the frozen adapter folded into (copy-restored) base weights")
     prefill_once: bool = setting(True, "run each prompt once, its KV cache repeated for its n samples")
-    backend: str = setting("hf", "what generates: a registered backend (hf: transformers generate)")
+    backend: str = setting(
+        "hf",
+        "what generates: hf (transformers generate), llamacpp (llama.cpp's server, built by scripts/engine.sh), "
+        "openai (a completions server you run: vLLM, SGLang, ...); engine.* configures the last two",
+    )
+
+
+@dataclass
+class EngineConfig:
+    """An inference engine that samples (``sampling.backend=llamacpp`` or ``openai``); unused with ``hf``."""
+
+    url: str = setting("", "openai: the server's base URL, e.g. http://127.0.0.1:8000/v1 (it serves engine.model)")
+    model: str = setting("", "openai: the name the server serves the base model under (bpo.model.name's weights)")
+    weights: Literal["lora", "hook"] = setting(
+        "lora",
+        "openai: how each phase's behavior model reaches the server: lora (written in PEFT format and loaded through "
+        "engine.adapter_api) or hook (merged weights written, then engine.hook runs)",
+    )
+    adapter_api: Literal["vllm", "sglang"] = setting(
+        "vllm", "weights=lora: vllm (POST /v1/load_lora_adapter) or sglang (POST /load_lora_adapter)"
+    )
+    max_lora_rank: int = setting(
+        16, "weights=lora: the largest LoRA rank the server takes (vLLM's --max-lora-rank); a larger one is refused"
+    )
+    hook: str = setting(
+        "",
+        "weights=hook: a shell command run once per behavior model, after {merged} (a HF model folder) and {adapter} "
+        "(PEFT) are written; it returns once the server serves {merged} as engine.model",
+    )
+    share_dir: str = setting(
+        "", "where adapters/merged models are written for the server to read (empty: $BPO_CACHE/engine/share)"
+    )
+    api_key_env: str = setting("OPENAI_API_KEY", "openai: environment variable holding the API key (never logged)")
+    dir: str = setting("", "llamacpp: the folder scripts/engine.sh printed (empty: the newest in $BPO_CACHE/engine)")
+    threads: int = setting(0, "llamacpp: the server's CPU threads (0: as many as torch uses)")
+    concurrency: int = setting(32, "requests in flight (llamacpp: the server's parallel slots)")
+    timeout: float = setting(600.0, "seconds for one sample's request")
+    retries: int = setting(3, "retries of a transient fault (connection, time-out, 5xx, malformed answer)")
 
 
 @dataclass

@@ -17,7 +17,6 @@ carry request headers or keys.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -34,23 +33,12 @@ from bpo.config import Config
 from bpo.data import PromptRecord
 from bpo.errors import BpoError, ConfigError
 from bpo.io import append_lines, read_jsonl
+from bpo.web import TRANSIENT, read_by
 
 
 class JudgeError(BpoError, RuntimeError):
     """The judge could not be asked; the message names its URL and the last problem."""
 
-
-TRANSIENT = (
-    urllib.error.URLError,
-    TimeoutError,
-    ConnectionError,
-    http.client.HTTPException,  # IncompleteRead, RemoteDisconnected, BadStatusLine
-    json.JSONDecodeError,
-    UnicodeDecodeError,
-    KeyError,
-    IndexError,
-    TypeError,
-)
 
 # Letters are case-sensitive: "I prefer a concise reply, so B." names B, and the article "a" is
 # not response A. A capital "A" that opens a noun phrase ("A tie.", "A clear win for B") is an
@@ -106,25 +94,6 @@ def parse_verdict(text: str) -> str | None:
         if len(letters) == 1:
             return letters.pop()
     return None
-
-
-def _read_by(resp: Any, deadline: float, timeout: float) -> bytes:
-    """The whole body by ``deadline``: a socket time-out bounds each read, so a server trickling its
-    body a byte at a time would otherwise hold a request for ever."""
-    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no whole answer within {timeout:g} s")
-        if sock is not None:
-            sock.settimeout(left)
-        chunk = resp.read1(1 << 16)
-        if not chunk:
-            if getattr(resp, "length", None):  # the server closed before the length it announced
-                raise http.client.IncompleteRead(data, resp.length)
-            return data
-        data += chunk
 
 
 def read_template(path: str | Path) -> str:
@@ -211,7 +180,7 @@ class HTTPPairwiseJudge:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 deadline = time.monotonic() + self.timeout
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(_read_by(resp, deadline, self.timeout).decode("utf-8"))
+                    payload = json.loads(read_by(resp, deadline, self.timeout).decode("utf-8"))
                 usage = payload.get("usage") if isinstance(payload, dict) else None
                 for k in ("prompt_tokens", "completion_tokens"):
                     if isinstance(usage, dict) and isinstance(usage.get(k), int):

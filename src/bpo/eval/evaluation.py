@@ -42,7 +42,7 @@ def greedy(policy: Policy, records, cfg, ensemble: Ensemble | None = None, adapt
     """Greedy responses to ``records`` under ``adapter`` of ``ensemble`` (or the policy as it is)."""
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
     params = SamplingConfig(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
-    return [g[0].text for g in make_backend(policy, ensemble, cfg.sampling.backend).generate(ids, 1, params, adapter)]
+    return [g[0].text for g in make_backend(policy, ensemble, cfg).generate(ids, 1, params, adapter)]
 
 
 def evaluate_run(run: Trained, progress: Progress) -> dict:

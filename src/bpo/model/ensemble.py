@@ -116,6 +116,12 @@ class Ensemble:
             self.peft.base_model.set_adapter(previous)
             self._fix_trainable()
 
+    def foldable(self, name: str) -> bool:
+        """Adapter ``name`` is a plain LoRA of linear layers: :meth:`folded` can add it into the base weights."""
+        layers = [layer for layer in self._layers() if name in layer.lora_A]
+        plain = not any(name in layer.lora_embedding_A or layer.use_dora.get(name) for layer in self._layers())
+        return bool(layers) and plain and not getattr(self.peft.peft_config[name], "lora_bias", False)
+
     @contextlib.contextmanager
     def folded(self, name: str) -> Iterator[PeftModel]:
         """Run the model with adapter ``name`` folded into the base weights, for inference only.
@@ -126,12 +132,11 @@ class Ensemble:
         so they return bit for bit (unmerging by subtraction would not). Embedding and DoRA
         adapters are run unfolded (an embedding may be tied to the LM head).
         """
-        layers = [layer for layer in self._layers() if name in layer.lora_A]
-        plain = not any(name in layer.lora_embedding_A or layer.use_dora.get(name) for layer in self._layers())
-        if not layers or not plain or getattr(self.peft.peft_config[name], "lora_bias", False):
+        if not self.foldable(name):
             with self.active(name) as model:
                 yield model
             return
+        layers = [layer for layer in self._layers() if name in layer.lora_A]
         saved = []
         try:
             with torch.no_grad():

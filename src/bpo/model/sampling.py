@@ -8,6 +8,7 @@ are the reference log-probs and no extra forward pass is needed.
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from bpo.config import SamplingConfig
+from bpo.config import Config, SamplingConfig
 from bpo.model.ensemble import Ensemble
 from bpo.model.logprobs import pad, prompt_cache
 from bpo.model.policy import Policy
@@ -37,6 +38,7 @@ class Completion:
     finished: bool  # ended with EOS rather than at max_new_tokens
     logp: float | None = None  # summed log-prob under the sampling model, when asked for
     token_logps: list[float] = field(default_factory=list, repr=False)
+    engine_logps: list[float] | None = field(default=None, repr=False)  # an engine's own, beside bpo's (engine.py)
 
 
 class Backend(Protocol):
@@ -216,6 +218,14 @@ class HFBackend:
         return groups
 
 
-def make_backend(policy: Policy, ensemble: Ensemble | None = None, name: str = "hf") -> Backend:
-    """The generation backend ``sampling.backend`` names, over ``policy`` (and the ensemble's adapters)."""
-    return BACKENDS.get(name)(policy, ensemble)
+_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(ensemble, name): backend}
+
+
+def make_backend(policy: Policy, ensemble: Ensemble | None = None, cfg: Config | None = None) -> Backend:
+    """The generation backend ``cfg.sampling.backend`` names (hf without a config), over ``policy`` and the
+    ensemble's adapters. One per model and name: an engine keeps its server and the weights it was given."""
+    name = cfg.sampling.backend if cfg is not None else "hf"
+    made = _BACKENDS.setdefault(policy.model, {})
+    if (id(ensemble), name) not in made:
+        made[id(ensemble), name] = BACKENDS.get(name).build(policy, ensemble, cfg)
+    return made[id(ensemble), name]

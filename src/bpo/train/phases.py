@@ -89,7 +89,7 @@ def sample(run: Run, start: int, chunk: list[int]) -> tuple[list[PromptRecord], 
     records = [run.prompts[start + j] for j in chunk]
     keys = [f"{run.cfg.train.seed}:{r.id}" for r in records]
     with run.timer.part("sample"):
-        groups = make_backend(run.policy, run.ens, params.backend).generate(
+        groups = make_backend(run.policy, run.ens, run.cfg).generate(
             [run.prompt_ids[start + j] for j in chunk], params.n, params, "behavior", True, keys
         )
     return records, keys, groups
