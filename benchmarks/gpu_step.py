@@ -35,6 +35,45 @@ def reward(record, response: str) -> float:
     return -abs(len(response) - 300) / 300 + zlib.crc32(response.encode()) / 2**32 * 1e-3
 
 
+# --model random:NAME: a model of these shapes with random weights, built on the spot (the machine needs no
+# download): the compute of the real model, not its outputs. gemma2-2b is the paper's policy.
+SHAPES = {
+    "gemma2-2b": dict(
+        arch="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, vocab_size=256000,
+    ),
+    "tiny": dict(
+        arch="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=512,
+    ),
+}  # fmt: skip
+
+
+def random_model(name: str, folder: Path, device: str, dtype: str) -> str:
+    """A random-weight model of SHAPES[name] saved in ``folder``, with a word-level tokenizer of its whole
+    vocabulary (every sampled id decodes to a word, so responses differ in text and length)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    shape = dict(SHAPES[name])
+    arch, n = shape.pop("arch"), shape["vocab_size"]
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab = {**{t: i for i, t in enumerate(specials)}, **{f"w{i}": i for i in range(len(specials), n)}}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    config_cls, model_cls = (Gemma2Config, Gemma2ForCausalLM) if arch == "gemma2" else (LlamaConfig, LlamaForCausalLM)
+    config = config_cls(**shape, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = model_cls(config).to({"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}.get(dtype, torch.float32))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
 def peak_flops(device: str, given: float) -> float | None:
     if given:
         return given * 1e12
@@ -65,8 +104,11 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
 
     bpo.train.loop.train_step = counting_step
     with tempfile.TemporaryDirectory() as tmp:
+        model = a.model
+        if model.startswith("random:"):
+            model = random_model(model.removeprefix("random:"), Path(tmp) / "model", a.device, a.dtype)
         over = [
-            f"model.name={a.model}", f"model.dtype={a.dtype}", f"device={a.device}", f"output_dir={tmp}/run",
+            f"model.name={model}", f"model.dtype={a.dtype}", f"device={a.device}", f"output_dir={tmp}/run",
             f"sft_dir={tmp}/sft", "sft.epochs=0", f"sft.seeds=[{','.join(str(i) for i in range(k))}]",
             f"lora.r={a.rank}", f"lora.alpha={2 * a.rank}", "lora.dropout=0", "lora.target_modules=all-linear",
             f"train.steps={a.steps}", f"train.batch_size={a.prompts}", f"train.phases={a.steps}",
@@ -95,7 +137,11 @@ def main() -> None:
     from common import publish
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="gemma3-270m", help="a model folder, Hub name or bpo offline name")
+    parser.add_argument(
+        "--model",
+        default="gemma3-270m",
+        help=f"a model folder, Hub name, bpo offline name or random:{'|'.join(SHAPES)}",
+    )
     parser.add_argument("--task", default="quickstart", help="preset whose prompts are sampled")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bf16")

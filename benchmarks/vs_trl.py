@@ -7,13 +7,23 @@ thread count. TRL runs with ``gradient_checkpointing=False`` (its default turns 
 generating) and its reference is the model with the adapter disabled; bpo starts from the model
 itself too (``sft.epochs=0``) and runs with K = 1 (TRL trains one model).
 
-For each run: pairs/s over all steps, s/step and where it went (sampling, annotation, reference,
-update), and the process's peak RSS. bpo's parts come from its own ``time/*`` metrics; TRL's are timed
-around its ``_generate`` and ``_forward`` (no-grad calls are the reference) and the reward function;
-TRL's "update" is the rest of the step (policy forward, backward, optimizer).
+Like for like: both sides format prompts the same way (``--chat-template``: never, TL;DR prompts end
+in their own cue; always: the tokenizer's chat template on both), stop at the same EOS, and count the
+tokens they generate (tokens/s beside pairs/s: responses of different lengths cost differently).
+TRL runs twice: the whole batch in one pass (its default) and one prompt per micro-batch with gradient
+accumulation (its memory-saving setting); bpo with one prompt per micro-batch (its CPU default) and
+with the whole batch in one pass, and with its engine backend (``sampling.backend=llamacpp``, needs
+``bash scripts/engine.sh``). Every run is repeated ``--repeats`` times, each in a fresh process.
+
+For each run: pairs/s over all steps (min and median of the repeats), s/step and where it went
+(sampling, annotation, reference, update; the median repeat), tokens/s, and the peak RSS. bpo's
+parts come from its own ``time/*`` metrics; TRL's are timed around its ``_generate`` and ``_forward``
+(no-grad calls are the reference) and the reward function; TRL's "update" is the rest of the step
+(policy forward, backward, optimizer).
 
 TRL is not a bpo dependency: ``pip install -e .[bench]`` installs the version this was written for.
-Run: .venv/bin/python benchmarks/vs_trl.py [--steps 6 --batch 8 --tokens 64] [--out docs/benchmarks/vs-trl.md]
+Run: .venv/bin/python benchmarks/vs_trl.py [--steps 4 --batch 8 --tokens 64 --repeats 3]
+     [--out docs/benchmarks/vs-trl.md]
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +89,7 @@ def trl_worker(a: argparse.Namespace) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     records = load_source(load_config(a.task).data, "train", a.steps * a.batch, tokenizer)
-    chat = bool(tokenizer.chat_template)  # as bpo's model.chat_template=auto decides
+    chat = a.chat_template == "always"  # bpo gets model.chat_template=the same
     data = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": r.prompt}] if chat else r.prompt} for r in records]
     )
@@ -86,7 +97,8 @@ def trl_worker(a: argparse.Namespace) -> None:
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)  # PEFT keeps the adapter in fp32
     args = OnlineDPOConfig(
         output_dir=a.tmp,
-        per_device_train_batch_size=a.batch,
+        per_device_train_batch_size=1 if a.trl_micro else a.batch,
+        gradient_accumulation_steps=a.batch if a.trl_micro else 1,
         max_steps=a.steps,
         learning_rate=a.lr,
         lr_scheduler_type="linear",
@@ -116,6 +128,7 @@ def trl_worker(a: argparse.Namespace) -> None:
     )
     seconds = {p: 0.0 for p in PARTS}
     steps: list[float] = []
+    tokens = [0]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
 
     def timed(fn, part_of):
@@ -130,7 +143,14 @@ def trl_worker(a: argparse.Namespace) -> None:
 
         return wrapper
 
-    trainer._generate = timed(trainer._generate, lambda *x, **k: "sample")
+    generate = timed(trainer._generate, lambda *x, **k: "sample")
+
+    def counted(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        tokens[0] += int(out[3].sum())  # completion_mask: the tokens generated, up to and with EOS
+        return out
+
+    trainer._generate = counted
     trainer._forward = timed(trainer._forward, lambda *x, **k: "update" if torch.is_grad_enabled() else "reference")
 
     class StepTimes(TrainerCallback):
@@ -147,20 +167,20 @@ def trl_worker(a: argparse.Namespace) -> None:
     seconds["annotate"] = _reward_seconds[0]
     # "update" so far is only the policy forward; the step's backward and optimizer are the rest of it
     seconds["update"] = sum(steps) - seconds["sample"] - seconds["annotate"] - seconds["reference"]
-    Path(a.json).write_text(json.dumps({"steps": steps, "seconds": seconds}))
+    Path(a.json).write_text(json.dumps({"steps": steps, "seconds": seconds, "tokens": tokens[0]}))
 
 
-def bpo_run(a: argparse.Namespace, phases: int, reference: str, out: Path) -> list[str]:
+def bpo_run(a: argparse.Namespace, phases: int, reference: str, micro: int, backend: str, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "bpo.cli", "train", a.task, "--no-eval",
-        f"model.name={a.model}", f"model.dtype={a.dtype}", f"device={a.device}",
+        sys.executable, "-m", "bpo.cli", "train", a.task, "--no-eval", f"model.chat_template={a.chat_template}",
+        f"sampling.backend={backend}", f"model.name={a.model}", f"model.dtype={a.dtype}", f"device={a.device}",
         f"output_dir={out}", f"sft_dir={Path(a.tmp) / 'sft'}", "sft.epochs=0", "sft.seeds=[0]",
         f"lora.r={a.rank}", f"lora.alpha={2 * a.rank}", "lora.dropout=0", "lora.target_modules=all-linear",
         f"train.steps={a.steps}", f"train.batch_size={a.batch}", f"train.phases={phases}",
         f"train.reference={reference}", f"train.lr={a.lr}", f"train.beta={a.beta}", "train.log_kl_sft=false",
         "train.weight_decay=0", "train.adam_eps=1e-6",
         f"sampling.max_new_tokens={a.tokens}", "sampling.temperature=1", "sampling.top_p=0.95", "sampling.top_k=0",
-        "annotator.kind=callable", f"annotator.callable={HERE}:bpo_reward", f"train.micro_batch={a.micro_batch}",
+        "annotator.kind=callable", f"annotator.callable={HERE}:bpo_reward", f"train.micro_batch={micro}",
     ]  # fmt: skip
 
 
@@ -176,16 +196,41 @@ def measure(cmd: list[str], threads: int) -> int:
     return round(usage.ru_maxrss / 1024)
 
 
-def row(name: str, steps: list[float], seconds: dict[str, float], rss: int, batch: int, trl: float | None) -> dict:
-    n = len(steps)
-    pairs_per_s = batch * n / sum(steps)
+def row(name: str, repeats: list[dict], batch: int, trl: float | None) -> dict:
+    """One run's figures over its repeats: pairs/s min and median, the rest from the median repeat."""
+    rates = [batch * len(r["steps"]) / sum(r["steps"]) for r in repeats]
+    median = sorted(repeats, key=lambda r: batch * len(r["steps"]) / sum(r["steps"]))[len(repeats) // 2]
+    n = len(median["steps"])
     return {
         "run": name,
-        "s/step": sum(steps) / n,
-        **{f"{p} s/step": seconds.get(p, 0.0) / n for p in PARTS},
-        "pairs/s": pairs_per_s,
-        "vs TRL": pairs_per_s / trl if trl else 1.0,
-        "peak RSS GB": rss / 1024,
+        "s/step": sum(median["steps"]) / n,
+        **{f"{p} s/step": median["seconds"].get(p, 0.0) / n for p in PARTS},
+        "pairs/s min": min(rates),
+        "pairs/s median": statistics.median(rates),
+        "tokens/s": median["tokens"] / sum(median["steps"]),
+        "tokens/pair": median["tokens"] / (batch * n),
+        "vs TRL": statistics.median(rates) / trl if trl else 1.0,
+        "peak RSS GB": max(r["rss"] for r in repeats) / 1024,
+    }
+
+
+def one_repeat(a: argparse.Namespace, spec, tmp: str, k: int) -> dict:
+    """One fresh process of a run: its step times, parts, generated tokens and peak RSS."""
+    if spec[0] == "trl":
+        out = Path(tmp) / f"trl-{spec[1]}-{k}.json"
+        cmd = [sys.executable, str(HERE), *sys.argv[1:], "--worker", "trl", "--json", str(out), "--tmp", tmp]
+        cmd += ["--model", a.model] + (["--trl-micro"] if spec[1] else [])
+        rss = measure(cmd, a.threads)
+        return {**json.loads(out.read_text()), "rss": rss}
+    folder = Path(tmp) / f"bpo-{'-'.join(map(str, spec))}-{k}"
+    rss = measure(bpo_run(a, *spec, folder), a.threads)
+    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    ledger = [json.loads(x) for x in (folder / "annotations.jsonl").read_text().splitlines()[1:]]
+    return {
+        "steps": [m["time/step"] for m in metrics],
+        "seconds": {p: sum(m.get(f"time/{p}", 0.0) for m in metrics) for p in PARTS},
+        "tokens": sum(len(t) for e in ledger for t in e["tokens"]),
+        "rss": rss,
     }
 
 
@@ -195,13 +240,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bf16"], help="base weights, both runs")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="B: prompts per step, 2 samples each")
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--micro-batch", type=int, default=0, help="bpo's train.micro_batch (0: all B at once)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per run")
+    parser.add_argument("--chat-template", default="never", choices=["never", "always"], help="both sides")
+    parser.add_argument("--trl-micro", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--out", type=Path, default=None)
@@ -216,12 +263,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         a.tmp = tmp
         a.model = model_folder(a.model, Path(tmp))
-        runs = {
-            "TRL OnlineDPOTrainer (F = T, reference = the model)": None,
-            "bpo online DPO, reference = the model (F = T, TRL's setting)": (a.steps, "sft"),
-            "bpo BPO F = 4": (min(4, a.steps), "behavior"),
-            "bpo BPO F = 2": (2, "behavior"),
-            "bpo offline DPO (F = 1)": (1, "behavior"),
+        T, B = a.steps, a.batch
+        runs = {  # name -> ("trl", micro-batches?) or (F, reference, train.micro_batch, sampling.backend)
+            "TRL OnlineDPOTrainer (F = T, reference = the model), whole batch": ("trl", False),
+            "TRL, 1 prompt per micro-batch + gradient accumulation": ("trl", True),
+            "bpo online DPO, reference = the model (F = T, TRL's setting)": (T, "sft", 0, "hf"),
+            "bpo online DPO (F = T), whole batch in one pass": (T, "sft", B, "hf"),
+            "bpo BPO F = 2": (2, "behavior", 0, "hf"),
+            "bpo online DPO (F = T), llamacpp engine": (T, "sft", 0, "llamacpp"),
+            "bpo BPO F = 2, llamacpp engine": (2, "behavior", 0, "llamacpp"),
         }
         wanted = [w.strip() for w in a.only.split(",") if w.strip()]
         rows, trl = [], None
@@ -229,21 +279,9 @@ def main() -> None:
             if wanted and not any(w in name for w in wanted):
                 continue
             print(f"{name} ...", flush=True)
-            if spec is None:
-                out = Path(tmp) / "trl.json"
-                cmd = [sys.executable, str(HERE), *sys.argv[1:], "--worker", "trl", "--json", str(out), "--tmp", tmp]
-                cmd += ["--model", a.model]
-                rss = measure(cmd, a.threads)
-                got = json.loads(out.read_text())
-                steps, seconds = got["steps"], got["seconds"]
-            else:
-                folder = Path(tmp) / f"bpo-{spec[0]}-{spec[1]}"
-                rss = measure(bpo_run(a, *spec, folder), a.threads)
-                metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-                steps = [m["time/step"] for m in metrics]
-                seconds = {p: sum(m.get(f"time/{p}", 0.0) for m in metrics) for p in PARTS}
-            r = row(name, steps, seconds, rss, a.batch, trl)
-            trl = trl or (r["pairs/s"] if spec is None else None)
+            repeats = [one_repeat(a, spec, tmp, k) for k in range(a.repeats)]
+            r = row(name, repeats, a.batch, trl)
+            trl = trl or (r["pairs/s median"] if spec[0] == "trl" else None)
             rows.append(r)
             print("  " + ", ".join(f"{k} {v:.3g}" for k, v in r.items() if k != "run"), flush=True)
     write(a, shown_model, rows)
@@ -265,13 +303,13 @@ def write(a: argparse.Namespace, model: str, rows: list[dict]) -> None:
     publish(
         "bpo vs TRL's OnlineDPOTrainer",
         f"`.venv/bin/python benchmarks/vs_trl.py --task {a.task} --model {model} --device {a.device} --dtype "
-        f"{a.dtype} --steps "
-        f"{a.steps} --batch {a.batch} --tokens {a.tokens} --rank {a.rank} --micro-batch {a.micro_batch} --threads "
-        f"{a.threads}` on {where}, "
+        f"{a.dtype} --steps {a.steps} --batch {a.batch} --tokens {a.tokens} --rank {a.rank} --repeats {a.repeats} "
+        f"--chat-template {a.chat_template} --threads {a.threads}` on {where}, "
         f"bpo {getattr(bpo, '__version__', '')}: {a.steps} steps of {a.batch} {a.task} training prompts x 2 "
         f"samples x up to {a.tokens} new tokens, LoRA r {a.rank} on all linear layers, {a.dtype} base "
-        "weights, one process each. s/step is the mean over all steps; the parts are where it went (see "
-        "the script's docstring).",
+        f"weights, prompts formatted alike (chat template: {a.chat_template}), {a.repeats} fresh processes per run. "
+        "pairs/s min and median over the repeats; s/step (mean over the steps) and its parts from the median "
+        "repeat (see the script's docstring); vs TRL: median pairs/s over TRL's whole-batch median.",
         [
             *lines,
         ],

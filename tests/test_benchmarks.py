@@ -1,6 +1,7 @@
 """The benchmark scripts stay runnable: each runs end to end on a tiny model on CPU (numbers not checked)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,21 @@ def bench(script: str, *args: str) -> str:
     return done.stdout
 
 
-def test_gpu_step_runs_bpos_loop_and_counts_flops():
-    out = bench("gpu_step.py", *TINY, "--device", "cpu", "--dtype", "float32", "--prompts", "2", "--tokens", "4",
-                "--k", "2", "--rank", "4", "--steps", "2")  # fmt: skip
-    flops = next(line for line in out.splitlines() if "training FLOPs" in line)
+def test_the_gpu_check_runs_in_its_cpu_smoke_mode(tmp_path):
+    """scripts/gpu-check.sh --smoke: every method end to end, then gpu_step.py on random weights (tiny shapes)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--smoke", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = (tmp_path / "e2e" / "report.md").read_text()
+    for method in ("offline-dpo", "online-dpo-sft", "bpo-f2", "bpo-fT"):
+        assert (tmp_path / "e2e" / method / "seed0" / "final" / "behavior" / "adapter_config.json").exists()
+        assert method in report
+    step = (tmp_path / "gpu-step.md").read_text()
+    flops = next(line for line in step.splitlines() if "training FLOPs" in line)
     assert float(flops.split("|")[2]) > 0
-    assert "| update s/step |" in out and "| sample s/step |" in out
+    assert "| update s/step |" in step and "| sample s/step |" in step and "random:tiny" in step
 
 
 def test_generation_variants_sample_the_same_tokens():

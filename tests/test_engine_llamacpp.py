@@ -5,6 +5,7 @@ stands in for a model (the converter knows that tokenizer)."""
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,18 @@ def cfg_for(tmp_path, model_dir, **over):
     settings = {"model.name": str(model_dir), "model.chat_template": "never", "sampling.backend": "llamacpp"}
     settings |= {"engine.concurrency": 4, "sampling.max_new_tokens": 16, **over}
     return load_config(None, tiny_config(tmp_path, **settings))
+
+
+def servers_of(folder: Path) -> list[str]:
+    """Processes whose command line names ``folder`` (the backend's GGUF lives there)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(folder) in cmdline.read_bytes().decode(errors="replace"):
+                found.append(cmdline.parent.name)
+        except OSError:  # gone meanwhile
+            pass
+    return found
 
 
 def teacher_forced(policy, prompt, tokens):
@@ -82,6 +95,7 @@ def test_the_engine_samples_the_model_and_agrees_with_teacher_forcing(tmp_path, 
         assert [c.token_ids for c in after[0]] == [c.token_ids for c in groups[0]]
     finally:
         backend.close()
+    assert not servers_of(backend.work), "a llama-server outlived its backend"
 
 
 def test_a_run_samples_through_the_engine_with_an_exact_reference(tmp_path, model_dir):

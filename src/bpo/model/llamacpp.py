@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,6 +47,7 @@ class LlamaCppBackend(ServerBackend):
         self.gguf: Path | None = None
         self.log = self.work / "server.log"
         self.threads = self.engine.threads or torch.get_num_threads()
+        self.restarting = threading.Lock()
         atexit.register(self.close)
 
     def serve(self, adapter: str | None) -> str:
@@ -102,9 +104,10 @@ class LlamaCppBackend(ServerBackend):
         raise EngineError(f"llama-server did not start ({tail[0][:300]}); its log: {self.log}")
 
     def recover(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None and self.gguf is not None:
-            print(f"llama-server exited ({self.proc.returncode}); starting it again", file=sys.stderr, flush=True)
-            self.start(self.gguf, int(self.url.rsplit(":", 1)[1].split("/")[0]))  # the same URL: the retry asks it
+        with self.restarting:  # requests in flight all see the dead server: one of them starts it again
+            if self.proc is not None and self.proc.poll() is not None and self.gguf is not None:
+                print(f"llama-server exited ({self.proc.returncode}); starting it again", file=sys.stderr, flush=True)
+                self.start(self.gguf, int(self.url.rsplit(":", 1)[1].split("/")[0]))  # the same URL the retry asks
 
     def close(self, keep_files: bool = False) -> None:
         if self.proc is not None and self.proc.poll() is None:
