@@ -121,7 +121,13 @@ def main() -> None:
     for i, prompt in enumerate(ids[: a.draw_prompts]):
         probs = model_probs(policy, prompt, s)
         gen = torch.Generator().manual_seed(i)
-        null = sorted(tv(torch.bincount(torch.multinomial(probs, a.draws, True, generator=gen), minlength=len(probs)).double(), probs) for _ in range(200))  # noqa: E501
+        null = sorted(
+            tv(
+                torch.bincount(torch.multinomial(probs, a.draws, True, generator=gen), minlength=len(probs)).double(),
+                probs,
+            )
+            for _ in range(200)
+        )  # noqa: E501
         cells = [f"prompt {i + 1} ({int((probs > 0).sum())} tokens possible)"]
         for backend in (hf, engine):
             drawn = first_tokens(backend, prompt, s, a.draws, f"draw{i}")

@@ -90,6 +90,7 @@ def test_a_behavior_model_is_loaded_once_per_phase_through_vllms_adapter_endpoin
     tail = [p for p in stub.paths() if "lora" in p]
     assert tail == ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/v1/load_lora_adapter"]
     assert stub.requests[-1][1]["model"] == stub.requests[-3][1]["lora_name"] != loads[0]["lora_name"]
+    assert not folder.exists() and Path(stub.requests[-3][1]["lora_path"]).exists()  # the share dir keeps one
     # the base model needs nothing loaded
     backend.generate(prompts(1), 1, cfg.sampling, None)
     assert stub.requests[-1][1]["model"] == "base"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -31,7 +32,7 @@ from bpo.config import Config, SamplingConfig
 from bpo.errors import BpoError
 from bpo.model.ensemble import Ensemble
 from bpo.model.policy import Policy, cache_dir
-from bpo.model.sampling import Completion, row_key
+from bpo.model.sampling import Completion, drawn_keys, row_key
 from bpo.web import TRANSIENT, post_json
 
 
@@ -121,7 +122,6 @@ class ServerBackend:
     def __init__(self, policy: Policy, ensemble: Ensemble | None, cfg: Config):
         self.policy, self.ensemble, self.engine = policy, ensemble, cfg.engine
         self.served: dict[str, str] = {}  # weights key -> model name
-        self.other_stops = 0  # samples an engine ended on an end token other than the tokenizer's EOS
 
     def serve(self, adapter: str | None) -> str:
         raise NotImplementedError
@@ -138,8 +138,7 @@ class ServerBackend:
         return_logps: bool = False,
         keys: Sequence[str] | None = None,
     ) -> list[list[Completion]]:
-        if keys is None:  # as the hf backend: torch's RNG draws the keys, so torch.manual_seed reproduces
-            keys = [str(k) for k in torch.randint(0, 2**31 - 1, (len(prompt_ids),)).tolist()]
+        keys = keys if keys is not None else drawn_keys(len(prompt_ids))
         name = self.serve(adapter)
         jobs = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
 
@@ -187,8 +186,6 @@ class ServerBackend:
         finished = choice.get("finish_reason") == "stop"
         if finished and (not ids or ids[-1] not in tok.all_special_ids) and len(ids) < params.max_new_tokens:
             ids.append(tok.eos_token_id)  # a server that leaves the end token out of its tokens
-        if finished and ids[-1] != tok.eos_token_id:
-            self.other_stops += 1
         comp = Completion(ids, tok.decode(ids, skip_special_tokens=True).strip(), finished)
         comp.engine_logps = logps
         return comp
@@ -237,6 +234,7 @@ class OpenAIBackend(ServerBackend):
         self.api_key = os.environ.get(self.engine.api_key_env) or None
         self.share = Path(self.engine.share_dir or cache_dir() / "engine" / "share")
         self.loaded: str | None = None  # the adapter name loaded through the adapter endpoint
+        self.folder: Path | None = None  # what the server was last given (removed once it has the next)
 
     def serve(self, adapter: str | None) -> str:
         if adapter is None or self.ensemble is None:
@@ -244,6 +242,9 @@ class OpenAIBackend(ServerBackend):
         key = weights_key(self.policy, self.ensemble, adapter)
         if key not in self.served:
             self.served = {key: self.hand_over(adapter, key)}  # the server keeps one behavior model
+            if self.folder is not None and self.folder != self.share / key[:16]:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = self.share / key[:16]
         return self.served[key]
 
     def hand_over(self, adapter: str, key: str) -> str:

@@ -29,8 +29,6 @@ from bpo.model.ensemble import Ensemble
 from bpo.model.llamacpp_dir import engine_dir
 from bpo.model.policy import Policy
 
-SLOT_TOKENS = 1024  # context of one parallel slot: a prompt and its response
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -48,6 +46,9 @@ class LlamaCppBackend(ServerBackend):
         self.log = self.work / "server.log"
         self.threads = self.engine.threads or torch.get_num_threads()
         self.restarting = threading.Lock()
+        # each parallel slot holds the longest prompt the data lets through and its longest response
+        longest = max(cfg.sampling.max_new_tokens, cfg.eval.max_new_tokens)
+        self.slot_tokens = (cfg.data.max_prompt_tokens or 4096) + longest
         atexit.register(self.close)
 
     def serve(self, adapter: str | None) -> str:
@@ -82,7 +83,7 @@ class LlamaCppBackend(ServerBackend):
         self.close(keep_files=True)
         port, slots = port or free_port(), self.engine.concurrency
         cmd = [str(self.dir / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["-np", str(slots), "-c", str(SLOT_TOKENS * slots), "-t", str(self.threads), "--no-webui"]
+        cmd += ["-np", str(slots), "-c", str(self.slot_tokens * slots), "-t", str(self.threads), "--no-webui"]
         # the KV cache in the model's precision, and for fp32 no flash attention: llama.cpp's defaults (an f16
         # cache, flash attention that rounds through f16 on CPU) move an fp32 model's log-probs by up to 1e-2 nats
         kv = self.outtype()

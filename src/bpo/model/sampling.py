@@ -105,6 +105,11 @@ def row_key(key: str, sample: int) -> int:
     return zlib.crc32(f"{key}:{sample}".encode())
 
 
+def drawn_keys(count: int) -> list[str]:
+    """Keys for a call that gave none: drawn from torch's RNG, so torch.manual_seed still reproduces."""
+    return [str(k) for k in torch.randint(0, 2**31 - 1, (count,)).tolist()]
+
+
 def identical(completions: Sequence[Completion]) -> bool:
     """True when every completion of a prompt has the same tokens: such a pair teaches nothing."""
     return all(c.token_ids == completions[0].token_ids for c in completions[1:])
@@ -150,8 +155,7 @@ class HFBackend:
         return_logps: bool = False,
         keys: Sequence[str] | None = None,
     ) -> list[list[Completion]]:
-        if keys is None:  # no keys: draw them from torch's RNG, so torch.manual_seed still reproduces
-            keys = [str(k) for k in torch.randint(0, 2**31 - 1, (len(prompt_ids),)).tolist()]
+        keys = keys if keys is not None else drawn_keys(len(prompt_ids))
         out: list[list[Completion]] = []
         for start in range(0, len(prompt_ids), params.batch_size):
             chunk = prompt_ids[start : start + params.batch_size]
