@@ -250,7 +250,11 @@ def main() -> None:
     parser.add_argument("--chat-template", default="never", choices=["never", "always"], help="both sides")
     parser.add_argument("--trl-micro", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated parts of run names (default: all; engine rows only by a part naming the engine)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
@@ -276,7 +280,7 @@ def main() -> None:
         wanted = [w.strip() for w in a.only.split(",") if w.strip()]
         rows, trl = [], None
         for name, spec in runs.items():
-            if wanted and not any(w in name for w in wanted):
+            if wanted and not any(w in name and ("engine" in w) == ("engine" in name) for w in wanted):
                 continue
             print(f"{name} ...", flush=True)
             repeats = [one_repeat(a, spec, tmp, k) for k in range(a.repeats)]

@@ -16,7 +16,7 @@ smoke=0
 if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
 OUT=$(realpath -m "${1:-gpu-check}")
 mkdir -p "$OUT"
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if ! $PY -c "import bpo.cli, bpo.train.loop" >/dev/null 2>&1; then
   [ -d .gpu/wheels ] || { echo "error: bpo cannot be imported here and .gpu/wheels is missing; run bash scripts/gpu-wheels.sh and carry .gpu" >&2; exit 2; }

@@ -24,7 +24,8 @@ def test_the_gpu_check_runs_in_its_cpu_smoke_mode(tmp_path):
     """scripts/gpu-check.sh --smoke: every method end to end, then gpu_step.py on random weights (tiny shapes)."""
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--smoke", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True, text=True, timeout=900,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHON": sys.executable},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = (tmp_path / "e2e" / "report.md").read_text()
@@ -52,5 +53,5 @@ def test_memory_breakdown_has_every_stage():
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (pip install -e .[bench])")
 def test_vs_trl_runs_both_sides():
     out = bench("vs_trl.py", *TINY, "--steps", "2", "--batch", "2", "--tokens", "4", "--threads", "1",
-                "--only", "TRL OnlineDPOTrainer,F = 2")  # fmt: skip
+                "--repeats", "1", "--only", "TRL OnlineDPOTrainer,F = 2")  # fmt: skip
     assert "| TRL OnlineDPOTrainer" in out and "| bpo BPO F = 2" in out
