@@ -41,6 +41,11 @@ class DamagedFileError(BpoError, ValueError):
 TEMP_FILE = ".bpo-tmp"  # the suffix of bpo's own temp files: the only files it removes at a start
 
 
+def cache_dir() -> Path:
+    """bpo's cache across runs (offline models, answer caches, the engine): ``$BPO_CACHE`` or ``~/.cache/bpo``."""
+    return Path(os.environ.get("BPO_CACHE", Path.home() / ".cache" / "bpo"))
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write to a temp file beside ``path``, then rename: a kill never leaves a half-written file."""
     path = Path(path)

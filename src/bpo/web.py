@@ -43,13 +43,16 @@ def read_by(resp: Any, deadline: float, timeout: float) -> bytes:
         data += chunk
 
 
-def post_json(url: str, body: dict[str, Any], timeout: float, api_key: str | None = None, raw: bool = False) -> Any:
-    """The decoded JSON answer to one POST (its text with ``raw``); raises urllib's HTTPError on a 4xx/5xx and
-    TRANSIENT faults as they come."""
+def post_json(
+    url: str, body: dict[str, Any] | bytes, timeout: float, api_key: str | None = None, raw: bool = False
+) -> Any:
+    """The decoded JSON answer to one POST of ``body`` (a dict, or JSON already encoded); its text with ``raw``.
+    Raises urllib's HTTPError on a 4xx/5xx and TRANSIENT faults as they come."""
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     deadline = time.monotonic() + timeout
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         text = read_by(resp, deadline, timeout).decode("utf-8")

@@ -32,8 +32,8 @@ from bpo.annotators.base import Annotator, Judgement, PairsOnly, register_annota
 from bpo.config import Config
 from bpo.data import PromptRecord
 from bpo.errors import BpoError, ConfigError
-from bpo.io import append_lines, read_jsonl
-from bpo.web import TRANSIENT, read_by
+from bpo.io import append_lines, cache_dir, read_jsonl
+from bpo.web import TRANSIENT, post_json
 
 
 class JudgeError(BpoError, RuntimeError):
@@ -164,9 +164,6 @@ class HTTPPairwiseJudge:
         With a ``journal`` every request is written there (fsync'd) before it is sent, so a kill loses
         no count: the requests in flight at a kill are counted, and only they are bought again.
         """
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -177,10 +174,7 @@ class HTTPPairwiseJudge:
                     append_lines(self.journal, [json.dumps({"time": round(time.time(), 3), "question": key[:16]})])
             spent["requests"] = spent.get("requests", 0) + 1
             try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                deadline = time.monotonic() + self.timeout
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(read_by(resp, deadline, self.timeout).decode("utf-8"))
+                payload = post_json(self.url, body, self.timeout, self.api_key)
                 usage = payload.get("usage") if isinstance(payload, dict) else None
                 for k in ("prompt_tokens", "completion_tokens"):
                     if isinstance(usage, dict) and isinstance(usage.get(k), int):
@@ -277,7 +271,6 @@ class LLMJudgeAnnotator(PairsOnly):
 
 def judge_cache(cfg: Config) -> Path:
     """Where HTTP judge answers are kept: one file shared by training annotators and ``bpo eval``."""
-    from bpo.model.policy import cache_dir
 
     return Path(cfg.annotator.cache) if cfg.annotator.cache else cache_dir() / "judge-cache.jsonl"
 

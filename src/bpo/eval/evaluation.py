@@ -112,8 +112,7 @@ def fixed_scores(judge, records, texts: list[str]) -> list[float]:
     identity = getattr(getattr(judge, "rm", None), "identity", None)
     if identity is None:
         return judge.scores(records, texts)
-    from bpo.io import append_lines, read_jsonl
-    from bpo.model.policy import cache_dir
+    from bpo.io import append_lines, cache_dir, read_jsonl
 
     path = cache_dir() / "score-cache.jsonl"
     keys = [hashlib.sha256(json.dumps([identity, r.prompt, t]).encode()).hexdigest() for r, t in zip(records, texts)]

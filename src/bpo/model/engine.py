@@ -9,11 +9,12 @@ the batch it is in, and a rerun asks for the same seeds.
 What bpo takes from the engine is token ids. The DPO reference log-probs are not the engine's: a
 completion's ``logp`` is None, so the trainer teacher-forces the reference exactly; the engine's own
 per-token log-probs are kept in ``engine_logps`` for the faithfulness check
-(``benchmarks/engine.py``, ``docs/benchmarks/engine.md``).
+(``benchmarks/engine_backend.py``, ``docs/benchmarks/engine.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -30,8 +31,9 @@ import torch
 
 from bpo.config import Config, SamplingConfig
 from bpo.errors import BpoError
+from bpo.io import cache_dir
 from bpo.model.ensemble import Ensemble
-from bpo.model.policy import Policy, cache_dir
+from bpo.model.policy import Policy
 from bpo.model.sampling import Completion, drawn_keys, row_key
 from bpo.web import TRANSIENT, post_json
 
@@ -68,16 +70,13 @@ def write_merged(policy: Policy, ensemble: Ensemble | None, adapter: str | None,
         model.save_pretrained(folder, state_dict=state, safe_serialization=True)
         policy.tokenizer.save_pretrained(folder)
 
-    if ensemble is None or adapter is None:
-        if ensemble is None:
-            save()
-        else:
-            with ensemble.active(None):
-                save()
-        return folder
-    if not ensemble.foldable(adapter):
+    if ensemble is not None and adapter is not None and not ensemble.foldable(adapter):
         raise EngineError(f"adapter {adapter!r} is not a plain LoRA of linear layers: an engine cannot be given it")
-    with ensemble.folded(adapter):
+    if ensemble is None:
+        weights = contextlib.nullcontext()
+    else:  # the base model, or the adapter folded into it
+        weights = ensemble.active(None) if adapter is None else ensemble.folded(adapter)
+    with weights:
         save()
     return folder
 
@@ -241,14 +240,14 @@ class OpenAIBackend(ServerBackend):
             return self.engine.model  # the base model (or the model `bpo generate` means), as the server serves it
         key = weights_key(self.policy, self.ensemble, adapter)
         if key not in self.served:
-            self.served = {key: self.hand_over(adapter, key)}  # the server keeps one behavior model
-            if self.folder is not None and self.folder != self.share / key[:16]:
+            folder = self.share / key[:16]
+            self.served = {key: self.hand_over(adapter, key, folder)}  # the server keeps one behavior model
+            if self.folder is not None and self.folder != folder:
                 shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = self.share / key[:16]
+            self.folder = folder
         return self.served[key]
 
-    def hand_over(self, adapter: str, key: str) -> str:
-        folder = self.share / key[:16]
+    def hand_over(self, adapter: str, key: str, folder: Path) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         if self.engine.weights == "hook":
             merged = write_merged(self.policy, self.ensemble, adapter, folder / "merged")

@@ -90,7 +90,7 @@ class LlamaCppBackend(ServerBackend):
         cmd += ["--cache-type-k", kv, "--cache-type-v", kv] + (["-fa", "off"] if kv == "f32" else [])
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.gguf, self.url = gguf, f"http://127.0.0.1:{port}/v1"
+        self.gguf, self.port, self.url = gguf, port, f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -108,7 +108,7 @@ class LlamaCppBackend(ServerBackend):
         with self.restarting:  # requests in flight all see the dead server: one of them starts it again
             if self.proc is not None and self.proc.poll() is not None and self.gguf is not None:
                 print(f"llama-server exited ({self.proc.returncode}); starting it again", file=sys.stderr, flush=True)
-                self.start(self.gguf, int(self.url.rsplit(":", 1)[1].split("/")[0]))  # the same URL the retry asks
+                self.start(self.gguf, self.port)  # the same URL: the retry that follows asks it
 
     def close(self, keep_files: bool = False) -> None:
         if self.proc is not None and self.proc.poll() is None:

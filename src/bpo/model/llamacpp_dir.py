@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bpo.errors import ConfigError
+from bpo.io import cache_dir
 
 
 def engine_dir(folder: str = "") -> Path:
@@ -13,7 +13,7 @@ def engine_dir(folder: str = "") -> Path:
     if folder:
         found = Path(folder)
     else:
-        root = Path(os.environ.get("BPO_CACHE", Path.home() / ".cache" / "bpo")) / "engine"
+        root = cache_dir() / "engine"
         built = sorted(root.glob("llama.cpp-*/llama-server"), key=lambda p: p.stat().st_mtime)
         found = built[-1].parent if built else root
     if not (found / "llama-server").exists() or not (found / "convert_hf_to_gguf.py").exists():

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from bpo.errors import BpoError
-from bpo.io import replace_dir, temp_dir
+from bpo.io import cache_dir, replace_dir, temp_dir
 
 OFFLINE_MODELS = ("smollm2-135m-instruct", "gemma3-270m", "tiny-random-llama")
 HUB_NAMES = {  # the built-in offline models' Hub ids, for model cards
@@ -55,11 +55,6 @@ class Policy:
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids the model sees for a prompt: chat-templated for chat models, plain otherwise."""
         return encode_prompt(self.tokenizer, prompt, self.use_chat_template)
-
-
-def cache_dir() -> Path:
-    """Where dequantised offline models are cached (``$BPO_CACHE`` or ``~/.cache/bpo``)."""
-    return Path(os.environ.get("BPO_CACHE", Path.home() / ".cache" / "bpo"))
 
 
 def default_device() -> torch.device:
