@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Build the CPU inference engine of sampling.backend=llamacpp: llama.cpp's llama-server and its
 # HF -> GGUF converter, from PyPI only (the llama-cpp-python sdist vendors llama.cpp; cmake and
-# ninja come as wheels). About 6 minutes on 2 cores, once; a second run builds nothing.
+# ninja come as wheels). About 6-10 minutes on 2 cores, once; a second run builds nothing.
 # Prints the engine folder; bpo finds it there ($BPO_CACHE/engine, or engine.dir=FOLDER).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh >/dev/null
 VERSION=0.3.36  # llama-cpp-python release whose vendored llama.cpp is built
 DEST=${BPO_CACHE:-$HOME/.cache/bpo}/engine/llama.cpp-py$VERSION
+# the converter runs in this checkout's .venv: its packages are needed even when the server is built
+$PY -m pip install -q -e ".[engine]"
 if [ -x "$DEST/llama-server" ] && [ -f "$DEST/convert_hf_to_gguf.py" ]; then
   echo "$DEST"
   exit 0
 fi
-$PY -m pip install -q -e ".[engine]"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 $PY -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$VERSION"
