@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
 from typer.testing import CliRunner
 
 from bpo.cli import app
@@ -73,9 +73,16 @@ def test_rm_trains_on_every_format_and_loads_both_ways(tmp_path, name):
     assert result["train"]["accuracy"] >= 0.9, result  # chance is 0.5
     assert result["loss_last"] < result["loss_first"]
 
-    # route 1: plain transformers, with the tokenizer saved beside it
-    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    tok = AutoTokenizer.from_pretrained(out)
+    # route 1: plain PEFT, the adapter (LoRA and score head) on its backbone
+    from peft import PeftModel
+
+    from bpo.annotators.reward_model import load_backbone
+
+    spec = json.loads((out / "bpo_rm.json").read_text())
+    assert spec["adapter_of"] == "tiny-random-llama" and not (out / "model.safetensors").exists()
+    base, tok, _ = load_backbone(spec["adapter_of"], spec["init_seed"])
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = PeftModel.from_pretrained(base, str(out)).eval()
     # route 2: the training annotator
     from bpo.annotators import build_annotator
     from bpo.config import load_config
@@ -98,12 +105,40 @@ def test_rm_holdout_and_parts_are_disjoint(tmp_path):
     data = tmp_path / "trl.jsonl"
     write_trl(data, 40)
     pairs = load_pairs(data)
-    a_train, a_held = split_pairs(pairs, (1, 2), 0.25, 0)
-    b_train, b_held = split_pairs(pairs, (2, 2), 0.25, 0)
+    a_train, a_held, _ = split_pairs(pairs, (1, 2), 0.25, 0)
+    b_train, b_held, _ = split_pairs(pairs, (2, 2), 0.25, 0)
     ids = lambda xs: {p.id for p in xs}  # noqa: E731
     assert len(a_train) == 15 and len(a_held) == 5
     assert not (ids(a_train) | ids(a_held)) & (ids(b_train) | ids(b_held))
     assert len(ids(a_train) | ids(a_held) | ids(b_train) | ids(b_held)) == 40
+
+
+def test_rm_parts_split_prompts_whatever_each_excludes():
+    """The split was by pair, after --exclude: two parts shared prompts (251 of 500 TL;DR pairs) when their
+    seeds or exclusions differed, and a prompt's pairs fell on both sides of the held-out cut."""
+    from bpo.annotators.reward_model import prompt_key
+    from bpo.data import PreferenceRecord
+    from bpo.train.rm import split_pairs
+
+    # three pairs per prompt, the prompt written with other spacing in one of them
+    pairs = [
+        PreferenceRecord(f"{i}-{j}", f"question {i}:  help?" if j else f"question {i}: help?", f"yes {j}", f"no {j}")
+        for i in range(30)
+        for j in range(3)
+    ]
+    keys = lambda xs: {prompt_key(p.prompt) for p in xs}  # noqa: E731
+    skip = set(sorted(keys(pairs))[:12])  # a proxy told to leave out some prompts, the gold not
+    a_train, a_held, a = split_pairs(pairs, (1, 2), 0.2, 7, skip)
+    b_train, b_held, b = split_pairs(pairs, (2, 2), 0.2, 7)
+    assert not (keys(a_train) | keys(a_held)) & (keys(b_train) | keys(b_held))
+    assert not keys(a_train) & keys(a_held) and not keys(b_train) & keys(b_held)
+    assert not (keys(a_train) | keys(a_held)) & skip
+    assert all(sum(p.prompt.split() == q.prompt.split() for q in a_train) == 3 for p in a_train)  # whole prompts
+    whole_a = split_pairs(pairs, (1, 2), 0.2, 7)
+    assert keys(a_train) | keys(a_held) | skip >= keys(whole_a[0]) | keys(whole_a[1])  # exclusion never moves a prompt
+    assert a["prompts_excluded"] == len(skip & (keys(whole_a[0]) | keys(whole_a[1]))) == a["pairs_excluded"] / 3
+    assert a["prompts_in_file"] == b["prompts_in_file"] == 30 and a["seed"] == 7 and a["part"] == "1/2"
+    assert split_pairs(pairs, (1, 2), 0.2, 8)[0] != a_train  # the split seed decides the parts
 
 
 def test_rm_annotator_uses_its_own_tokenizer_in_training(tmp_path):
@@ -191,21 +226,21 @@ def test_top_layers_leaves_the_lower_blocks_as_they_were(tmp_path):
     res = train_tiny_rm(data, out, "--lr", "1e-2", "--top-layers", "1")
     assert res.exit_code == 0, res.output
     start = load_backbone("tiny-random-llama")[0].state_dict()
-    saved = load_file(str(out / "model.safetensors"))
-    for name in ("model.layers.0.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
-        assert torch.equal(saved[name], start[name])  # below the adapted block: untouched
-    for name in ("model.layers.1.mlp.down_proj.weight", "score.weight"):
-        assert not torch.equal(saved[name], start[name])  # the top block (LoRA merged in) and the head trained
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    lora = [k for k in saved if "lora_" in k]
+    assert lora and all(".layers.1." in k for k in lora)  # the top block only; the lower one is the backbone's
+    head = [k for k in saved if ".score." in k]
+    assert head and not torch.equal(saved[head[0]], start["score.weight"])  # the head trained, and saved
 
 
-def _tiny_rm(tmp_path, name: str, swap: bool = False):
+def _tiny_rm(tmp_path, name: str, swap: bool = False, *extra: str):
     data = tmp_path / f"{name}.jsonl"
     with open(data, "w") as f:
         for p, c, r in _pairs(16):
             c, r = (r, c) if swap else (c, r)
             f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
     out = tmp_path / name
-    res = train_tiny_rm(data, out, "--lr", "3e-3", "--epochs", "2")
+    res = train_tiny_rm(data, out, "--lr", "3e-3", "--epochs", "2", *extra)
     assert res.exit_code == 0, res.output
     return out
 
@@ -217,7 +252,8 @@ def test_a_gold_judge_scores_the_evaluation_beside_the_annotator(tmp_path):
     from bpo.config import load_config
     from bpo.data import load_source
 
-    proxy, gold = _tiny_rm(tmp_path, "proxy"), _tiny_rm(tmp_path, "gold", swap=True)
+    proxy = _tiny_rm(tmp_path, "proxy", False, "--part", "1/2")
+    gold = _tiny_rm(tmp_path, "gold", True, "--part", "2/2", "--seed", "1")  # independent: other prompts and init
     over = tiny_config(
         tmp_path,
         **{
@@ -271,7 +307,7 @@ def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):
     out = tmp_path / "rm"
     res = train_tiny_rm(data, out, "--dialogue", "plain", "--exclude", str(held))
     assert res.exit_code == 0, res.output
-    assert "left out 5 of 20 pairs" in res.output
+    assert "left out 5 pairs on 5 prompts of part 1/1: --exclude" in res.output
     assert json.loads((out / "rm.json").read_text())["pairs_train"] == 15
 
 
@@ -336,7 +372,7 @@ def test_rm_out_never_deletes_what_bpo_did_not_write(tmp_path, monkeypatch):
     assert train_tiny_rm(data, rm).exit_code == 0
     first = json.loads((rm / "rm.json").read_text())
     res = train_tiny_rm(data, rm, "--seed", "1")  # a reward model bpo wrote: replaced
-    assert res.exit_code == 0 and json.loads((rm / "rm.json").read_text())["seed"] == 1 != first["seed"]
+    assert res.exit_code == 0 and json.loads((rm / "rm.json").read_text())["init_seed"] == 1 != first["init_seed"]
     res = train_tiny_rm(data, work, "--force")
     assert res.exit_code == 0 and (work / "rm.json").exists() and not (work / "thesis.tex").exists()
     assert not [p for p in tmp_path.iterdir() if ".bpo-" in p.name]

@@ -264,13 +264,12 @@ def rm(
     lr: float = typer.Option(1e-4, help="AdamW learning rate (linear decay, 10% warm-up)"),
     batch_size: int = typer.Option(8, help="pairs per step"),
     max_length: int = typer.Option(512, help="tokens per (prompt, response); the prompt's start is cut beyond"),
-    dialogue: str = typer.Option(
-        "keep", help="keep, or plain: HH 'Human:/Assistant:' turns as the BPO splits' 'user: ... assistant: '"
-    ),
+    dialogue: str = typer.Option("keep", help="keep, or plain: HH turns as the BPO splits' 'user: ... assistant: '"),
     exclude: list[Path] = typer.Option(
         None, help="prompt file (jsonl/csv, field 'prompt'): leave out pairs on its prompts, e.g. the eval prompts"
     ),
-    seed: int = typer.Option(0, help="split, order and initialisation"),
+    seed: int = typer.Option(0, help="initialisation and training order: give the gold another than the proxy"),
+    split_seed: int = typer.Option(0, help="the permutation of prompts dealt into parts: the same for every part"),
     device: str = typer.Option("", help="cpu, cuda ... (empty: cuda when available)"),
     force: bool = typer.Option(False, "--force", help="replace --out even if it is not a reward model bpo wrote"),
 ) -> None:
@@ -278,16 +277,16 @@ def rm(
     from bpo.annotators.reward_model import is_reward_model
     from bpo.io import check_target
     from bpo.progress import progress_bar
-    from bpo.train.rm import RMSettings, read_pairs, summary, train_rm
+    from bpo.train.rm import RMSettings, excluded_prompts, read_pairs, summary, train_rm
 
     settings = RMSettings(
-        model, part, holdout, lora_r, top_layers, epochs, lr, batch_size, max_length, dialogue, seed, device
+        model, part, holdout, lora_r, top_layers, epochs, lr, batch_size, max_length, dialogue, seed, split_seed, device
     )
     settings.check()
     check_target(out, "a reward model bpo wrote", is_reward_model, force)  # before any work
-    pairs = read_pairs(data, dialogue, exclude, console.print)
+    pairs, skip = read_pairs(data, dialogue), excluded_prompts(exclude or [])
     with progress_bar(console) as progress:
-        result = train_rm(pairs, settings, out, source=str(data), progress=progress, force=force)
+        result = train_rm(pairs, settings, out, str(data), progress, force, skip, console.print)
     for line in summary(out, result):
         console.print(line, soft_wrap=True, markup=False)
 

@@ -221,6 +221,11 @@ class EvalConfig:
         "reward model (folder or Hub name) that judges the final evaluation apart from the annotator, so that "
         "over-optimisation of the annotator shows; empty: the annotator judges (the paper's set-up)",
     )
+    allow_judge_overlap: bool = setting(
+        False,
+        "run even when the judges bpo rm trained are not independent (eval.gold and the annotator share training "
+        "prompts or initialisation, or a judge was trained on an evaluation prompt); said as a warning",
+    )
     judge_timeout: float = setting(
         60.0, "seconds for a whole HTTP judge request, answer included (bpo eval and annotator.kind=llm_judge)"
     )

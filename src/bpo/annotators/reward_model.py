@@ -1,12 +1,14 @@
 """Reward models as judges: how one reads a (prompt, response), and its scores.
 
-A reward-model folder is a plain ``AutoModelForSequenceClassification`` with its own tokenizer;
-one ``bpo rm`` wrote (:mod:`bpo.train.rm`) also has ``bpo_rm.json`` (how to format inputs, which
-:func:`encode` reproduces exactly) and ``rm.json`` (data, settings, held-out accuracy).
+A reward-model folder is a plain ``AutoModelForSequenceClassification`` with its own tokenizer, or
+one ``bpo rm`` wrote (:mod:`bpo.train.rm`): a PEFT adapter (LoRA and score head, a few MB) on the
+backbone its ``bpo_rm.json`` names (with how to format inputs, which :func:`encode` reproduces
+exactly), and ``rm.json`` (data, split, settings, held-out accuracy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # torch loads with the model, not when the kind is registered
     import torch
 
 FORMAT_FILE = "bpo_rm.json"
+PROMPTS_FILE = "train_prompts.txt"  # the keys of the prompts ``bpo rm`` trained on, one per line
 
 
 class RewardModelError(BpoError, ValueError):
@@ -72,6 +75,58 @@ def input_style(spec: dict, tokenizer: Any) -> str:
     return "chat" if getattr(tokenizer, "chat_template", None) else "pair"
 
 
+def load_backbone(name: str, seed: int = 0) -> tuple[Any, Any, str]:
+    """A one-output sequence classifier on ``name`` (Hub, folder or built-in offline name), tokenizer, source.
+
+    Its score head is new (random); ``seed`` also decides the weights of the built-in random model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
+
+    from bpo.model.policy import ModelLoadError, byte_tokenizer, offline_model_folder, tiny_llama_config
+
+    if name == "tiny-random-llama":
+        tokenizer = byte_tokenizer()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
+        return model, tokenizer, name
+    from transformers.utils import logging as hf_logging
+
+    source = offline_model_folder(name) or name
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the new score head as missing: that is the point
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot load {name!r} as a sequence classifier ({str(err).splitlines()[0] if str(err) else err}). "
+            "Offline, pass a local folder or a built-in name (smollm2-135m-instruct, gemma3-270m, tiny-random-llama)."
+        ) from None
+    finally:
+        hf_logging.set_verbosity(level)
+    return model, tokenizer, str(source)
+
+
+def _load_adapter(folder: Path) -> tuple[Any, Any, list[str]]:
+    """A reward model ``bpo rm`` saved as a PEFT adapter (LoRA and score head) on its backbone, merged in;
+    the tokenizer is the backbone's. Missing: the score-head weights the adapter lacks (a random head)."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    spec = input_spec(folder)
+    if "adapter_of" not in spec:
+        raise RewardModelError(
+            f"{folder} holds a PEFT adapter but no {FORMAT_FILE} naming its backbone: a reward model bpo reads as an "
+            "adapter is one `bpo rm` wrote; pass a full sequence-classification model instead"
+        )
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        head = [k for k in f.keys() if ".score." in k or ".classifier." in k]
+    model, tokenizer, _ = load_backbone(spec["adapter_of"], spec.get("init_seed", 0))
+    model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model, tokenizer, [] if head else ["score.weight"]
+
+
 class RewardModel:
     """Scores (prompt, response) with a saved reward model, in its own tokenizer and input format.
 
@@ -93,8 +148,12 @@ class RewardModel:
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # its load report of a random head: refused below, in one line
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+            if (Path(folder) / "adapter_config.json").is_file():
+                model, self.tokenizer, missing = _load_adapter(Path(folder))
+            else:
+                self.tokenizer = AutoTokenizer.from_pretrained(folder)
+                model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+                missing = sorted(info.get("missing_keys") or [])
         except OSError as err:
             raise ModelLoadError(
                 f"cannot load reward model {folder!r} ({err}). Offline, download it elsewhere with "
@@ -102,7 +161,6 @@ class RewardModel:
             ) from err
         finally:
             hf_logging.set_verbosity(level)
-        missing = sorted(info.get("missing_keys") or [])
         if missing:
             raise RewardModelError(
                 f"{folder} is not a trained reward model: {missing[0]} is not in it"
@@ -185,6 +243,85 @@ def recorded_accuracy(folder: str | Path) -> dict | None:
         return None
     ok = isinstance(held, dict) and isinstance(held.get("ci95"), list) and "accuracy" in held and "pairs" in held
     return held if ok else None
+
+
+def prompt_key(prompt: str) -> str:
+    """A prompt's identity across files: sha256 of its words joined by single spaces, 16 hex digits."""
+    return hashlib.sha256(" ".join(prompt.split()).encode()).hexdigest()[:16]
+
+
+def prompts_digest(keys: Sequence[str]) -> str:
+    """One digest of a set of prompt keys (rm.json's ``train_prompts_sha256``)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
+def _record(folder: str) -> tuple[set[str] | None, dict]:
+    """The training prompts (None: not recorded) and rm.json of a reward-model folder."""
+    path = Path(folder)
+    keys = set((path / PROMPTS_FILE).read_text().split()) if (path / PROMPTS_FILE).is_file() else None
+    try:
+        rm = json.loads((path / "rm.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        rm = {}
+    return keys, rm if isinstance(rm, dict) else {}
+
+
+def judge_independence(cfg: Config, eval_prompts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the run's reward-model judges: an ``eval.gold`` trained on prompts the annotator
+    was trained on, or from the same initialisation, is not an independent check of it; a judge trained on an
+    evaluation prompt has seen its reference reply. Only what ``bpo rm`` recorded can be checked (notes say
+    what could not)."""
+    judges = {}
+    if cfg.annotator.kind == "reward_model":
+        judges["annotator.model"] = cfg.annotator.model
+    if cfg.eval.gold:
+        judges["eval.gold"] = cfg.eval.gold
+    records = {role: _record(folder) for role, folder in judges.items()}
+    problems, notes = [], []
+    for role, (keys, _) in records.items():
+        if keys is None:
+            notes.append(
+                f"note: {role} {judges[role]} records no training prompts ({PROMPTS_FILE}, written by bpo rm), so "
+                "its independence from the other judge and from the evaluation prompts is not checked"
+            )
+            continue
+        seen = {prompt_key(p) for p in eval_prompts} & keys
+        if seen:
+            problems.append(
+                f"{len(seen)} of the {len(eval_prompts)} evaluation prompts (data.eval) are among the training "
+                f"prompts of {role} {judges[role]}: it has seen their human replies, so its verdicts on them are not "
+                "held out; retrain it with bpo rm --exclude DATA_EVAL"
+            )
+    if len(records) == 2:
+        (a, a_rm), (g, g_rm) = records["annotator.model"], records["eval.gold"]
+        same = Path(judges["annotator.model"]).resolve() == Path(judges["eval.gold"]).resolve()
+        shared = len(a & g) if a is not None and g is not None else 0
+        if same or shared:
+            problems.append(
+                f"eval.gold {judges['eval.gold']} and annotator.model {judges['annotator.model']} "
+                + ("are the same model" if same else f"were trained on {shared} of the same prompts")
+                + ", so the gold is not an independent check of the annotator; train them on different parts of "
+                "one split (bpo rm --part 1/2 and --part 2/2 with the same --split-seed)"
+            )
+        init = [(r.get("backbone"), r.get("init_seed", r.get("seed"))) for r in (a_rm, g_rm)]
+        if not same and init[0][0] is not None and init[0] == init[1]:
+            problems.append(
+                f"eval.gold {judges['eval.gold']} and annotator.model {judges['annotator.model']} start from the same "
+                f"initialisation ({init[0][0]}, seed {init[0][1]}), so their scores agree by construction; retrain "
+                "one with another bpo rm --seed (or another --model)"
+            )
+    if problems and cfg.eval.allow_judge_overlap:
+        notes += [f"warning: {p} (allowed by eval.allow_judge_overlap)" for p in problems]
+        problems = []
+    return problems, notes
+
+
+def independent_judges(cfg: Config, eval_prompts: Sequence[str]) -> list[str]:
+    """Refuse, in one line, judges :func:`judge_independence` finds dependent; returns its notes, to be said."""
+    problems, notes = judge_independence(cfg, eval_prompts)
+    if problems:
+        raise RewardModelError("; ".join(problems) + " (or set eval.allow_judge_overlap=true to run anyway)")
+    return notes
 
 
 def is_reward_model(folder: Path) -> bool:

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from bpo.annotators import build_annotator, build_gold, http_judge, judge_accuracy, judge_notes
+from bpo.annotators.reward_model import independent_judges
 from bpo.data import load_source
 from bpo.eval.evaluation import fixed_scores, greedy, in_chunks
 from bpo.eval.report import tie_warning
@@ -164,6 +165,7 @@ def run_eval(
     """
     check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
     records, dropped = eval_records(cfg, against)
+    checked = [] if judge == "http" else independent_judges(cfg, [r.prompt for r in records])  # before generating
     mine = _responses(responses, records, dropped) if responses else generate_greedy(cfg, records, adapter)
     if against == "reference":
         other = [r.reference for r in records]
@@ -181,6 +183,8 @@ def run_eval(
     result = summarize(valid, name, cfg.eval.bootstrap)
     result.update(invalid=len(outcomes) - len(valid), against=against, system=adapter or responses or "base")
     result.update(about)
+    if checked:
+        result["notes"] = checked + result.get("notes", [])
     result["warnings"] = tie_warning(result, f"vs {against}")
     result["config"] = cfg.to_dict()
     rows = []

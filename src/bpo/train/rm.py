@@ -7,8 +7,10 @@ loop is the loss, AdamW and a linear schedule; what bpo adds is the input format
 reproduce exactly (:func:`bpo.annotators.reward_model.encode`), a held-out accuracy with its
 interval, and an atomic save both loaders read.
 
-The saved folder is a plain ``AutoModelForSequenceClassification`` (LoRA merged in) with its own
-tokenizer, plus ``bpo_rm.json`` (how to format inputs) and ``rm.json`` (data, settings, accuracy).
+The saved folder is a PEFT adapter (LoRA, score head) on the backbone, a few MB (or, with
+``--lora-r 0``, a plain ``AutoModelForSequenceClassification`` with its tokenizer), plus ``bpo_rm.json``
+(backbone, how to format inputs), ``rm.json`` (data, split, settings, accuracy) and the keys of its
+training prompts (``train_prompts.txt``).
 """
 
 from __future__ import annotations
@@ -25,53 +27,62 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bpo.annotators.reward_model import FORMAT_FILE, RewardModelError, _set_pad, is_reward_model, rewards
+from bpo.annotators.reward_model import (
+    FORMAT_FILE,
+    PROMPTS_FILE,
+    RewardModelError,
+    _set_pad,
+    is_reward_model,
+    load_backbone,
+    prompt_key,
+    prompts_digest,
+    rewards,
+)
 from bpo.data import PreferenceRecord, load_pairs, load_prompts, plain_dialogue, shuffled
 from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json
-from bpo.model.policy import ModelLoadError, default_device, offline_model_folder
+from bpo.model.policy import default_device
 from bpo.stats import at_chance, bootstrap_ci
 
 
-def load_backbone(name: str, seed: int = 0) -> tuple[Any, Any, str]:
-    """A one-output sequence classifier on ``name`` (Hub, folder or built-in offline name), tokenizer, source."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
+def split_pairs(
+    pairs: list[PreferenceRecord],
+    part: tuple[int, int],
+    holdout: float,
+    split_seed: int,
+    exclude: frozenset[str] | set[str] = frozenset(),
+) -> tuple[list, list, dict]:
+    """(train, held-out) pairs of part ``i`` of ``n``, and the split's record for rm.json.
 
-    from bpo.model.policy import byte_tokenizer, tiny_llama_config
-
-    if name == "tiny-random-llama":
-        tokenizer = byte_tokenizer()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
-        return model, tokenizer, name
-    from transformers.utils import logging as hf_logging
-
-    source = offline_model_folder(name) or name
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report lists the new score head as missing: that is the point
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"cannot load {name!r} as a sequence classifier ({str(err).splitlines()[0] if str(err) else err}). "
-            "Offline, pass a local folder or a built-in name (smollm2-135m-instruct, gemma3-270m, tiny-random-llama)."
-        ) from None
-    finally:
-        hf_logging.set_verbosity(level)
-    return model, tokenizer, str(source)
-
-
-def split_pairs(pairs: list[PreferenceRecord], part: tuple[int, int], holdout: float, seed: int) -> tuple[list, list]:
-    """(train, held-out) pairs of part ``i`` of ``n`` of a seeded permutation: parts never share a pair."""
+    The file's distinct prompts are permuted with ``split_seed`` and dealt into ``n`` parts, so two
+    parts never share a prompt, whatever each leaves out: ``exclude`` (prompt keys) applies after
+    the split. The part's ``holdout`` share of prompts is held out, so no held-out prompt is trained on.
+    """
     i, n = part
     if not 1 <= i <= n:
         raise RewardModelError(f"--part {i}/{n}: the part must be between 1 and {n}")
-    mine = shuffled(pairs, seed)[i - 1 :: n]
-    cut = len(mine) - int(round(len(mine) * holdout))
-    if cut < 1 or (holdout > 0 and cut == len(mine)):
-        raise RewardModelError(f"{len(mine)} pairs in part {i}/{n} leave nothing to train on or to hold out")
-    return mine[:cut], mine[cut:]
+    keys = [prompt_key(p.prompt) for p in pairs]
+    everyone = sorted(set(keys))
+    mine = set(shuffled(everyone, split_seed)[i - 1 :: n])
+    excluded = mine & set(exclude)
+    kept = sorted(mine - excluded)
+    order = shuffled(kept, split_seed + 1)
+    cut = len(order) - int(round(len(order) * holdout))
+    if cut < 1 or (holdout > 0 and cut == len(order)):
+        raise RewardModelError(f"{len(order)} prompts in part {i}/{n} leave nothing to train on or to hold out")
+    train_keys = set(order[:cut])
+    train = [p for p, k in zip(pairs, keys) if k in train_keys]
+    held = [p for p, k in zip(pairs, keys) if k in mine and k not in excluded and k not in train_keys]
+    record = {
+        "seed": split_seed,
+        "part": f"{i}/{n}",
+        "prompts_in_file": len(everyone),
+        "prompts_excluded": len(excluded),
+        "pairs_excluded": sum(k in excluded for k in keys),
+        "prompts_train": len(train_keys),
+        "prompts_heldout": len(order) - cut,
+        "train_prompts_sha256": prompts_digest(sorted(train_keys)),
+    }
+    return train, held, record
 
 
 def pair_scores(
@@ -180,7 +191,8 @@ class RMSettings:
     batch_size: int = 8
     max_length: int = 512
     dialogue: str = "keep"  # or plain: HH turns as the BPO splits' "user: ... assistant: "
-    seed: int = 0  # split, order and initialisation
+    seed: int = 0  # initialisation (score head, LoRA) and training order
+    split_seed: int = 0  # the permutation of prompts the parts are dealt from: the same for proxy and gold
     device: str = ""
 
     def check(self) -> tuple[int, int]:
@@ -200,26 +212,29 @@ class RMSettings:
         return int(i), int(n)
 
 
-def read_pairs(data: Path, dialogue: str, exclude: list[Path], say: Callable[[str], None]) -> list[PreferenceRecord]:
-    """The pairs to train on: HH turns rewritten as the BPO splits write them (``plain``), and without the
-    pairs on ``exclude``'s prompts (a judge that has seen the eval prompts' references would favour them)."""
+def read_pairs(data: Path, dialogue: str) -> list[PreferenceRecord]:
+    """The pairs to train on: HH turns rewritten as the BPO splits write them (``plain``)."""
     pairs = load_pairs(data)
     if dialogue == "plain":
         pairs = [replace(p, prompt=plain_dialogue(p.prompt)) for p in pairs]
-    if exclude:
-        seen = {" ".join(r.prompt.split()) for f in exclude for r in load_prompts(f, reference_field=None)}
-        kept = [p for p in pairs if " ".join(p.prompt.split()) not in seen]
-        say(f"left out {len(pairs) - len(kept)} of {len(pairs)} pairs whose prompt is in --exclude")
-        pairs = kept
     return pairs
+
+
+def excluded_prompts(files: Sequence[Path]) -> set[str]:
+    """Keys of the prompts in ``files`` (``--exclude``): a judge that has seen the eval prompts' references
+    would favour them."""
+    return {prompt_key(r.prompt) for f in files for r in load_prompts(f, reference_field=None)}
 
 
 def summary(out: Path, result: dict) -> list[str]:
     """What ``bpo rm`` prints: where the model is, its loss, its accuracies with intervals, its warnings."""
-    tr, held = result["train"], result["heldout"]
+    tr, held, split = result["train"], result["heldout"], result["split"]
     lines = [
         f"reward model: {out}  ({result['pairs_train']} training pairs, loss {result['loss_first']:.3f} -> "
         f"{result['loss_last']:.3f})",
+        f"part {split['part']} of the {split['prompts_in_file']} prompts (split seed {split['seed']}): "
+        f"{split['prompts_train']} training and {split['prompts_heldout']} held-out prompts, "
+        f"{split['prompts_excluded']} excluded; init seed {result['init_seed']}",
         f"accuracy on {tr['pairs']} training pairs: {tr['accuracy']:.3f} [{tr['ci95'][0]:.3f}, {tr['ci95'][1]:.3f}]",
     ]
     if held:
@@ -231,14 +246,21 @@ def summary(out: Path, result: dict) -> list[str]:
 
 
 def train_rm(
-    pairs: list[PreferenceRecord], s: RMSettings, out: Path, source: str = "", progress: Any = None, force: bool = False
+    pairs: list[PreferenceRecord],
+    s: RMSettings,
+    out: Path,
+    source: str = "",
+    progress: Any = None,
+    force: bool = False,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    say: Callable[[str], None] | None = None,
 ) -> dict:
     """Train, measure and save a reward model; returns what ``rm.json`` holds.
 
     ``out`` is replaced only when it is a reward model bpo wrote (or empty, or ``force``), and only once
     the new one is complete.
     """
-    started, part = time.time(), s.check()
+    started, part = time.time(), s.part
     out = check_target(out, "a reward model bpo wrote", is_reward_model, force)
     degenerate = sum(p.chosen.strip() == p.rejected.strip() for p in pairs)
     if degenerate == len(pairs):
@@ -247,32 +269,38 @@ def train_rm(
             "(check the file's chosen/rejected fields)"
         )
     pairs = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]  # no preference; no gradient either
-    train, held = split_pairs(pairs, part, s.holdout, s.seed)
+    train, held, split = split_pairs(pairs, s.check(), s.holdout, s.split_seed, exclude)
+    if split["pairs_excluded"] and say:
+        say(
+            f"left out {split['pairs_excluded']} pairs on {split['prompts_excluded']} prompts of part {part}: --exclude"
+        )
     lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
     torch.manual_seed(s.seed)
     model, tokenizer, src = load_backbone(s.model, s.seed)
     _set_pad(tokenizer, model)
     model.to(torch.device(s.device) if s.device else default_device())
     model, losses = _fit(model, tokenizer, train, s, progress)
-    fit = {"backbone": s.model, "data": source, "part": f"{part[0]}/{part[1]}", "seed": s.seed}
+    fit = {"backbone": s.model, "data": source, "split": split, "init_seed": s.seed}
     keys = ("lora_r", "top_layers", "epochs", "lr", "batch_size", "max_length")
     fit.update(pairs_train=len(train), settings={k: getattr(s, k) for k in keys})
     fit.update(loss_first=float(np.mean(losses[:8])), loss_last=float(np.mean(losses[-8:])))
-
-    def measured(pairs: list, what: str) -> dict:
-        return accuracy(model, tokenizer, pairs, s.max_length, s.batch_size, seed=s.seed, progress=progress, what=what)
-
-    result = {**fit, "train": measured(train[:TRAIN_CHECK], "training pairs")}
-    result["heldout"] = measured(held, "held-out pairs") if held else None
-    result["degenerate_pairs_left_out"] = degenerate
-    result["warnings"] = rm_warnings(result)
-    result["wall_seconds"] = round(time.time() - started, 1)
+    spec = {"input": "concat", "max_length": s.max_length, "backbone": src}
     tmp = temp_for(out)
     try:
+        # LoRA: the adapter (PEFT format, score head included, a few MB), measured as the loader merges it
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / FORMAT_FILE, {"input": "concat", "max_length": s.max_length, "backbone": src})
+        if s.lora_r:
+            model = model.merge_and_unload()
+            spec.update(adapter_of=s.model, init_seed=s.seed)
+        else:
+            tokenizer.save_pretrained(tmp)
+        result = {**fit, **_measured(model, tokenizer, train, held, s, progress)}
+        result["degenerate_pairs_left_out"] = degenerate
+        result["warnings"] = rm_warnings(result)
+        result["wall_seconds"] = round(time.time() - started, 1)
+        write_json(tmp / FORMAT_FILE, spec)
         write_json(tmp / "rm.json", result)
+        (tmp / PROMPTS_FILE).write_text("".join(k + "\n" for k in sorted({prompt_key(p.prompt) for p in train})))
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,8 +308,20 @@ def train_rm(
     return result
 
 
+def _measured(model: Any, tokenizer: Any, train: list, held: list, s: RMSettings, progress: Any) -> dict:
+    """Accuracy on the first training pairs (the fit) and on the held-out pairs, with intervals."""
+
+    def measured(pairs: list, what: str) -> dict:
+        return accuracy(model, tokenizer, pairs, s.max_length, s.batch_size, seed=s.seed, progress=progress, what=what)
+
+    return {
+        "train": measured(train[:TRAIN_CHECK], "training pairs"),
+        "heldout": measured(held, "held-out pairs") if held else None,
+    }
+
+
 def _fit(model: Any, tokenizer: Any, train: list, s: RMSettings, progress: Any) -> tuple[Any, list[float]]:
-    """The Bradley-Terry loop (AdamW, linear schedule with 10% warm-up, clip 1); LoRA merged in at the end."""
+    """The Bradley-Terry loop (AdamW, linear schedule with 10% warm-up, clip 1); the PEFT model when LoRA."""
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
@@ -313,4 +353,4 @@ def _fit(model: Any, tokenizer: Any, train: list, s: RMSettings, progress: Any) 
             losses.append(loss.item())
             if progress:
                 progress.update(task, advance=1, description=f"reward model loss {np.mean(losses[-16:]):.3f}")
-    return (model.merge_and_unload() if s.lora_r else model), losses
+    return model, losses

@@ -13,6 +13,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from bpo.annotators import Annotator, LLMJudgeAnnotator, build_annotator, build_gold, judge_notes
+from bpo.annotators.reward_model import independent_judges
 from bpo.config import Config
 from bpo.data import PromptRecord, load_source
 from bpo.errors import ConfigError
@@ -73,7 +74,8 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
     if isinstance(annotator, LLMJudgeAnnotator):  # every request it sends is counted in the run folder
         rank = "" if acc.num_processes == 1 else f".rank{acc.process_index}"  # one writer per file
         annotator.judge.journal = out / f"judge-requests{rank}.jsonl"
-    for note in judge_notes(annotator, gold):
+    evals = load_source(cfg.data, "eval", cfg.data.eval_examples, policy.tokenizer) if evaluate else []
+    for note in judge_notes(annotator, gold) + independent_judges(cfg, [r.prompt for r in evals]):
         say(note, highlight=False, soft_wrap=True, markup=False)
 
     if not sft_done(cfg):
