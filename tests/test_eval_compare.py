@@ -239,6 +239,38 @@ def test_compare_two_methods_then_resume(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and res.output.count("done, skipped") == 2
     assert (out / "offline-dpo" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
+    assert (
+        "The start model (the SFT ensemble's greedy responses) beats the human reference on: the judge"
+        in (out / "report.md").read_text()
+    )
+
+    # published: the raw files alone rebuild the same tables
+    pub = tmp_path / "pub"
+    res = runner.invoke(app, [*args, "--report-only", "--publish", str(pub)])
+    assert res.exit_code == 0, res.output
+    tables = lambda text: [x for x in text.splitlines() if x.startswith("|")]  # noqa: E731
+    want = tables((out / "report.md").read_text())
+    assert want and tables((pub / "report.md").read_text()) == want
+    assert "--report-only --out" in (pub / "report.md").read_text()
+    from bpo.train.ledger import AnnotationLog
+
+    ledger = AnnotationLog(out / "bpo-fT" / "seed0" / "annotations.jsonl")
+    summary = json.loads((pub / "bpo-fT" / "seed0" / "ledger-summary.json").read_text())
+    assert summary["outcomes"] == ledger.outcomes() and summary["calls"] == ledger.calls
+    assert [p["judged"] for p in summary["phases"]] == [
+        ledger.outcomes(ledger.phase(k).values())["judged"] for k in (0, 1)
+    ]
+    raw = [f for f in pub.rglob("*") if f.is_file() and f.suffix != ".png"]
+    assert {f.name for f in raw} >= {"metrics.jsonl.gz", "eval_items.jsonl.gz", "config.yaml", "eval.json"}
+    assert sum(f.stat().st_size for f in raw) < 100_000  # small enough to commit
+    import shutil
+
+    shutil.move(out, tmp_path / "gone")  # the run folders out of reach
+    again = ["compare", "quickstart", "--report-only", "--out", str(pub), "--methods", "offline-dpo,bpo-fT"]
+    res = runner.invoke(app, [*again, "--seeds", "0"])
+    assert res.exit_code == 0, res.output
+    assert tables((pub / "report.md").read_text()) == want
+    shutil.move(tmp_path / "gone", out)
     only = runner.invoke(app, [*args[:-4], "--methods", "bpo-fT", "--seeds", "0", "--report-only"])
     assert only.exit_code == 0, only.output
     report = (out / "report.md").read_text()

@@ -53,6 +53,22 @@ def test_seed_interval_by_hand():
     assert one["mean"] == 0.7 and one["ci_low"] != one["ci_low"]  # nan: one seed has no spread
 
 
+def test_detectable_difference_has_80_percent_power():
+    """A true gap of the stated size, over that many seeds at that spread, is found by the t-test 4 times in 5."""
+    import numpy as np
+
+    from bpo.stats import detectable_difference, seed_mean_ci
+
+    # by hand: 3 seeds, sd 1: (t_0.975,2 + t_0.80,2) / sqrt(3) = (4.303 + 1.061) / 1.7321 = 3.097
+    assert detectable_difference([1.0, 2.0, 3.0]) == pytest.approx(3.097, abs=1e-3)
+    assert np.isnan(detectable_difference([0.4]))
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 18):
+        d = detectable_difference(np.linspace(-1, 1, n) / np.std(np.linspace(-1, 1, n), ddof=1))  # sd exactly 1
+        found = [seed_mean_ci(rng.normal(d, 1.0, n))["ci_low"] > 0 for _ in range(4000)]
+        assert np.mean(found) == pytest.approx(0.80 - 0.025, abs=0.04), n  # the other tail adds ~0 power
+
+
 def test_prompt_bootstrap_resamples_a_prompt_with_all_its_seeds():
     import numpy as np
 

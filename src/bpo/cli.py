@@ -235,28 +235,30 @@ def compare(
     methods: str = typer.Option("offline-dpo,online-dpo-sft,bpo-f2,bpo-fT", help="comma-separated"),
     seeds: str = typer.Option("0,1,2", help="comma-separated train.seed values"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from finished runs"),
+    publish: Path = typer.Option(None, help="also copy the runs' raw files here, with a report they rebuild"),
 ) -> None:
     """Methods x seeds at equal annotation budget; writes OUT/report.md and plots. Resumable."""
     from bpo.eval.compare import report, run_grid
+    from bpo.eval.publish import publish_grid
 
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else "quickstart"
     command = " ".join(["bpo compare", config, *args, f"--out {out}", f"--methods {methods}", f"--seeds {seeds}"])
-    seed_list = [int(s) for s in seeds.split(",")]
+    seed_list, method_list = [int(s) for s in seeds.split(",")], methods.split(",")
     if not report_only:
-        run_grid(config, args, methods.split(","), seed_list, out, console.print)
-    console.print(f"report: {report(out, command, seed_list, methods.split(','))}")
+        run_grid(config, args, method_list, seed_list, out, console.print)
+    console.print(f"report: {report(out, command, seed_list, method_list)}")
+    if publish:
+        console.print(f"published: {publish_grid(out, publish, config, seed_list, method_list, command)}")
 
 
 @app.command()
 @user_errors
 def rm(
-    data: Path = typer.Argument(
-        ..., help="pairs: TRL prompt/chosen/rejected or HH-RLHF jsonl, or the TL;DR judged csv"
-    ),
+    data: Path = typer.Argument(..., help="pairs: TRL or HH-RLHF jsonl (prompt/chosen/rejected), TL;DR judged csv"),
     out: Path = typer.Option(..., help="folder to save the reward model in (loadable by annotator.model=OUT)"),
     model: str = typer.Option("smollm2-135m-instruct", help="backbone: Hub name, folder or built-in offline name"),
-    part: str = typer.Option("1/1", help="I/N: train on part I of N disjoint parts (proxy 1/2, gold 2/2)"),
+    part: str = typer.Option("1/1", help="I/N: part I of N parts with no prompt in common (proxy 1/2, gold 2/2)"),
     holdout: float = typer.Option(0.2, help="fraction of the part held out for the accuracy"),
     lora_r: int = typer.Option(16, help="LoRA rank (0: full fine-tuning)"),
     top_layers: int = typer.Option(0, help="LoRA on the top N blocks only (0: all); several times faster on a CPU"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -159,10 +160,14 @@ def read_jsonl(path: str | Path) -> list[Any]:
     """Rows of a JSONL file that bpo appends to. A last line cut by a kill is dropped (the next append
     removes it); a damaged line before it is refused, naming the file and the line."""
     path = Path(path)
+    packed = path.with_name(path.name + ".gz")  # a published copy (bpo compare --publish)
+    if not path.exists() and packed.exists():
+        path = packed
     if not path.exists():
         return []
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     rows = []
-    for number, line in enumerate(complete_lines(path.read_bytes()), start=1):
+    for number, line in enumerate(complete_lines(data), start=1):
         if not line.strip():
             continue
         try:

@@ -78,6 +78,21 @@ def t_quantile_975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+_T80 = (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879)  # one-sided 0.80 quantiles, df 1..10
+
+
+def detectable_difference(per_seed: Sequence[float]) -> float:
+    """The smallest true mean of ``per_seed`` (paired gaps, one per seed) that a two-sided 5% t-test over
+    this many seeds detects with 80% power, at their observed spread: ``(t_0.975 + t_0.80) * sd / sqrt(n)``
+    with n - 1 degrees of freedom (the usual approximation of the non-central t). nan below 2 seeds."""
+    x = np.asarray(per_seed, dtype=float)
+    if len(x) < 2:
+        return float("nan")
+    df = len(x) - 1
+    t80 = _T80[df - 1] if df <= len(_T80) else 0.8416 + 0.8416 * (0.8416**2 + 1) / (4 * df)
+    return float((t_quantile_975(df) + t80) * x.std(ddof=1) / np.sqrt(len(x)))
+
+
 def seed_mean_ci(per_seed: Sequence[float]) -> dict[str, float]:
     """Mean over training seeds with a 95% Student-t interval.
 

@@ -9,7 +9,6 @@ the run folders every time.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import numpy as np
 from bpo.config import load_config
 from bpo.errors import BpoError, Interrupted
 from bpo.eval.report import load_run, plot
-from bpo.io import write_text_atomic
+from bpo.io import read_jsonl, write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS
 
 
@@ -137,7 +136,7 @@ def _load(folder: Path) -> dict | None:
     if not (folder / "eval.json").exists():
         return None
     run = load_run(folder)  # its eval, run summary and metrics (the last of each step)
-    rows = [json.loads(x) for x in (folder / "eval_items.jsonl").read_text().splitlines()]
+    rows = read_jsonl(folder / "eval_items.jsonl")  # or its .gz, published beside a report
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float))]  # scores; not ids or responses
     items = {k: np.array([row[k] for row in rows], dtype=float) for k in numeric}
     return {
@@ -223,8 +222,8 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
     base = {r["seed"]: r["items"]["trained"] for r in runs[baseline]}
     lines = [
         f"| method | seeds in common | gold score minus {baseline} over seeds [t 95%] (per seed) "
-        f"| seeds ahead | win rate vs {baseline}, pooled prompts | ties |",
-        "| --- | ---: | --- | ---: | --- | ---: |",
+        f"| seeds ahead | detectable difference | win rate vs {baseline}, pooled prompts | ties |",
+        "| --- | ---: | --- | ---: | ---: | --- | ---: |",
     ]
     for method, rs in runs.items():
         pairs = [(r["items"]["trained"], base[r["seed"]]) for r in rs if r["seed"] in base]
@@ -236,10 +235,41 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
         spread = _ci(d) if len(pairs) > 1 else "[n/a]"
         lines.append(
             f"| {method} | {len(pairs)} | {d['mean']:+.2f} {spread} ({', '.join(f'{x:+.2f}' for x in diffs)}) "
-            f"| {sum(x > 0 for x in diffs)} of {len(diffs)} | {w['win_rate']:.2f} {_ci(w, '.2f')} "
-            f"| {w['tie_rate']:.2f} |"
+            f"| {sum(x > 0 for x in diffs)} of {len(diffs)} | {_detectable(diffs)} "
+            f"| {w['win_rate']:.2f} {_ci(w, '.2f')} | {w['tie_rate']:.2f} |"
         )
     return lines
+
+
+def _detectable(diffs: list[float]) -> str:
+    from bpo.stats import detectable_difference
+
+    d = detectable_difference(diffs)
+    return "n/a" if np.isnan(d) else f"{d:.2f}"
+
+
+def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
+    """How the start model (the same SFT responses in every run) fares against the human reference, by the
+    judge and by the annotator: a method's win rate means little if the start already wins most prompts."""
+    from bpo.stats import win_rate
+
+    items = next(iter(runs.values()))[0]["items"]
+    if "reference" not in items:
+        return []
+    views = [
+        ("the judge", "start", "reference"),
+        ("the annotator (the paper's protocol)", "annotator_start", "annotator_reference"),
+    ]
+    said = [
+        f"{who} {w['win_rate']:.2f} {_ci(w, '.2f')}"
+        for who, a, b in views
+        if a in items and b in items
+        for w in [win_rate(items[a], items[b])]
+    ]
+    return [
+        "",
+        f"The start model (the SFT ensemble's greedy responses) beats the human reference on: {'; '.join(said)}.",
+    ]
 
 
 def _annotator(cfg) -> str:
@@ -247,8 +277,11 @@ def _annotator(cfg) -> str:
     return label(cfg.annotator) if label else cfg.annotator.kind
 
 
-def report(out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None) -> Path:
-    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``/``methods``, when given)."""
+def report(
+    out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None, rebuild: str = ""
+) -> Path:
+    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``/``methods``, when given);
+    ``rebuild``: the command that rebuilds it from published raw files (said under the grid's own)."""
     runs = _collect(out, seeds, methods)
     if not runs:
         raise ValueError(f"{out}: no finished runs to report")
@@ -257,6 +290,7 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
         "# Method comparison",
         "",
         f"Command: `{command}`",
+        *(["", f"Rebuilt from the raw files beside this report (`*/seed*/`) with: `{rebuild}`"] if rebuild else []),
         "",
         f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for rs in runs.values() for r in rs}))}; "
         f"annotator: {', '.join(sorted({_annotator(r['config']) for rs in runs.values() for r in rs}))}.",
@@ -273,9 +307,15 @@ def report(out: Path, command: str, seeds: list[int] | None = None, methods: lis
         "not the seed spread).",
         "",
         *table,
+        *_start_standing(runs),
     ]
     if "offline-dpo" in runs and len(runs) > 1:
         lines += ["", "## Against offline DPO, seed by seed", "", *_head_to_head(runs, "offline-dpo")]
+        lines += [
+            "",
+            "*Detectable difference*: the smallest true gap that a two-sided 5% paired t-test over these seeds "
+            "would find with 80% power, at the observed spread of the per-seed gaps.",
+        ]
     kinds = {r["config"].annotator.kind for rs in runs.values() for r in rs}
     for kind in sorted(kinds):  # a judge that can say why it scored as it did
         section = ANNOTATOR_KINDS.get(kind).report

@@ -38,7 +38,8 @@ class ReportError(BpoError, ValueError):
 def load_run(folder: str | Path) -> dict:
     """A run folder's config, per-step metrics, evaluation and run summary (the last two may be absent)."""
     folder = Path(folder)
-    if not (folder / "config.yaml").exists() or not (folder / "metrics.jsonl").exists():
+    metrics = folder / "metrics.jsonl"
+    if not (folder / "config.yaml").exists() or not (metrics.exists() or metrics.with_suffix(".jsonl.gz").exists()):
         raise ReportError(f"{folder} is not a bpo run folder (it needs config.yaml and metrics.jsonl)")
 
     def read(name: str) -> dict:
