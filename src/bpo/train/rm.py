@@ -262,13 +262,7 @@ def train_rm(
     """
     started, part = time.time(), s.part
     out = check_target(out, "a reward model bpo wrote", is_reward_model, force)
-    degenerate = sum(p.chosen.strip() == p.rejected.strip() for p in pairs)
-    if degenerate == len(pairs):
-        raise RewardModelError(
-            f"all {len(pairs)} pairs have the same chosen and rejected response: nothing to learn a preference from "
-            "(check the file's chosen/rejected fields)"
-        )
-    pairs = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]  # no preference; no gradient either
+    pairs, degenerate = _with_preference(pairs)
     train, held, split = split_pairs(pairs, s.check(), s.holdout, s.split_seed, exclude)
     if split["pairs_excluded"] and say:
         say(
@@ -280,10 +274,10 @@ def train_rm(
     _set_pad(tokenizer, model)
     model.to(torch.device(s.device) if s.device else default_device())
     model, losses = _fit(model, tokenizer, train, s, progress)
-    fit = {"backbone": s.model, "data": source, "split": split, "init_seed": s.seed}
     keys = ("lora_r", "top_layers", "epochs", "lr", "batch_size", "max_length")
-    fit.update(pairs_train=len(train), settings={k: getattr(s, k) for k in keys})
-    fit.update(loss_first=float(np.mean(losses[:8])), loss_last=float(np.mean(losses[-8:])))
+    fit = {"backbone": s.model, "data": source, "split": split, "init_seed": s.seed, "pairs_train": len(train)}
+    fit.update(settings={k: getattr(s, k) for k in keys}, loss_first=np.mean(losses[:8]).item())
+    fit["loss_last"] = np.mean(losses[-8:]).item()
     spec = {"input": "concat", "max_length": s.max_length, "backbone": src}
     tmp = temp_for(out)
     try:
@@ -306,6 +300,17 @@ def train_rm(
         shutil.rmtree(tmp, ignore_errors=True)
         lock.release()
     return result
+
+
+def _with_preference(pairs: list[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:
+    """The pairs whose chosen and rejected responses differ (the others teach nothing), and how many did not."""
+    kept = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]
+    if not kept:
+        raise RewardModelError(
+            f"all {len(pairs)} pairs have the same chosen and rejected response: nothing to learn a preference from "
+            "(check the file's chosen/rejected fields)"
+        )
+    return kept, len(pairs) - len(kept)
 
 
 def _measured(model: Any, tokenizer: Any, train: list, held: list, s: RMSettings, progress: Any) -> dict:
