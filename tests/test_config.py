@@ -13,7 +13,7 @@ def test_config_errors_name_the_key(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
         load_config(None, ["train.stepz=3"])
-    with pytest.raises(ConfigError, match=r"train: loss: 'kto' is not one of \['dpo', 'ipo', 'slic'\]"):
+    with pytest.raises(ConfigError, match=r"train: loss: 'kto' is not one of \['dpo', 'ipo', 'slic', 'simpo'\]"):
         load_config(None, ["train.loss=kto"])
     with pytest.raises(ConfigError, match="train: steps: expected int, got 'many'"):
         load_config(None, ["train.steps=many"])
@@ -42,6 +42,9 @@ def test_config_errors_name_the_key(tmp_path):
         ("train.weight_decay=-0.1", "train.weight_decay"),
         ("train.label_smoothing=0.5", "train.label_smoothing"),
         ("train.ema_alpha=0", "train.ema_alpha"),
+        ("train.ref_model_mixup_alpha=0", "train.ref_model_mixup_alpha"),
+        ("train.ref_model_sync_steps=0", "train.ref_model_sync_steps"),
+        ("train.simpo_gamma=-1", "train.simpo_gamma"),
         ("train.save_every=-1", "train.save_every"),
         ("data.eval_examples=0", "data.eval_examples"),
         ("data.sft_examples=0", "data.sft_examples"),

@@ -125,3 +125,18 @@ def test_shared_prompt_logps_equal_the_plain_pass(tiny, rows):
     want_sum.sum().backward()
     g_plain = tiny.model.model.layers[0].self_attn.k_proj.weight.grad
     torch.testing.assert_close(g_shared, g_plain, atol=1e-4, rtol=1e-3)
+
+
+def test_simpo_hand_values():
+    # SimPO: -log sigmoid(beta * Delta - gamma) on mean log-probs, no reference (zeros)
+    zero = t(0.0)
+    losses, m = dap_loss(t(-1.0), t(-1.3), zero, zero, "simpo", beta=2.0, simpo_gamma=1.0)
+    assert losses.item() == pytest.approx(math.log(1 + math.exp(-(2.0 * 0.3 - 1.0))))  # 0.9130
+    assert m["rewards/chosen"].item() == pytest.approx(-2.0)  # beta * mean log-prob, as TRL's CPO/SimPO
+    # gamma is a margin: at beta * Delta = gamma the loss is log 2
+    assert dap_loss(t(-1.0), t(-1.5), zero, zero, "simpo", beta=2.0, simpo_gamma=1.0)[0].item() == pytest.approx(
+        math.log(2)
+    )
+    # label smoothing does not reach SimPO, nor gamma the other losses
+    assert dap_loss(t(-1.0), t(-1.5), zero, zero, "simpo", 2.0, 0.3, 1.0)[0].item() == pytest.approx(math.log(2))
+    assert loss_at(0.0, "dpo") == pytest.approx(math.log(2))

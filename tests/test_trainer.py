@@ -55,6 +55,7 @@ MODES = [
     (T, "sft", "dpo", 1, T),
     (2, "behavior", "ipo", 1, T),
     (2, "behavior", "slic", 1, T),
+    (2, "sft", "simpo", 1, T),  # reference-free: train.reference is not read
     (2, "behavior", "dpo", 3, T),
     (2, "sft", "ipo", 3, T),
     (3, "ema", "dpo", 1, T),
@@ -87,7 +88,7 @@ def test_modes(tmp_path, phases, reference, loss, k, steps):
         # the refreshed behavior model moved (a sample estimate over a few pairs: any sign, so the largest)
         assert max(abs(m["kl/behavior_to_sft"]) for s, _, m in seen if s >= bounds[1]) > 1e-3
     first_steps = [m for s, _, m in seen if s in bounds[:-1]]
-    if reference == "behavior" and k == 1:
+    if reference == "behavior" and k == 1 and loss != "simpo":
         # pi_theta == pi_beta == pi_ref at a phase start: Delta = 0
         target = {"dpo": math.log(2), "ipo": (1 / (2 * cfg.train.beta)) ** 2, "slic": 1.0}[loss]
         for m in first_steps:
@@ -98,7 +99,9 @@ def test_modes(tmp_path, phases, reference, loss, k, steps):
         hashes = [m["_ema_hash"] for _, _, m in seen]
         for step, (h, prev) in enumerate(zip(hashes[1:], hashes), start=1):
             assert (h != prev) == (step in bounds[1:-1]), f"ema at step {step}"
-    if reference == "sft" and k == 1:
+    if loss == "simpo":  # no reference: -log sigmoid(beta Delta - gamma) at the start, not log 2
+        assert all(abs(m["loss"] - math.log(2)) > 1e-4 for m in first_steps)
+    elif reference == "sft" and k == 1:
         assert seen[0][2]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # SFT = behavior at step 0 only
         later = [m["loss"] for s, _, m in seen if s in bounds[1:-1]]
         assert all(abs(v - math.log(2)) > 1e-4 for v in later)

@@ -185,16 +185,29 @@ class TrainConfig:
     batch_size: int = setting(8, "B: prompts per step, 2 responses each")
     micro_batch: int = setting(0, "prompts per forward/backward in a step, same update (0: 1 on CPU, all B on GPU)")
     phases: int = setting(2, "F: behavior refreshes (annotation phases); 1 = offline DAP, T = on-policy")
-    reference: Literal["behavior", "sft", "ema"] = setting(
-        "behavior", "behavior = BPO; sft = online DAP; ema (ablation)"
+    reference: Literal["behavior", "sft", "ema", "tr"] = setting(
+        "behavior",
+        "behavior = BPO; sft = online DAP; ema (ablation); tr = TR-DPO (arXiv 2404.09656): starts at SFT, every "
+        "train.ref_model_sync_steps steps pi_ref <- alpha pi_theta + (1 - alpha) pi_ref on delta-W",
     )
     ema_alpha: float = setting(5e-3, "EMA rate of the ema reference")
+    ref_model_mixup_alpha: float = setting(
+        0.6, "TR-DPO's alpha (TRL's name): 1 = hard update (pi_ref <- pi_theta), < 1 = soft update (a dense delta-W)"
+    )
+    ref_model_sync_steps: int = setting(
+        1, "TR-DPO's tau (TRL's name; TRL defaults to 512 for long runs): update pi_ref every tau steps, whatever F"
+    )
     ema_update: Literal["refresh", "step"] = setting(
         "refresh",
         "refresh: EMA toward behavior at each refresh (the paper's code); step: after every step (not the paper's)",
     )
-    loss: Literal["dpo", "ipo", "slic"] = setting("dpo", "the DAP loss")
-    beta: float = setting(0.1, "beta of every loss")
+    loss: Literal["dpo", "ipo", "slic", "simpo"] = setting(
+        "dpo", "the loss: dpo, ipo, slic, or simpo (reference-free; train.reference is then unused)"
+    )
+    beta: float = setting(0.1, "beta of every loss (SimPO's paper: 2.0-2.5)")
+    simpo_gamma: float = setting(
+        0.5, "SimPO's target reward margin gamma (TRL's simpo_gamma; the paper: 0.3-0.8 x beta)"
+    )
     label_smoothing: float = setting(0.0, "DPO's conservative label smoothing eps")
     lr: float = setting(5e-4, "AdamW learning rate (linear decay to 0, no warm-up; the paper: 5e-5)")
     grad_clip: float = setting(1.0, "gradient-norm clip per member")

@@ -28,12 +28,19 @@ class GridError(BpoError, RuntimeError):
     """A run of the grid failed; the message carries its own error line."""
 
 
-# method -> overrides; {T} is replaced by train.steps. Every method spends B*T annotations.
+# method -> overrides; {T} is replaced by train.steps, {T/4} by a quarter of it. Every method spends B*T
+# annotations. The loss is train.loss (dpo unless overridden) except for SimPO's.
+TR = ["train.phases={T}", "train.reference=tr"]  # online DPO with TR-DPO's moving reference (arXiv 2404.09656)
+SIMPO = ["train.loss=simpo", "train.beta=2.0", "train.simpo_gamma=1.0"]  # arXiv 2405.14734: beta 2, gamma/beta 0.5
 METHODS: dict[str, list[str]] = {
     "offline-dpo": ["train.phases=1", "train.reference=sft"],
     "online-dpo-sft": ["train.phases={T}", "train.reference=sft"],
     "bpo-f2": ["train.phases=2", "train.reference=behavior"],
     "bpo-fT": ["train.phases={T}", "train.reference=behavior"],
+    "tr-dpo-soft": [*TR, "train.ref_model_mixup_alpha=0.6", "train.ref_model_sync_steps=1"],
+    "tr-dpo-hard": [*TR, "train.ref_model_mixup_alpha=1.0", "train.ref_model_sync_steps={T/4}"],
+    "simpo": ["train.phases=1", *SIMPO],  # the paper's protocol: pairs sampled once from the start model
+    "simpo-fT": ["train.phases={T}", *SIMPO],
 }
 
 
@@ -95,7 +102,8 @@ def run_grid(
             if (folder / "eval.json").exists():
                 log(f"{method} seed {seed}: done, skipped")
                 continue
-            extra = [o.replace("{T}", str(base.train.steps)) for o in METHODS[method]]
+            quarter = str(max(1, base.train.steps // 4))
+            extra = [o.replace("{T/4}", quarter).replace("{T}", str(base.train.steps)) for o in METHODS[method]]
             args = [
                 config,
                 *overrides,

@@ -107,7 +107,9 @@ def plot(series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_mar
 
 def method_line(cfg: dict) -> str:
     t, k = cfg["train"], len(cfg["sft"]["seeds"])
-    name = {"behavior": "BPO", "sft": "online DAP, SFT reference", "ema": "EMA reference"}[t["reference"]]
+    names = {"behavior": "BPO", "sft": "online DAP, SFT reference", "ema": "EMA reference"}
+    tr = f"TR-DPO reference (alpha {t.get('ref_model_mixup_alpha')}, tau {t.get('ref_model_sync_steps')})"
+    name = "no reference (SimPO)" if t["loss"] == "simpo" else {**names, "tr": tr}[t["reference"]]
     if t["phases"] == 1:
         name = "offline (F = 1), " + name
     return f"{name}: {t['loss'].upper()} F={t['phases']} T={t['steps']} B={t['batch_size']} K={k}"

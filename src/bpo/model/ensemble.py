@@ -2,8 +2,8 @@
 
 PEFT keeps any number of named adapters on a single model, so the members
 (``member0`` ... ``member{K-1}``), the merged behavior model (``behavior``), the SFT reference
-(``sft``) and an EMA reference (``ema``) are named LoRA states that share one copy of the base
-weights. Switching adapter is a pointer change, not a copy.
+(``sft``), an EMA reference (``ema``) and TR-DPO's reference (``tr``) are named LoRA states that share
+one copy of the base weights. Switching adapter is a pointer change, not a copy.
 
 Merging: the paper's code uses PEFT's ``linear`` combination, which scales each member's A and
 B by sqrt(w) and sums them, so the product contains cross terms B_i A_j. ``exact`` (our default)
@@ -13,6 +13,7 @@ stacks the members into a rank K*r adapter whose delta-W is exactly (1/K) sum_i 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -210,6 +211,43 @@ class Ensemble:
                 if source in layer.lora_A:
                     layer.lora_A[into].weight.lerp_(layer.lora_A[source].weight, alpha)
                     layer.lora_B[into].weight.lerp_(layer.lora_B[source].weight, alpha)
+
+    def mix(self, source: str, into: str, alpha: float) -> None:
+        """into <- alpha * source + (1 - alpha) * into, on delta-W and exactly (TR-DPO's soft update).
+
+        A sum of low-rank updates is not low-rank, so ``into`` is a dense adapter: per layer rank
+        min(in, out), an identity on the smaller side and delta-W itself on the other (B @ I and
+        I @ A are exact). It is created from ``source`` (alpha is then 1) when it does not exist.
+        """
+        layers = {
+            n.removeprefix("base_model.model."): m for n, m in self.peft.named_modules() if isinstance(m, LoraLayer)
+        }
+        if into not in self.peft.peft_config:
+            ranks = {re.escape(n): min(m.in_features, m.out_features) for n, m in layers.items() if source in m.lora_A}
+            base = self.peft.peft_config[source]
+            config = replace(
+                base, r=1, lora_alpha=1, rank_pattern=ranks, alpha_pattern=dict(ranks), lora_dropout=0.0,
+                use_rslora=False, inference_mode=True,
+            )  # fmt: skip
+            self.peft.add_adapter(into, config)
+            alpha = 1.0
+        with torch.no_grad():
+            for layer in layers.values():
+                if source not in layer.lora_A:
+                    continue
+                new = layer.get_delta_weight(source).float() * alpha
+                if alpha != 1.0:
+                    new += layer.get_delta_weight(into).float() * (1.0 - alpha)
+                a, b = layer.lora_A[into].weight, layer.lora_B[into].weight
+                if a.shape[0] == layer.in_features:  # A = I (in x in), B = delta-W (out x in)
+                    a.copy_(torch.eye(a.shape[0], dtype=a.dtype))
+                    b.copy_(new)
+                else:  # B = I (out x out), A = delta-W
+                    b.copy_(torch.eye(b.shape[0], dtype=b.dtype))
+                    a.copy_(new)
+                layer.scaling[into] = 1.0
+        self.disable_dropout([into])
+        self._fix_trainable()
 
     def _ensure_adapter(self, name: str, config: LoraConfig) -> None:
         existing = self.peft.peft_config.get(name)

@@ -46,7 +46,7 @@ class CheckpointError(BpoError, RuntimeError):
 
 def frozen_adapters(reference: str) -> list[str]:
     """The frozen adapters a run keeps beside its members."""
-    return ["behavior", "sft"] + (["ema"] if reference == "ema" else [])
+    return ["behavior", "sft"] + ([reference] if reference in ("ema", "tr") else [])
 
 
 def ledger_files(out: Path) -> list[Path]:

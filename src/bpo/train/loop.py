@@ -6,8 +6,9 @@
             sample 2 responses for each of the phase's B*T/F prompts under behavior,
             annotate them, append them to the annotation log
         take this step's B pairs; drop identical pairs and ties
-        reference log-probs: behavior (BPO), sft (online DAP) or ema
+        reference log-probs: behavior (BPO), sft (online DAP), ema or tr (none for SimPO)
         for each member: DAP loss, backward, clip, AdamW step, LR step
+        TR-DPO, every tau steps: tr <- alpha merge(members) + (1 - alpha) tr
         checkpoint every N steps and at each phase end
 
 F = 1 is offline DAP (all pairs from the SFT ensemble), F = T is on-policy. The pieces: what the
@@ -97,6 +98,31 @@ def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console)
     return Loop(optimizers, schedulers, log, trackers, start, start)
 
 
+def move_reference(ens, t, step: int) -> None:
+    """The reference rules that move after a step. ema with ema_update=step: EMA of the policy (not the
+    paper's). tr, every tau steps whatever F: TR-DPO's pi_ref <- alpha pi_theta + (1 - alpha) pi_ref, with
+    alpha = 1 an exact copy of the policy (the members' merge, rank K*r), below 1 on delta-W (a dense adapter)."""
+    if t.reference == "ema" and t.ema_update == "step":
+        ens.merge("current", t.merge)
+        ens.ema_update("current", "ema", t.ema_alpha)
+    elif t.reference == "tr" and (step + 1) % t.ref_model_sync_steps == 0:
+        if t.ref_model_mixup_alpha == 1:
+            ens.merge("tr", t.merge)
+        else:
+            ens.merge("current", t.merge)
+            ens.mix("current", "tr", t.ref_model_mixup_alpha)
+
+
+def non_finite(run: Run, step: int, err: Exception) -> NonFiniteError:
+    """The one-line refusal of a non-finite step, naming the last good checkpoint."""
+    latest = run.out / "checkpoints" / "latest"
+    kept = f"checkpoints/{latest.read_text().strip()}" if latest.exists() else "none (no checkpoint yet)"
+    return NonFiniteError(
+        f"step {step + 1} of run {run.out}: {err}; nothing of this step was saved, the last good checkpoint "
+        f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
+    )
+
+
 def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=None) -> None:
     """Steps ``loop.start`` .. T-1: refresh and collect at phase starts, one update per step, checkpoints."""
     t, acc, log = run.cfg.train, run.acc, loop.log
@@ -119,12 +145,8 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
         try:
             metrics = train_step(run, step_pairs, loop.optimizers, loop.schedulers)
         except NonFiniteError as err:
-            latest = run.out / "checkpoints" / "latest"
-            kept = f"checkpoints/{latest.read_text().strip()}" if latest.exists() else "none (no checkpoint yet)"
-            raise NonFiniteError(
-                f"step {step + 1} of run {run.out}: {err}; nothing of this step was saved, the last good checkpoint "
-                f"is {kept}. Lower train.lr or train.beta, or check the annotator's scores, then start a new run"
-            ) from None
+            raise non_finite(run, step, err) from None
+        move_reference(run.ens, t, step)
         metrics.update(run.timer.pop())
         metrics["time/step"] = round(time.time() - step_started, 3)
         metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))

@@ -1,11 +1,12 @@
-"""DAP losses (DPO, IPO, SLiC), one function each, and the TRL-named metrics of a batch.
+"""DAP losses (DPO, IPO, SLiC, SimPO), one function each, and the TRL-named metrics of a batch.
 
 With Delta = [log pi(y_w) - log pi(y_l)] - [log pi_ref(y_w) - log pi_ref(y_l)]:
-  DPO  -(1-eps) log sigmoid(beta*Delta) - eps log sigmoid(-beta*Delta)
-  IPO  (Delta - 1/(2 beta))^2, on log-probs averaged over response tokens
-  SLiC max(0, 1 - beta*Delta)
+  DPO   -(1-eps) log sigmoid(beta*Delta) - eps log sigmoid(-beta*Delta)
+  IPO   (Delta - 1/(2 beta))^2, on log-probs averaged over response tokens
+  SLiC  max(0, 1 - beta*Delta)
+  SimPO -log sigmoid(beta*Delta - gamma), on averaged log-probs and without a reference (log pi_ref = 0)
 DPO and SLiC use summed log-probs (:mod:`bpo.model.logprobs` computes both kinds). Which reference
-(SFT, behavior, EMA) feeds these functions is the trainer's business; the formulas do not care.
+(SFT, behavior, EMA, TR-DPO's) feeds these functions is the trainer's business; the formulas do not care.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-LossType = Literal["dpo", "ipo", "slic"]
+LossType = Literal["dpo", "ipo", "slic", "simpo"]
+MEAN_LOGPS = ("ipo", "simpo")  # losses on log-probs averaged over response tokens; the others sum them
+REFERENCE_FREE = ("simpo",)  # losses that read no reference model
 
 
 def dpo_loss(delta: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -34,7 +37,14 @@ def slic_loss(delta: torch.Tensor, beta: float, label_smoothing: float = 0.0) ->
     return torch.relu(1 - beta * delta)
 
 
-LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss, "slic": slic_loss}
+def simpo_loss(delta: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, arXiv 2405.14734): -log sigmoid(beta * Delta - gamma), with Delta the
+    difference of length-normalised (averaged) log-probs and no reference; gamma is the target margin
+    (TRL's ``simpo_gamma``). The paper's beta is 2.0-2.5, gamma/beta 0.3-0.8."""
+    return -F.logsigmoid(beta * delta - gamma)
+
+
+LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss, "slic": slic_loss, "simpo": simpo_loss}
 
 
 def dap_loss(
@@ -45,17 +55,20 @@ def dap_loss(
     loss_type: LossType = "dpo",
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    simpo_gamma: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example losses and TRL-named metrics (means over the batch, detached).
 
     Inputs are log-probs of the kind the loss needs: summed for DPO and SLiC, averaged
-    over response tokens for IPO. Rewards are beta * (log pi - log pi_ref), as in TRL.
+    over response tokens for IPO and SimPO (whose reference inputs must be zeros). Rewards are
+    beta * (log pi - log pi_ref), as in TRL.
     """
     if loss_type not in LOSSES:
-        raise ValueError(f"unknown loss {loss_type!r}: use dpo, ipo or slic")
+        raise ValueError(f"unknown loss {loss_type!r}: use {', '.join(LOSSES)}")
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
-    losses = LOSSES[loss_type](chosen_ratio - rejected_ratio, beta, label_smoothing)
+    extra = simpo_gamma if loss_type == "simpo" else label_smoothing
+    losses = LOSSES[loss_type](chosen_ratio - rejected_ratio, beta, extra)
     chosen_rewards = beta * chosen_ratio.detach()
     rejected_rewards = beta * rejected_ratio.detach()
     metrics = {

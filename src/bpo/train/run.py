@@ -92,6 +92,8 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
     ens.snapshot("behavior", "sft")
     if t.reference == "ema":
         ens.snapshot("behavior", "ema")
+    if t.reference == "tr":  # TR-DPO's reference starts as the start model: exact copy (hard) or dense (soft)
+        ens.snapshot("behavior", "tr") if t.ref_model_mixup_alpha == 1 else ens.mix("behavior", "tr", 1.0)
     shard = local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
     return Run(cfg, acc, policy, ens, annotator, shard, ids, out, t.batch_size // acc.num_processes, gold)

@@ -15,7 +15,7 @@ from accelerate.utils import gather_object
 from bpo.errors import BpoError
 from bpo.model.logprobs import SharedPromptBatch, build_shared_batch
 from bpo.train.ledger import Annotation, outcome_counts
-from bpo.train.losses import dap_loss
+from bpo.train.losses import MEAN_LOGPS, REFERENCE_FREE, dap_loss
 from bpo.train.run import Run
 
 
@@ -40,21 +40,24 @@ def reference_logps(
     (the loss at a phase start is then not log 2), so the reference is computed by a forward pass.
     """
     t, ens = run.cfg.train, run.ens
+    # a reference-free loss reads none: the behavior model's then costs nothing in fp32 (the sampler's) and
+    # still gives the KL metrics
+    mode = "behavior" if t.loss in REFERENCE_FREE else t.reference
     logged = [a.behavior_logps for a in kept]
     sampled = None
     if all(x and None not in x for x in logged):
         rows = [x[i] for a, x in zip(kept, logged) for i in a.trained_pair()]
         sampled = torch.tensor(rows, device=batch.prompt_ids.device)
     exact = run.policy.model.dtype == torch.float32
-    if t.reference == "behavior" and t.reference_from_sampler and exact and sampled is not None:
+    if mode == "behavior" and t.reference_from_sampler and exact and sampled is not None:
         ref = sampled
     else:
-        ref = ens.logps(t.reference, batch)[0]
-    if t.reference == "behavior":
+        ref = ens.logps(mode, batch)[0]
+    if mode == "behavior":
         behavior = ref
     else:  # only for the KL metrics: the sampler's numbers are close enough there
         behavior = sampled if sampled is not None else ens.logps("behavior", batch)[0]
-    sft = ref if t.reference == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
+    sft = ref if mode == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
     return ref, behavior, sft
 
 
@@ -76,7 +79,7 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     scaled by the step's global pair count, so the gradients add up to the whole step's before the
     one optimizer step: the update is the same, the activations held are a micro-batch's.
     """
-    t, ens, acc = run.cfg.train, run.ens, run.acc
+    ens, acc = run.ens, run.acc
     device = run.policy.device
     kept = [a for a in pairs if a.choice is not None]
     n_global = total(acc, float(len(kept)), device).item()
@@ -86,9 +89,6 @@ def train_step(run: Run, pairs: list[Annotation], optimizers: dict, schedulers: 
     with run.timer.part("update"):  # every member's forwards, backwards and optimizer step
         for name in ens.members:
             update_member(run, name, micro, n_global, sums, optimizers[name], schedulers[name])
-    if t.reference == "ema" and t.ema_update == "step":  # the named per-step variant, not the paper's
-        ens.merge("current", t.merge)
-        ens.ema_update("current", "ema", t.ema_alpha)
     out = step_metrics(acc, sums, n_global, pairs, kept)
     out["lr"] = lr
     return out
@@ -108,7 +108,10 @@ def micro_batches(run: Run, kept: list[Annotation], sums: Sums) -> list[tuple]:
         batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
         with run.timer.part("reference"):
             ref_sum, behavior_sum, sft_sum = reference_logps(run, chunk, batch)
-        ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss == "ipo" else ref_sum
+        if t.loss in REFERENCE_FREE:
+            ref = torch.zeros_like(ref_sum)
+        else:
+            ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss in MEAN_LOGPS else ref_sum
         if sft_sum is not None:  # how far the data-collecting model has moved from SFT
             sums.add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean(), len(chunk))
         micro.append((len(chunk), batch, ref, behavior_sum))
@@ -121,8 +124,10 @@ def update_member(run: Run, name: str, micro: list[tuple], n_global: float, sums
     k, params, finite = len(ens.members), ens.member_parameters(name), True
     for n, batch, ref, behavior_sum in micro:
         summed, mean = ens.logps(name, batch, grad=True)
-        pol = mean if t.loss == "ipo" else summed
-        losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing)
+        pol = mean if t.loss in MEAN_LOGPS else summed
+        losses, metrics = dap_loss(
+            pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing, t.simpo_gamma
+        )
         loss = losses.sum() / n_global
         finite = finite and bool(torch.isfinite(loss).item())
         loss.backward()
