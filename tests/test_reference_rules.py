@@ -117,3 +117,28 @@ def test_tr_dpo_hard_update_every_step_makes_each_step_start_at_log_2(tmp_path):
         tmp_path, **{"train.reference": "tr", "train.ref_model_mixup_alpha": 1.0, "train.ref_model_sync_steps": 1}
     )
     assert [m["loss"] for *_, m in seen] == pytest.approx([math.log(2)] * 6, abs=1e-4)
+
+
+def test_a_stopped_tr_dpo_run_resumes_exactly(tmp_path):
+    # the dense TR-DPO reference is part of the checkpoint: stopped after step 3 and resumed, the run ends
+    # with the same adapters and metrics as one that never stopped
+    from faults import snapshot
+
+    from bpo.errors import Interrupted
+
+    over = {"train.reference": "tr", "train.ref_model_mixup_alpha": 0.6, "train.save_every": 1}
+    whole = load_config(None, tiny_config(tmp_path / "a", **over))
+    train(whole, evaluate=False)
+    parted = load_config(None, tiny_config(tmp_path / "b", **{**over, "sft_dir": str(tmp_path / "a" / "sft")}))
+
+    def stop(run, step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        train(parted, evaluate=False, on_step=stop)
+    train(parted, resume=True, evaluate=False)
+    got, want = snapshot(tmp_path / "b" / "run"), snapshot(tmp_path / "a" / "run")
+    assert got["metrics"] == want["metrics"] and got["ledger"] == want["ledger"]
+    for key, value in want["adapters"].items():
+        assert torch.equal(got["adapters"][key], value), key
