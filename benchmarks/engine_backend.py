@@ -167,7 +167,8 @@ def main() -> None:
             "without log-probs for every token (llama.cpp leaves out tokens that end inside a UTF-8 character). "
             "The trainer never uses the engine's numbers: it teacher-forces the reference.",
             "",
-            f"Asked again with the same keys, {same} of {count} samples were the same tokens.",
+            f"Asked again with the same keys, {same} of {count} samples were the same tokens (up to llama.cpp's "
+            "rounding, which depends on how requests are batched: a draw that close to a token boundary can flip).",
             "",
             "## First tokens against the model's distribution",
             "",
