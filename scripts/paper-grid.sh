@@ -16,5 +16,8 @@ for j in proxy gold; do
   [ -f "$judges/$j/rm.json" ] || { echo "error: no $judges/$j: train it with bash scripts/paper-rms.sh $task and copy runs/rm/$task-$j there" >&2; exit 2; }
 done
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# the paper's claims: F = 2 beats offline DPO and matches or beats online DPO with the SFT reference (so that one
+# beating F = 2 should not hold); the on-policy ordering
+claims=bpo-f2\>offline-dpo,online-dpo-sft\>bpo-f2,online-dpo-sft\>offline-dpo,bpo-fT\>online-dpo-sft
 "$BPO" compare "$task-local" "annotator.model=$judges/proxy" "eval.gold=$judges/gold" --seeds "$seeds" \
-  --out "runs/compare-$task" --publish "docs/results/$task/grid"
+  --out "runs/compare-$task" --claims "$claims" --publish "docs/results/$task/grid"

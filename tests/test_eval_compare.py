@@ -246,8 +246,11 @@ def test_compare_two_methods_then_resume(tmp_path):
 
     # published: the raw files alone rebuild the same tables
     pub = tmp_path / "pub"
-    res = runner.invoke(app, [*args, "--report-only", "--publish", str(pub)])
+    claim = ["--claims", "bpo-fT>offline-dpo"]
+    res = runner.invoke(app, [*args, "--report-only", "--publish", str(pub), *claim])
     assert res.exit_code == 0, res.output
+    assert "| bpo-fT beats offline-dpo | 1 |" in (pub / "report.md").read_text()
+    assert "not settled at 1 seed (no interval)" in (pub / "report.md").read_text()
     tables = lambda text: [x for x in text.splitlines() if x.startswith("|")]  # noqa: E731
     want = tables((out / "report.md").read_text())
     assert want and tables((pub / "report.md").read_text()) == want
@@ -267,10 +270,19 @@ def test_compare_two_methods_then_resume(tmp_path):
 
     shutil.move(out, tmp_path / "gone")  # the run folders out of reach
     again = ["compare", "quickstart", "--report-only", "--out", str(pub), "--methods", "offline-dpo,bpo-fT"]
-    res = runner.invoke(app, [*again, "--seeds", "0"])
+    res = runner.invoke(app, [*again, "--seeds", "0", *claim])
     assert res.exit_code == 0, res.output
     assert tables((pub / "report.md").read_text()) == want
     shutil.move(tmp_path / "gone", out)
+    # a seed published by an earlier call (here a copy named seed1) joins the report of a later one
+    for m in ("offline-dpo", "bpo-fT"):
+        shutil.copytree(pub / m / "seed0", pub / m / "seed1")
+    res = runner.invoke(app, [*args, "--report-only", "--publish", str(pub), *claim])
+    assert res.exit_code == 0, res.output
+    joined = (pub / "report.md").read_text()
+    assert "| bpo-fT | 2 |" in joined and "--seeds 0,1 --claims bpo-fT>offline-dpo" in joined
+    bad = runner.invoke(app, [*args, "--claims", "simpo>offline-dpo"])
+    assert bad.exit_code == 2 and "error: claim 'simpo>offline-dpo': simpo is not a method of this grid" in bad.output
     only = runner.invoke(app, [*args[:-4], "--methods", "bpo-fT", "--seeds", "0", "--report-only"])
     assert only.exit_code == 0, only.output
     report = (out / "report.md").read_text()

@@ -69,6 +69,20 @@ def test_detectable_difference_has_80_percent_power():
         assert np.mean(found) == pytest.approx(0.80 - 0.025, abs=0.04), n  # the other tail adds ~0 power
 
 
+def test_a_claims_verdict_says_only_what_its_interval_supports():
+    from bpo.stats import verdict
+
+    # by hand, 3 seeds: mean 2, sd 1, t_0.975,2 = 4.303: 2 +/- 4.303 / sqrt(3) = [-0.484, +4.484]
+    assert verdict([1.0, 2.0, 3.0]) == "not settled at 3 seeds: +2.00 [-0.48, +4.48]; detectable difference 3.10"
+    # mean 0.2, sd 0.1: 0.2 +/- 0.248 is [-0.05, +0.45]; shifted up by 0.1 it is [+0.05, +0.55]
+    assert verdict([0.3, 0.4, 0.5]).startswith("holds at 3 seeds: +0.40 [+0.15, +0.65]")
+    assert verdict([-0.3, -0.4, -0.5]).startswith("does not hold at 3 seeds: the other is ahead, -0.40")
+    # sd 0.01 around 0.02: [-0.005, +0.045], inside +/-0.15 though it includes 0
+    assert verdict([0.01, 0.02, 0.03]) == "does not hold at 3 seeds: no gap of 0.15 or more, +0.02 [-0.00, +0.04]"
+    assert verdict([0.01, 0.02, 0.03], margin=0.01).startswith("not settled")
+    assert verdict([0.5]) == "not settled at 1 seed (no interval)"
+
+
 def test_prompt_bootstrap_resamples_a_prompt_with_all_its_seeds():
     import numpy as np
 

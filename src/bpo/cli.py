@@ -44,8 +44,7 @@ def _config(args: list[str] | None) -> Config:
 def _run_config(
     run: Path | None, args: list[str] | None, adapter: str | None, need_adapter: bool = True
 ) -> tuple[Config, str | None]:
-    """The config and adapter for ``--run RUN``: the run's own config.yaml (plus overrides) and its
-    final behavior adapter; without --run, the config from ``args`` and ``--adapter`` as given."""
+    """``--run RUN``'s own config.yaml (plus overrides) and final behavior adapter; else ``args`` and ``--adapter``."""
     from bpo.config import resume_config
     from bpo.train.checkpoint import final_adapter
 
@@ -236,20 +235,23 @@ def compare(
     seeds: str = typer.Option("0,1,2", help="comma-separated train.seed values"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from finished runs"),
     publish: Path = typer.Option(None, help="also copy the runs' raw files here, with a report they rebuild"),
+    claims: str = typer.Option("", help="METHOD>BASELINE,...: said holds / does not hold / not settled"),
 ) -> None:
     """Methods x seeds at equal annotation budget; writes OUT/report.md and plots. Resumable."""
-    from bpo.eval.compare import report, run_grid
+    from bpo.eval.compare import run_grid
+    from bpo.eval.grid_report import report
     from bpo.eval.publish import publish_grid
 
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else "quickstart"
-    command = " ".join(["bpo compare", config, *args, f"--out {out}", f"--methods {methods}", f"--seeds {seeds}"])
+    command = " ".join(["bpo compare", config, *args, f"--out {out} --methods {methods} --seeds {seeds}"])
+    command += f" --claims {claims}" if claims else ""
     seed_list, method_list = [int(s) for s in seeds.split(",")], methods.split(",")
     if not report_only:
-        run_grid(config, args, method_list, seed_list, out, console.print)
-    console.print(f"report: {report(out, command, seed_list, method_list)}")
+        run_grid(config, args, method_list, seed_list, out, console.print, claims)
+    console.print(f"report: {report(out, command, seed_list, method_list, claims=claims)}")
     if publish:
-        console.print(f"published: {publish_grid(out, publish, config, seed_list, method_list, command)}")
+        console.print(f"published: {publish_grid(out, publish, config, seed_list, method_list, command, claims)}")
 
 
 @app.command()

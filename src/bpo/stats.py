@@ -148,3 +148,22 @@ def summarize(outcomes: Sequence[float], judge: str | None = None, n_boot: int =
     if judge is not None:
         out["judge"] = judge
     return out
+
+
+def verdict(per_seed: Sequence[float], margin: float = 0.15) -> str:
+    """What the paired per-seed gaps of a claim "A beats B" (A minus B, one per seed) support, in words:
+    ``holds`` when the 95% t interval lies above 0; ``does not hold`` when it lies below 0 (B is ahead) or
+    inside +/- ``margin`` (no gap of that size); else ``not settled``, with the smallest gap these seeds
+    would detect (:func:`detectable_difference`)."""
+    d = seed_mean_ci(per_seed)
+    n, lo, hi = d["n"], d["ci_low"], d["ci_high"]
+    interval = f"{d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    if n < 2:
+        return f"not settled at {n} seed (no interval)"
+    if lo > 0:
+        return f"holds at {n} seeds: {interval}"
+    if hi < 0:
+        return f"does not hold at {n} seeds: the other is ahead, {interval}"
+    if -margin < lo and hi < margin:
+        return f"does not hold at {n} seeds: no gap of {margin:.2f} or more, {interval}"
+    return f"not settled at {n} seeds: {interval}; detectable difference {detectable_difference(per_seed):.2f}"

@@ -1,9 +1,9 @@
-"""``bpo compare``: a grid of methods x seeds at equal annotation budget, and its report.
+"""``bpo compare``: a grid of methods x seeds at equal annotation budget.
 
 Each run is ``bpo train`` in its own process (so its wall time and peak memory are its own)
 under ``OUT/<method>/seed<k>``. A run with an ``eval.json`` is finished and is not repeated; a
-run with a checkpoint is resumed. The report (``OUT/report.md`` and PNG plots) is rebuilt from
-the run folders every time.
+run with a checkpoint is resumed. The report (:mod:`bpo.eval.grid_report`) is rebuilt from the
+run folders every time.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from bpo.config import load_config
 from bpo.errors import BpoError, Interrupted
-from bpo.eval.report import load_run, plot
-from bpo.io import read_jsonl, write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS
 
 
@@ -42,6 +38,21 @@ METHODS: dict[str, list[str]] = {
     "simpo": ["train.phases=1", *SIMPO],  # the paper's protocol: pairs sampled once from the start model
     "simpo-fT": ["train.phases={T}", *SIMPO],
 }
+
+
+def parse_claims(text: str, methods: list[str] | None = None) -> list[tuple[str, str]]:
+    """``"bpo-f2>offline-dpo,bpo-fT>online-dpo-sft"`` -> [(method, baseline), ...]: each claims the first
+    beats the second. Both must be methods of the grid."""
+    claims = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition(">")
+        if not sep or not a or not b:
+            raise ValueError(f"claim {part!r}: write it as METHOD>BASELINE, e.g. bpo-f2>offline-dpo")
+        for m in (a, b):
+            if m not in (methods or METHODS):
+                raise ValueError(f"claim {part!r}: {m} is not a method of this grid ({', '.join(methods or METHODS)})")
+        claims.append((a, b))
+    return claims
 
 
 def _die_with_parent() -> None:
@@ -81,8 +92,9 @@ def run_child(cmd: list[str], log) -> int:
 
 
 def run_grid(
-    config: str, overrides: list[str], methods: list[str], seeds: list[int], out: Path, log=print
+    config: str, overrides: list[str], methods: list[str], seeds: list[int], out: Path, log=print, claims: str = ""
 ) -> list[Path]:
+    parse_claims(claims, methods)  # a typo is said before the first run, not after the last
     base = load_config(config, overrides)
     base.check_sources()  # every run would meet a missing file: say so before the first starts
     if ANNOTATOR_KINDS.get(base.annotator.kind).deferred:
@@ -134,244 +146,3 @@ def run_grid(
                     f"(its output: {out / 'compare.log'}; rerun the same command to resume the grid)"
                 )
     return folders
-
-
-def _seed(folder: Path) -> int:
-    return int(folder.name.removeprefix("seed"))
-
-
-def _load(folder: Path) -> dict | None:
-    if not (folder / "eval.json").exists():
-        return None
-    run = load_run(folder)  # its eval, run summary and metrics (the last of each step)
-    rows = read_jsonl(folder / "eval_items.jsonl")  # or its .gz, published beside a report
-    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float))]  # scores; not ids or responses
-    items = {k: np.array([row[k] for row in rows], dtype=float) for k in numeric}
-    return {
-        "seed": _seed(folder),
-        "config": load_config(folder / "config.yaml"),
-        "rows": rows,
-        "eval": run["eval"],
-        "run": run["run"],
-        "metrics": run["metrics"],
-        "items": items,
-    }
-
-
-def _collect(out: Path, seeds: list[int] | None, methods: list[str] | None = None) -> dict[str, list[dict]]:
-    """Finished runs under ``out``, by method, in seed order (only ``seeds`` and ``methods``, when given)."""
-    runs: dict[str, list[dict]] = {}
-    for method in methods or METHODS:
-        folders = [f for f in (out / method).glob("seed*") if seeds is None or _seed(f) in seeds]
-        found = sorted((r for f in folders if (r := _load(f))), key=lambda r: r["seed"])
-        if found:
-            runs[method] = found
-    return runs
-
-
-def _ci(d: dict, fmt: str = "+.2f") -> str:
-    return f"[{d['ci_low']:{fmt}}, {d['ci_high']:{fmt}}]"
-
-
-def _by_seed(rs: list[dict], key: str) -> np.ndarray:
-    """[seeds, prompts] array of one eval-item field; every seed must have judged the same prompts."""
-    ids = {tuple(row["id"] for row in r["rows"]) for r in rs}
-    if len(ids) > 1:
-        raise ValueError("the seeds of one method were evaluated on different prompts; pooled intervals need the same")
-    return np.stack([r["items"][key] for r in rs])
-
-
-def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dict]]:
-    """One row per method: pooled scores and win rates, and the spread between seeds."""
-    from bpo.stats import mean_ci, pooled_win_rate, prompt_bootstrap_ci, seed_mean_ci, win_rate
-
-    lines = [
-        "| method | seeds | gold score (start -> trained) | improvement over seeds [t 95%] (per seed) "
-        "| improvement, pooled prompts | win rate vs start (per seed) | ties vs start | win rate vs reference "
-        "| win rate vs reference, the annotator judging | annotations | wall time / run | peak RSS |",
-        "| --- | ---: | --- | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
-    ]
-    summary = {}
-    for method, rs in runs.items():
-        start, trained = _by_seed(rs, "start"), _by_seed(rs, "trained")
-        per_seed_imp = [float(x) for x in (trained - start).mean(axis=1)]
-        over_seeds = seed_mean_ci(per_seed_imp)
-        w = pooled_win_rate(trained, start)
-        w["per_seed"] = [win_rate(a, b)["win_rate"] for a, b in zip(trained, start)]
-        ref = "n/a"
-        if all("reference" in r["items"] for r in rs):
-            wr = pooled_win_rate(trained, _by_seed(rs, "reference"))
-            ref = f"{wr['win_rate']:.2f} {_ci(wr, '.2f')}"
-        own = "same judge"  # eval.gold unset: the annotator is the judge
-        if all("annotator_reference" in r["items"] for r in rs):
-            wo = pooled_win_rate(_by_seed(rs, "annotator_trained"), _by_seed(rs, "annotator_reference"))
-            own = f"{wo['win_rate']:.2f} {_ci(wo, '.2f')}"
-        summary[method] = w
-        seeds_txt = ", ".join(f"{v:+.2f}" for v in per_seed_imp)
-        spread = _ci(over_seeds) if len(rs) > 1 else "[n/a]"
-        wall = np.median([r["run"].get("wall_seconds", float("nan")) for r in rs])
-        rss = max(r["run"].get("peak_rss_mib", 0) for r in rs)
-        ann = np.mean([r["run"].get("annotations", float("nan")) for r in rs])
-        lo, hi = prompt_bootstrap_ci(trained - start)
-        imp = {**mean_ci((trained - start).ravel()), "ci_low": lo, "ci_high": hi}
-        lines.append(
-            f"| {method} | {len(rs)} | {start.mean():.2f} -> {trained.mean():.2f} "
-            f"| {over_seeds['mean']:+.2f} {spread} ({seeds_txt}) | {imp['mean']:+.2f} {_ci(imp)} "
-            f"| {w['win_rate']:.2f} {_ci(w, '.2f')} ({', '.join(f'{v:.2f}' for v in w['per_seed'])}) "
-            f"| {w['tie_rate']:.2f} | {ref} | {own} | {ann:.0f} | {wall / 60:.1f} min | {rss} MiB |"
-        )
-    return lines, summary
-
-
-def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
-    """Each method against ``baseline`` on the seeds both finished: same seeds, same eval prompts."""
-    from bpo.stats import pooled_win_rate, seed_mean_ci
-
-    base = {r["seed"]: r["items"]["trained"] for r in runs[baseline]}
-    lines = [
-        f"| method | seeds in common | gold score minus {baseline} over seeds [t 95%] (per seed) "
-        f"| seeds ahead | detectable difference | win rate vs {baseline}, pooled prompts | ties |",
-        "| --- | ---: | --- | ---: | ---: | --- | ---: |",
-    ]
-    for method, rs in runs.items():
-        pairs = [(r["items"]["trained"], base[r["seed"]]) for r in rs if r["seed"] in base]
-        if method == baseline or not pairs:
-            continue
-        diffs = [float(a.mean() - b.mean()) for a, b in pairs]
-        d = seed_mean_ci(diffs)
-        w = pooled_win_rate(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
-        spread = _ci(d) if len(pairs) > 1 else "[n/a]"
-        lines.append(
-            f"| {method} | {len(pairs)} | {d['mean']:+.2f} {spread} ({', '.join(f'{x:+.2f}' for x in diffs)}) "
-            f"| {sum(x > 0 for x in diffs)} of {len(diffs)} | {_detectable(diffs)} "
-            f"| {w['win_rate']:.2f} {_ci(w, '.2f')} | {w['tie_rate']:.2f} |"
-        )
-    return lines
-
-
-def _detectable(diffs: list[float]) -> str:
-    from bpo.stats import detectable_difference
-
-    d = detectable_difference(diffs)
-    return "n/a" if np.isnan(d) else f"{d:.2f}"
-
-
-def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
-    """How the start model (the same SFT responses in every run) fares against the human reference, by the
-    judge and by the annotator: a method's win rate means little if the start already wins most prompts."""
-    from bpo.stats import win_rate
-
-    items = next(iter(runs.values()))[0]["items"]
-    if "reference" not in items:
-        return []
-    views = [
-        ("the judge", "start", "reference"),
-        ("the annotator (the paper's protocol)", "annotator_start", "annotator_reference"),
-    ]
-    said = [
-        f"{who} {w['win_rate']:.2f} {_ci(w, '.2f')}"
-        for who, a, b in views
-        if a in items and b in items
-        for w in [win_rate(items[a], items[b])]
-    ]
-    return [
-        "",
-        f"The start model (the SFT ensemble's greedy responses) beats the human reference on: {'; '.join(said)}.",
-    ]
-
-
-def _annotator(cfg) -> str:
-    label = ANNOTATOR_KINDS.get(cfg.annotator.kind).label
-    return label(cfg.annotator) if label else cfg.annotator.kind
-
-
-def report(
-    out: Path, command: str, seeds: list[int] | None = None, methods: list[str] | None = None, rebuild: str = ""
-) -> Path:
-    """Write ``report.md`` and plots from the finished runs under ``out`` (only ``seeds``/``methods``, when given);
-    ``rebuild``: the command that rebuilds it from published raw files (said under the grid's own)."""
-    runs = _collect(out, seeds, methods)
-    if not runs:
-        raise ValueError(f"{out}: no finished runs to report")
-    table, summary = _method_table(runs)
-    lines = [
-        "# Method comparison",
-        "",
-        f"Command: `{command}`",
-        *(["", f"Rebuilt from the raw files beside this report (`*/seed*/`) with: `{rebuild}`"] if rebuild else []),
-        "",
-        f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for rs in runs.values() for r in rs}))}; "
-        f"annotator: {', '.join(sorted({_annotator(r['config']) for rs in runs.values() for r in rs}))}.",
-        "",
-        "Every method spends the same annotation budget (B*T sampled pairs; identical pairs are not sent to "
-        "the annotator, so `annotations` can be lower). Scores are greedy responses on held-out prompts, "
-        "judged by the task's judge. A win rate counts wins only (a strictly higher score, the paper's "
-        "metric); ties are not wins. `ties` is the share of tied prompts; ties-as-half = win rate + ties / 2.",
-        "",
-        "Two kinds of interval: *over seeds* treats each training seed's mean as one observation (Student t, "
-        "so it includes how much a rerun differs); *pooled prompts* is a percentile bootstrap that resamples "
-        "eval prompts with all their seeds together (every seed answers the same prompts from the same start "
-        "responses, so a prompt's seeds are not independent; how well the eval set pins the score down, "
-        "not the seed spread).",
-        "",
-        *table,
-        *_start_standing(runs),
-    ]
-    if "offline-dpo" in runs and len(runs) > 1:
-        lines += ["", "## Against offline DPO, seed by seed", "", *_head_to_head(runs, "offline-dpo")]
-        lines += [
-            "",
-            "*Detectable difference*: the smallest true gap that a two-sided 5% paired t-test over these seeds "
-            "would find with 80% power, at the observed spread of the per-seed gaps.",
-        ]
-    kinds = {r["config"].annotator.kind for rs in runs.values() for r in rs}
-    for kind in sorted(kinds):  # a judge that can say why it scored as it did
-        section = ANNOTATOR_KINDS.get(kind).report
-        lines += section(runs) if section else []
-    lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", ""]
-    _plot_win_rates(summary, out / "win_rate.png")
-    _plot_curves(runs, out / "curves.png")
-    path = out / "report.md"
-    write_text_atomic(path, "\n".join(lines))
-    return path
-
-
-def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(summary)
-    vals = [summary[m]["win_rate"] for m in names]
-    err = [
-        [v - summary[m]["ci_low"] for m, v in zip(names, vals)],
-        [summary[m]["ci_high"] - v for m, v in zip(names, vals)],
-    ]
-    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0", label="pooled (95% CI over prompts)")
-    for i, m in enumerate(names):
-        ax.plot(
-            [i] * len(summary[m]["per_seed"]),
-            summary[m]["per_seed"],
-            "o",
-            color="black",
-            ms=4,
-            label="one seed" if i == 0 else None,
-        )
-    ax.set_ylabel("win rate vs start (a tie is not a win)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
-    keys = [
-        ("score/behavior_samples", "gold score of the sampled pairs, mean over seeds"),
-        ("loss", "loss (member mean), mean over seeds"),
-        ("kl/behavior", "KL(behavior || policy), mean over seeds"),
-        ("kl/behavior_to_sft", "KL(behavior || SFT), mean over seeds"),
-    ]
-    plot({method: [r["metrics"] for r in rs] for method, rs in runs.items()}, path, keys, phase_marks=False)

@@ -63,15 +63,19 @@ def _rejected(entry: dict) -> int:
     return 1 - entry["choice"] if entry.get("rejected") is None else entry["rejected"]
 
 
-def publish_grid(grid: Path, dest: Path, config: str, seeds: list[int], methods: list[str], command: str) -> Path:
+def publish_grid(
+    grid: Path, dest: Path, config: str, seeds: list[int], methods: list[str], command: str, claims: str = ""
+) -> Path:
     """``bpo compare --publish DEST``: the raw files of the grid's finished runs in ``dest`` (same layout) and a
-    report built from them alone, which names the command that rebuilds it."""
-    from bpo.eval.compare import report
+    report built from them alone, which names the command that rebuilds it. The report covers every seed
+    published there for these methods, so seeds run by later calls join the earlier ones."""
+    from bpo.eval.grid_report import report
 
     copy_raw(grid, dest, [grid / m / f"seed{k}" for k in seeds for m in methods])
-    listed = f"--methods {','.join(methods)} --seeds {','.join(map(str, seeds))}"
-    again = f"bpo compare {config} --report-only --out {dest} {listed}"
-    return report(dest, command, seeds, methods, again)
+    every = sorted({int(f.name.removeprefix("seed")) for m in methods for f in (dest / m).glob("seed*")})
+    listed = f"--methods {','.join(methods)} --seeds {','.join(map(str, every))}"
+    again = f"bpo compare {config} --report-only --out {dest} {listed}" + (f" --claims {claims}" if claims else "")
+    return report(dest, command, every, methods, again, claims)
 
 
 def copy_raw(grid: Path, dest: Path, folders: list[Path]) -> list[Path]:
