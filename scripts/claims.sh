@@ -4,12 +4,12 @@
 # Each runs `bpo compare quickstart` (finished runs are skipped) and publishes the raw files and a report to
 # docs/results/claims/CLAIM/grid, where seeds added by a later call join the earlier ones; the report says of
 # each claim (METHOD>BASELINE) what its paired interval supports, and names the command that rebuilds it.
-# Grids on the preset's own settings (ordering, rules, k2) share one run folder, runs/claims/default, so a
+# Grids on the preset's own settings (ordering, rules, ensemble) share one run folder, runs/claims/default, so a
 # method and seed is trained once for all of them; the others (a loss or K changed) have their own.
 # A quickstart run takes 5-14 min on 2 CPU cores (the CPU's speed varies between sessions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-claim=${1:?claim: ordering, rules, ipo, slic, k1, k2, k5}
+claim=${1:?claim: ordering, rules, ipo, slic, ensemble}
 seeds=${2:?seeds, e.g. 0,1,2,3,4}
 BPO=${BPO:-.venv/bin/bpo}
 over=()
@@ -25,10 +25,9 @@ case "$claim" in
     claims=$claims,bpo-fT\>tr-dpo-hard,bpo-f2\>simpo,bpo-fT\>simpo-fT ;;
   ipo | slic) methods=offline-dpo,online-dpo-sft,bpo-f2; over=("train.loss=$claim"); runs=$claim  # beta 0.1
     claims=$paper ;;
-  k1) methods=bpo-f2,bpo-fT; over=("sft.seeds=[0]"); runs=k1; claims= ;;  # ensemble size K
-  k2) methods=bpo-f2,bpo-fT; claims= ;;
-  k5) methods=bpo-f2,bpo-fT; over=("sft.seeds=[0,1,2,3,4]"); runs=k5; claims= ;;
-  *) echo "error: unknown claim $claim (ordering, rules, ipo, slic, k1, k2, k5)" >&2; exit 2 ;;
+  ensemble) methods=bpo-f2-k1,bpo-f2,bpo-f2-k5,bpo-fT-k1,bpo-fT,bpo-fT-k5  # K = 1, 2 (the preset's), 5
+    claims=bpo-f2\>bpo-f2-k1,bpo-f2-k5\>bpo-f2-k1,bpo-fT\>bpo-fT-k1,bpo-fT-k5\>bpo-fT-k1 ;;
+  *) echo "error: unknown claim $claim (ordering, rules, ipo, slic, ensemble)" >&2; exit 2 ;;
 esac
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$BPO" compare quickstart "${over[@]}" --methods "$methods" --seeds "$seeds" --out "runs/claims/$runs" \

@@ -214,6 +214,16 @@ def test_eval_with_a_reward_model(tmp_path):
         assert row["outcome"] == expected
 
 
+def test_every_compare_method_is_a_valid_config_at_equal_budget():
+    from bpo.eval.compare import METHODS
+
+    for method, overrides in METHODS.items():
+        cfg = load_config("quickstart", [o.replace("{T/4}", "4").replace("{T}", "16") for o in overrides])
+        assert cfg.train.steps * cfg.train.batch_size == 128, method  # the budget is the preset's
+        k = {"k1": 1, "k5": 5}.get(method.rsplit("-", 1)[-1], 2)
+        assert len(cfg.sft.seeds) == k, method
+
+
 def test_compare_two_methods_then_resume(tmp_path):
     over = tiny_config(tmp_path, **{"train.steps": 2, "data.eval_examples": 4, "eval.max_new_tokens": 6})
     over = [o for o in over if not o.startswith(("output_dir", "sft_dir"))]
@@ -223,9 +233,9 @@ def test_compare_two_methods_then_resume(tmp_path):
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
     assert "| offline-dpo | 1 |" in report and "| bpo-fT | 1 |" in report
-    head_to_head = report.split("## Against offline DPO")[1].split("## What the trained")[0]
+    head_to_head = report.split("## Against offline DPO")[1].split("\n## ")[0]
     assert "| bpo-fT | 1 |" in head_to_head and "offline-dpo | 1 |" not in head_to_head
-    assert "| start (SFT) | - |" in report and report.count("| bpo-fT | 1 |") == 3
+    assert "| start (SFT) | - |" in report and report.count("| bpo-fT | 1 |") == 4
     assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
     # every eval item keeps the responses that were judged, and their scores are the judge's
     task = QuickstartTask(0)
@@ -243,6 +253,12 @@ def test_compare_two_methods_then_resume(tmp_path):
         "The start model (the SFT ensemble's greedy responses) beats the human reference on: the judge"
         in (out / "report.md").read_text()
     )
+    drift = (out / "report.md").read_text().split("## Drift from the start")[1].split("##")[0]
+    row = next(x for x in drift.splitlines() if x.startswith("| bpo-fT | 1 |")).split(" | ")
+    gain = [json.loads(x) for x in (out / "bpo-fT" / "seed0" / "eval_items.jsonl").read_text().splitlines()]
+    gain = sum(r["trained"] - r["start"] for r in gain) / len(gain)
+    last = json.loads((out / "bpo-fT" / "seed0" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row[2:5] == [f"{gain:+.2f}", f"{int(gain < 0)} of 1", f"{last['kl/behavior_to_sft']:.2f} |"]
 
     # published: the raw files alone rebuild the same tables
     pub = tmp_path / "pub"

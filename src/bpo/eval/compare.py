@@ -37,6 +37,11 @@ METHODS: dict[str, list[str]] = {
     "tr-dpo-hard": [*TR, "train.ref_model_mixup_alpha=1.0", "train.ref_model_sync_steps={T/4}"],
     "simpo": ["train.phases=1", *SIMPO],  # the paper's protocol: pairs sampled once from the start model
     "simpo-fT": ["train.phases={T}", *SIMPO],
+    # ensemble size K (sft.seeds: one member per seed); the presets' K is 2. The paper: one LoRA drifts, K do not
+    "bpo-f2-k1": ["train.phases=2", "train.reference=behavior", "sft.seeds=[0]"],
+    "bpo-fT-k1": ["train.phases={T}", "train.reference=behavior", "sft.seeds=[0]"],
+    "bpo-f2-k5": ["train.phases=2", "train.reference=behavior", "sft.seeds=[0,1,2,3,4]"],
+    "bpo-fT-k5": ["train.phases={T}", "train.reference=behavior", "sft.seeds=[0,1,2,3,4]"],
 }
 
 

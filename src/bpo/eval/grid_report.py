@@ -166,6 +166,25 @@ def _detectable(diffs: list[float]) -> str:
     return "n/a" if np.isnan(d) else f"{d:.2f}"
 
 
+def _drift(runs: dict[str, list[dict]]) -> list[str]:
+    """Seed by seed, how far each method moved from its start and whether it got worse: the spread a mean hides
+    (the paper's claim that one LoRA drifts where an ensemble does not is about this)."""
+    lines = [
+        "| method | seeds | gold gain per seed | seeds worse than their start "
+        "| final KL(behavior \\|\\| SFT) per seed |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
+    for method, rs in runs.items():
+        gains = [float((r["items"]["trained"] - r["items"]["start"]).mean()) for r in rs]
+        kls = [r["metrics"][-1].get("kl/behavior_to_sft") if r["metrics"] else None for r in rs]
+        kl_txt = ", ".join("n/a" if k is None else f"{k:.2f}" for k in kls)
+        lines.append(
+            f"| {method} | {len(rs)} | {', '.join(f'{g:+.2f}' for g in gains)} | {sum(g < 0 for g in gains)} "
+            f"of {len(rs)} | {kl_txt} |"
+        )
+    return lines
+
+
 def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
     """How the start model (the same SFT responses in every run) fares against the human reference, by the
     judge and by the annotator: a method's win rate means little if the start already wins most prompts."""
@@ -241,6 +260,7 @@ def report(
             "*Detectable difference*: the smallest true gap that a two-sided 5% paired t-test over these seeds "
             "would find with 80% power, at the observed spread of the per-seed gaps.",
         ]
+    lines += ["", "## Drift from the start", "", *_drift(runs)]
     if claims:
         lines += ["", "## Claims", "", *_claims(runs, parse_claims(claims, methods), margin)]
     kinds = {r["config"].annotator.kind for rs in runs.values() for r in rs}
