@@ -346,3 +346,19 @@ def test_a_count_mismatch_says_what_the_length_filter_dropped(tmp_path):
     said = str(err.value)
     assert "3 responses for 2 prompts" in said and "dropped 1 of 3 records whose prompt is over" in said
     assert "(first: p-2)" in said and "a larger data.max_prompt_tokens keeps them" in said
+
+
+def test_the_report_says_how_closely_annotator_and_judge_agree():
+    import numpy as np
+
+    from bpo.eval.grid_report import _judges_agree
+
+    rng = np.random.default_rng(0)
+    gold = {x: rng.normal(size=64) for x in ("start", "trained", "reference")}
+    same = {**gold, **{f"annotator_{x}": 2 * v + 1 for x, v in gold.items()}}  # one judge twice
+    other = {**gold, **{f"annotator_{x}": rng.normal(size=64) for x in gold}}
+    line = _judges_agree({"bpo-f2": [{"items": same}]})[1]
+    assert "same 192 eval responses" in line and "r = 1.00 [1.00, 1.00]" in line
+    r = float(_judges_agree({"bpo-f2": [{"items": other}]})[1].split("r = ")[1].split()[0])
+    assert abs(r) < 0.2
+    assert _judges_agree({"bpo-f2": [{"items": gold}]}) == []  # no annotator scores: nothing to say

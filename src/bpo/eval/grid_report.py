@@ -209,6 +209,33 @@ def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
     ]
 
 
+def _judges_agree(runs: dict[str, list[dict]]) -> list[str]:
+    """How closely the annotator and the judge (``eval.gold``) score the same eval responses: two judges meant
+    to be independent that agree almost perfectly are one judge twice (the withdrawn HH grid had r = 0.96)."""
+    pairs = [
+        (r["items"][f"annotator_{x}"], r["items"][x])
+        for rs in runs.values()
+        for r in rs
+        for x in ("start", "trained", "reference")
+        if f"annotator_{x}" in r["items"] and x in r["items"]
+    ]
+    if not pairs:
+        return []
+    a, g = np.stack([p for p, _ in pairs]), np.stack([q for _, q in pairs])  # [runs x systems, prompts]
+    r = float(np.corrcoef(a.ravel(), g.ravel())[0, 1])
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(1000):  # prompts resampled with all their runs and systems (they share responses)
+        idx = rng.integers(0, a.shape[1], a.shape[1])
+        boot.append(np.corrcoef(a[:, idx].ravel(), g[:, idx].ravel())[0, 1])
+    lo, hi = np.nanquantile(boot, [0.025, 0.975])
+    return [
+        "",
+        f"The annotator and the judge score the same {a.size} eval responses (start, trained and reference, "
+        f"every run) with Pearson r = {r:.2f} [{lo:.2f}, {hi:.2f}] (bootstrap over prompts).",
+    ]
+
+
 def _annotator(cfg) -> str:
     label = ANNOTATOR_KINDS.get(cfg.annotator.kind).label
     return label(cfg.annotator) if label else cfg.annotator.kind
@@ -252,6 +279,7 @@ def report(
         "",
         *table,
         *_start_standing(runs),
+        *_judges_agree(runs),
     ]
     if "offline-dpo" in runs and len(runs) > 1:
         lines += ["", "## Against offline DPO, seed by seed", "", *_head_to_head(runs, "offline-dpo")]
