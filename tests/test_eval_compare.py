@@ -258,7 +258,8 @@ def test_compare_two_methods_then_resume(tmp_path):
     gain = [json.loads(x) for x in (out / "bpo-fT" / "seed0" / "eval_items.jsonl").read_text().splitlines()]
     gain = sum(r["trained"] - r["start"] for r in gain) / len(gain)
     last = json.loads((out / "bpo-fT" / "seed0" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert row[2:5] == [f"{gain:+.2f}", f"{int(gain < 0)} of 1", f"{last['kl/behavior_to_sft']:.2f} |"]
+    kls = [f"{last['kl/behavior_to_sft']:.2f}", f"{last['kl/behavior']:.2f} |"]
+    assert row[2:6] == [f"{gain:+.2f}", f"{int(gain < 0)} of 1", *kls]
 
     # published: the raw files alone rebuild the same tables
     pub = tmp_path / "pub"
