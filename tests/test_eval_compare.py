@@ -297,7 +297,12 @@ def test_compare_two_methods_then_resume(tmp_path):
     res = runner.invoke(app, [*args, "--report-only", "--publish", str(pub), *claim])
     assert res.exit_code == 0, res.output
     joined = (pub / "report.md").read_text()
-    assert "| bpo-fT | 2 |" in joined and "--seeds 0,1 --claims bpo-fT>offline-dpo" in joined
+    rebuild = joined.split("with: `")[1].split("`")[0]
+    import shlex
+
+    words = list(shlex.shlex(rebuild, posix=True, punctuation_chars=True))  # as a shell splits it: > redirects
+    assert "| bpo-fT | 2 |" in joined and "--seeds 0,1 --claims" in rebuild
+    assert words[-2:] == ["--claims", "bpo-fT>offline-dpo"]
     bad = runner.invoke(app, [*args, "--claims", "simpo>offline-dpo"])
     assert bad.exit_code == 2 and "error: claim 'simpo>offline-dpo': simpo is not a method of this grid" in bad.output
     only = runner.invoke(app, [*args[:-4], "--methods", "bpo-fT", "--seeds", "0", "--report-only"])
@@ -356,10 +361,15 @@ def test_the_report_says_how_closely_annotator_and_judge_agree():
 
     rng = np.random.default_rng(0)
     gold = {x: rng.normal(size=64) for x in ("start", "trained", "reference")}
+    rows = [{"id": f"p{i}", "start_response": f"s{i}", "trained_response": f"t{i}"} for i in range(64)]
     same = {**gold, **{f"annotator_{x}": 2 * v + 1 for x, v in gold.items()}}  # one judge twice
     other = {**gold, **{f"annotator_{x}": rng.normal(size=64) for x in gold}}
-    line = _judges_agree({"bpo-f2": [{"items": same}]})[1]
-    assert "same 192 eval responses" in line and "r = 1.00 [1.00, 1.00]" in line
-    r = float(_judges_agree({"bpo-f2": [{"items": other}]})[1].split("r = ")[1].split()[0])
+    line = _judges_agree({"bpo-f2": [{"items": same, "rows": rows}]})[1]
+    assert "same 192 distinct eval responses" in line and "r = 1.00 [1.00, 1.00]" in line
+    r = float(_judges_agree({"bpo-f2": [{"items": other, "rows": rows}]})[1].split("r = ")[1].split()[0])
     assert abs(r) < 0.2
-    assert _judges_agree({"bpo-f2": [{"items": gold}]}) == []  # no annotator scores: nothing to say
+    assert _judges_agree({"bpo-f2": [{"items": gold, "rows": rows}]}) == []  # no annotator scores: nothing to say
+    # a second run with the same start responses and references adds only its trained responses
+    again = [{"id": f"p{i}", "start_response": f"s{i}", "trained_response": f"u{i}"} for i in range(64)]
+    two = {"bpo-f2": [{"items": same, "rows": rows}], "bpo-fT": [{"items": same, "rows": again}]}
+    assert "same 256 distinct eval responses" in _judges_agree(two)[1]

@@ -219,28 +219,33 @@ def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
 
 def _judges_agree(runs: dict[str, list[dict]]) -> list[str]:
     """How closely the annotator and the judge (``eval.gold``) score the same eval responses: two judges meant
-    to be independent that agree almost perfectly are one judge twice (the withdrawn HH grid had r = 0.96)."""
-    pairs = [
-        (r["items"][f"annotator_{x}"], r["items"][x])
-        for rs in runs.values()
-        for r in rs
-        for x in ("start", "trained", "reference")
-        if f"annotator_{x}" in r["items"] and x in r["items"]
-    ]
-    if not pairs:
+    to be independent that agree almost perfectly are one judge twice (the withdrawn HH grid had r = 0.96).
+    Each distinct response counts once: the start responses and the references are the same in every run."""
+    points: dict[tuple, tuple[float, float]] = {}  # (prompt, response) -> (annotator, judge)
+    for rs in runs.values():
+        for r in rs:
+            for i, row in enumerate(r["rows"]):
+                for x in ("start", "trained", "reference"):
+                    if f"annotator_{x}" in r["items"] and x in r["items"]:
+                        text = row.get(f"{x}_response", x)  # the reference is the prompt's own
+                        points[(row["id"], text)] = (r["items"][f"annotator_{x}"][i], r["items"][x][i])
+    if not points:
         return []
-    a, g = np.stack([p for p, _ in pairs]), np.stack([q for _, q in pairs])  # [runs x systems, prompts]
-    r = float(np.corrcoef(a.ravel(), g.ravel())[0, 1])
+    by_prompt: dict[str, list[tuple[float, float]]] = {}
+    for (prompt, _), scores in points.items():
+        by_prompt.setdefault(prompt, []).append(scores)
+    groups = [np.array(v) for v in by_prompt.values()]  # [responses of one prompt, 2]
+    r = float(np.corrcoef(np.concatenate(groups).T)[0, 1])
     rng = np.random.default_rng(0)
     boot = []
-    for _ in range(1000):  # prompts resampled with all their runs and systems (they share responses)
-        idx = rng.integers(0, a.shape[1], a.shape[1])
-        boot.append(np.corrcoef(a[:, idx].ravel(), g[:, idx].ravel())[0, 1])
+    for _ in range(1000):  # prompts resampled with all their responses
+        sample = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        boot.append(np.corrcoef(sample.T)[0, 1])
     lo, hi = np.nanquantile(boot, [0.025, 0.975])
     return [
         "",
-        f"The annotator and the judge score the same {a.size} eval responses (start, trained and reference, "
-        f"every run) with Pearson r = {r:.2f} [{lo:.2f}, {hi:.2f}] (bootstrap over prompts).",
+        f"The annotator and the judge score the same {len(points)} distinct eval responses (start, trained and "
+        f"reference, every run) with Pearson r = {r:.2f} [{lo:.2f}, {hi:.2f}] (bootstrap over prompts).",
     ]
 
 
