@@ -245,7 +245,7 @@ def compare(
     args = list(args or [])
     config = args.pop(0) if args and "=" not in args[0] else "quickstart"
     command = " ".join(["bpo compare", config, *args, f"--out {out} --methods {methods} --seeds {seeds}"])
-    command += f" --claims {claims}" if claims else ""
+    command += f" --claims '{claims}'" if claims else ""
     seed_list, method_list = [int(s) for s in seeds.split(",")], methods.split(",")
     if not report_only:
         run_grid(config, args, method_list, seed_list, out, console.print, claims)

@@ -74,7 +74,7 @@ def publish_grid(
     copy_raw(grid, dest, [grid / m / f"seed{k}" for k in seeds for m in methods])
     every = sorted({int(f.name.removeprefix("seed")) for m in methods for f in (dest / m).glob("seed*")})
     listed = f"--methods {','.join(methods)} --seeds {','.join(map(str, every))}"
-    again = f"bpo compare {config} --report-only --out {dest} {listed}" + (f" --claims {claims}" if claims else "")
+    again = f"bpo compare {config} --report-only --out {dest} {listed}" + (f" --claims '{claims}'" if claims else "")
     return report(dest, command, every, methods, again, claims)
 
 
