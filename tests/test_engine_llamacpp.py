@@ -112,3 +112,39 @@ def test_a_run_samples_through_the_engine_with_an_exact_reference(tmp_path, mode
     steps = [m for m in metrics if "loss" in m]
     # each step opens a phase: policy = behavior = reference, so the DPO loss is log 2 exactly
     assert len(steps) == 2 and all(abs(m["loss"] - math.log(2)) < 1e-5 for m in steps), steps
+
+
+SERVE_AND_WAIT = """
+import sys, time
+from bpo.config import load_config
+from bpo.model.llamacpp import LlamaCppBackend
+from bpo.model.policy import load_policy
+cfg = load_config(None, sys.argv[1:])
+backend = LlamaCppBackend(load_policy(cfg.model.name, "cpu", "float32", "never"), None, cfg)
+backend.serve(None)
+print(backend.work, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_run_leaves_no_server_behind(tmp_path, model_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    over = tiny_config(tmp_path, **{"model.name": str(model_dir), "model.chat_template": "never"})
+    over += ["sampling.backend=llamacpp", "engine.concurrency=1"]
+    child = subprocess.Popen([sys.executable, "-c", SERVE_AND_WAIT, *over], stdout=subprocess.PIPE, text=True)
+    work = Path(child.stdout.readline().strip())
+    try:
+        assert work.name.startswith("bpo-llamacpp-") and servers_of(work), "the server did not start"
+        child.send_signal(signal.SIGKILL)  # no atexit, no finally: only the kernel closes the child's files
+        child.wait()
+        deadline = time.monotonic() + 15
+        while servers_of(work) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not servers_of(work), "llama-server outlived the run that started it"
+    finally:
+        for pid in servers_of(work):
+            os.kill(int(pid), signal.SIGKILL)

@@ -3,8 +3,9 @@
 ``scripts/engine.sh`` builds the server and keeps llama.cpp's HF -> GGUF converter beside it. Each
 behavior model is written with its adapter folded in (the exact merge, full rank), converted to a
 GGUF of the model's own precision (f32 for fp32: no quantisation) and served by a fresh server on a
-free port of 127.0.0.1; a phase converts once. The server is stopped when bpo exits, and started
-again with the same file if it dies mid-phase (the retry that follows asks again).
+free port of 127.0.0.1; a phase converts once. The server is stopped when bpo exits (by a watchdog
+when bpo is killed), and started again with the same file if it dies mid-phase (the retry that
+follows asks again).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from bpo.model.llamacpp_dir import engine_dir
 from bpo.model.policy import Policy
 
 
+def watchdog(pid: int) -> subprocess.Popen:
+    """A shell that stops ``pid`` when this process dies, even by SIGKILL: it waits on a pipe only this process
+    writes to, and the kernel closes the write end then. (PR_SET_PDEATHSIG fires when the *thread* that started
+    the server exits, and a server that died is started again from a sampling worker thread.)"""
+    cmd = ["sh", "-c", f"read x; kill {pid} 2>/dev/null"]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,6 +51,7 @@ class LlamaCppBackend(ServerBackend):
         self.dir = engine_dir(self.engine.dir)
         self.work = Path(tempfile.mkdtemp(prefix="bpo-llamacpp-"))
         self.proc: subprocess.Popen | None = None
+        self.watch: subprocess.Popen | None = None
         self.gguf: Path | None = None
         self.log = self.work / "server.log"
         self.threads = self.engine.threads or torch.get_num_threads()
@@ -90,6 +100,7 @@ class LlamaCppBackend(ServerBackend):
         cmd += ["--cache-type-k", kv, "--cache-type-v", kv] + (["-fa", "off"] if kv == "f32" else [])
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.watch = watchdog(self.proc.pid)
         self.gguf, self.port, self.url = gguf, port, f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -111,6 +122,11 @@ class LlamaCppBackend(ServerBackend):
                 self.start(self.gguf, self.port)  # the same URL: the retry that follows asks it
 
     def close(self, keep_files: bool = False) -> None:
+        if self.watch is not None:  # first: its kill must not reach a pid the stopped server gave back
+            self.watch.kill()
+            self.watch.stdin.close()
+            self.watch.wait()
+            self.watch = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
