@@ -373,3 +373,17 @@ def test_the_report_says_how_closely_annotator_and_judge_agree():
     again = [{"id": f"p{i}", "start_response": f"s{i}", "trained_response": f"u{i}"} for i in range(64)]
     two = {"bpo-f2": [{"items": same, "rows": rows}], "bpo-fT": [{"items": same, "rows": again}]}
     assert "same 256 distinct eval responses" in _judges_agree(two)[1]
+
+
+def test_a_grid_publishes_each_run_as_it_finishes(tmp_path):
+    """A grid stopped before its last run (here the second run fails) has published the runs it finished."""
+    over = tiny_config(tmp_path, **{"train.steps": 2, "data.eval_examples": 4, "eval.max_new_tokens": 6})
+    over = [o for o in over if not o.startswith(("output_dir", "sft_dir"))]
+    out, pub = tmp_path / "grid", tmp_path / "pub"
+    (out / "bpo-fT").mkdir(parents=True)
+    (out / "bpo-fT" / "seed0").write_text("in the way")  # the second run cannot make its folder
+    args = ["compare", "quickstart", *over, "--out", str(out), "--methods", "offline-dpo,bpo-fT", "--seeds", "0"]
+    res = runner.invoke(app, [*args, "--publish", str(pub)])
+    assert res.exit_code == 2 and "bpo-fT seed 0 failed" in res.output
+    assert (pub / "offline-dpo" / "seed0" / "eval.json").exists()
+    assert "| offline-dpo | 1 |" in (pub / "report.md").read_text()

@@ -242,16 +242,16 @@ def compare(
     from bpo.eval.grid_report import report
     from bpo.eval.publish import publish_grid
 
-    args = list(args or [])
-    config = args.pop(0) if args and "=" not in args[0] else "quickstart"
+    config, *args = args if args and "=" not in args[0] else ["quickstart", *(args or [])]
     command = " ".join(["bpo compare", config, *args, f"--out {out} --methods {methods} --seeds {seeds}"])
     command += f" --claims '{claims}'" if claims else ""
     seed_list, method_list = [int(s) for s in seeds.split(",")], methods.split(",")
-    if not report_only:
-        run_grid(config, args, method_list, seed_list, out, console.print, claims)
+    published = functools.partial(publish_grid, out, publish, config, seed_list, method_list, command, claims)
+    if not report_only:  # published after every finished run too: a stopped grid keeps what it ran
+        run_grid(config, args, method_list, seed_list, out, console.print, claims, published if publish else None)
     console.print(f"report: {report(out, command, seed_list, method_list, claims=claims)}")
     if publish:
-        console.print(f"published: {publish_grid(out, publish, config, seed_list, method_list, command, claims)}")
+        console.print(f"published: {published()}")
 
 
 @app.command()

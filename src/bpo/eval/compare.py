@@ -97,8 +97,17 @@ def run_child(cmd: list[str], log) -> int:
 
 
 def run_grid(
-    config: str, overrides: list[str], methods: list[str], seeds: list[int], out: Path, log=print, claims: str = ""
+    config: str,
+    overrides: list[str],
+    methods: list[str],
+    seeds: list[int],
+    out: Path,
+    log=print,
+    claims: str = "",
+    finished=None,
 ) -> list[Path]:
+    """Run what is not finished; ``finished()`` is called after each run that ends well (publishing there keeps
+    a long grid's results if it is stopped before its last run)."""
     parse_claims(claims, methods)  # a typo is said before the first run, not after the last
     base = load_config(config, overrides)
     base.check_sources()  # every run would meet a missing file: say so before the first starts
@@ -150,4 +159,6 @@ def run_grid(
                     f"{method} seed {seed} failed (exit {code}): {cause.removeprefix('error: ')} "
                     f"(its output: {out / 'compare.log'}; rerun the same command to resume the grid)"
                 )
+            if finished:
+                finished()
     return folders
