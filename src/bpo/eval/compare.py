@@ -128,37 +128,44 @@ def run_grid(
             if (folder / "eval.json").exists():
                 log(f"{method} seed {seed}: done, skipped")
                 continue
-            quarter = str(max(1, base.train.steps // 4))
-            extra = [o.replace("{T/4}", quarter).replace("{T}", str(base.train.steps)) for o in METHODS[method]]
-            args = [
-                config,
-                *overrides,
-                *extra,
-                f"train.seed={seed}",
-                f"output_dir={folder}",
-                f"sft_dir={out / 'sft'}",
-                "train.log_kl_sft=true",
-            ]
-            cmd = [sys.executable, "-m", "bpo.cli", "train"]
-            cmd += ["--resume", str(folder), *args[1:]] if (folder / "checkpoints" / "latest").exists() else args
-            log(f"{method} seed {seed}: running")
-            with open(out / "compare.log", "a") as f:
-                f.flush()
-                offset = f.tell()
-                code = run_child(cmd, f)
-            if code in (-signal.SIGTERM, -signal.SIGINT, 130):
-                raise Interrupted(
-                    f"{method} seed {seed} was stopped; rerun the same command to resume the grid (finished runs "
-                    "are skipped, this one continues from its last checkpoint)"
-                )
-            if code:  # say why here, not only in the log
-                lines = (out / "compare.log").read_bytes()[offset:].decode(errors="replace").splitlines()
-                cause = next((x for x in reversed(lines) if x.startswith("error:")), None)
-                cause = cause or next((x for x in reversed(lines) if x.strip()), "no output")
-                raise GridError(
-                    f"{method} seed {seed} failed (exit {code}): {cause.removeprefix('error: ')} "
-                    f"(its output: {out / 'compare.log'}; rerun the same command to resume the grid)"
-                )
+            run_one(config, overrides, method, seed, out, base.train.steps, log)
             if finished:
                 finished()
     return folders
+
+
+def run_one(config: str, overrides: list[str], method: str, seed: int, out: Path, steps: int, log=print) -> None:
+    """One run of the grid, ``bpo train`` in its own process, resumed from its checkpoint if it has one; an
+    Interrupted or GridError line when it does not end well."""
+    folder = out / method / f"seed{seed}"
+    quarter = str(max(1, steps // 4))
+    extra = [o.replace("{T/4}", quarter).replace("{T}", str(steps)) for o in METHODS[method]]
+    args = [
+        config,
+        *overrides,
+        *extra,
+        f"train.seed={seed}",
+        f"output_dir={folder}",
+        f"sft_dir={out / 'sft'}",
+        "train.log_kl_sft=true",
+    ]
+    cmd = [sys.executable, "-m", "bpo.cli", "train"]
+    cmd += ["--resume", str(folder), *args[1:]] if (folder / "checkpoints" / "latest").exists() else args
+    log(f"{method} seed {seed}: running")
+    with open(out / "compare.log", "a") as f:
+        f.flush()
+        offset = f.tell()
+        code = run_child(cmd, f)
+    if code in (-signal.SIGTERM, -signal.SIGINT, 130):
+        raise Interrupted(
+            f"{method} seed {seed} was stopped; rerun the same command to resume the grid (finished runs "
+            "are skipped, this one continues from its last checkpoint)"
+        )
+    if code:  # say why here, not only in the log
+        lines = (out / "compare.log").read_bytes()[offset:].decode(errors="replace").splitlines()
+        cause = next((x for x in reversed(lines) if x.startswith("error:")), None)
+        cause = cause or next((x for x in reversed(lines) if x.strip()), "no output")
+        raise GridError(
+            f"{method} seed {seed} failed (exit {code}): {cause.removeprefix('error: ')} "
+            f"(its output: {out / 'compare.log'}; rerun the same command to resume the grid)"
+        )
