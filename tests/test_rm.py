@@ -2,6 +2,7 @@
 
 import csv
 import json
+import random
 
 import pytest
 import torch
@@ -376,3 +377,62 @@ def test_rm_out_never_deletes_what_bpo_did_not_write(tmp_path, monkeypatch):
     res = train_tiny_rm(data, work, "--force")
     assert res.exit_code == 0 and (work / "rm.json").exists() and not (work / "thesis.tex").exists()
     assert not [p for p in tmp_path.iterdir() if ".bpo-" in p.name]
+
+
+def test_balanced_accuracy_by_hand():
+    from bpo.stats import at_chance, balanced_accuracy
+
+    right, groups = [1, 1, 1, 1, 1, 1, 0, 0], ["policy"] * 6 + ["reference"] * 2
+    b = balanced_accuracy(right, groups)
+    assert b["accuracy"] == 0.5 and b["ci95"] == [0.5, 0.5]  # no spread within a group: every resample is 0.5
+    assert b["groups"] == {"policy": {"accuracy": 1.0, "pairs": 6}, "reference": {"accuracy": 0.0, "pairs": 2}}
+    assert at_chance({"accuracy": 0.75, "ci95": [0.6, 0.9], "balanced": b})  # plain 0.75 beats 0.5; it does not
+    assert not at_chance({"accuracy": 0.75, "ci95": [0.6, 0.9]})
+    b = balanced_accuracy([1, 1, 0, 1, 1, 0], ["policy"] * 4 + ["reference"] * 2)
+    assert b["accuracy"] == pytest.approx((0.75 + 0.5) / 2)
+
+
+def test_a_judge_that_prefers_one_source_is_not_shown_to_beat_a_coin(tmp_path):
+    """TL;DR's judged pairs prefer the policy's summary 64% of the time: a judge that always picks it scored
+    0.64 and was said to beat a coin. The accuracy balanced over the two sources is what must beat 0.5."""
+    data = tmp_path / "tldr.csv"
+    coin = random.Random(0)  # which pairs prefer the reference: nothing in their text says so
+    with open(data, "w", newline="") as f:
+        w = csv.DictWriter(f, ["query", "postprocessed_response", "reference_responses", "preferred"])
+        w.writeheader()
+        for p, ours, ref in _pairs(128):  # the policy's style is learnable, its quality is not
+            w.writerow(
+                {
+                    "query": p + "\nTL;DR:",
+                    "postprocessed_response": ours,
+                    "reference_responses": ref,
+                    "preferred": "reference" if coin.random() < 0.2 else "ours",
+                }
+            )
+    out = tmp_path / "rm"
+    split = ["--holdout", "0.5", "--epochs", "4", "--lr", "3e-3"]
+    res = train_tiny_rm(data, out, *split)
+    assert res.exit_code == 0, res.output
+    held = json.loads((out / "rm.json").read_text())["heldout"]
+    rows = [json.loads(x) for x in (out / "heldout_scores.jsonl").read_text().splitlines()]
+    assert len(rows) == held["pairs"] == 64 and {r["group"] for r in rows} == {"policy", "reference"}
+    by = {g: [r["chosen"] > r["rejected"] for r in rows if r["group"] == g] for g in ("policy", "reference")}
+    assert held["accuracy"] == pytest.approx(sum(r["chosen"] > r["rejected"] for r in rows) / 64)
+    assert held["balanced"]["accuracy"] == pytest.approx(sum(sum(v) / len(v) for v in by.values()) / 2)
+    assert held["accuracy"] >= 0.7 and held["ci95"][0] > 0.5  # plain accuracy "beats a coin" ...
+    assert held["balanced"]["ci95"][0] <= 0.5  # ... by preferring the policy's summaries, which balanced shows
+    assert "warning: balanced accuracy" in res.output and "not shown to beat a coin" in res.output
+    assert "balanced over the preferred response's source (policy" in res.output
+
+    # measured again without training: the same held-out pairs, the same figures
+    (out / "heldout_scores.jsonl").unlink()
+    again = runner.invoke(app, ["rm", str(data), "--out", str(out), "--max-length", "64", *split, "--measure-only"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "rm.json").read_text())["heldout"]["accuracy"] == held["accuracy"]
+    rows2 = [json.loads(x) for x in (out / "heldout_scores.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows2] == [r["id"] for r in rows]
+    assert [r["chosen"] for r in rows2] == pytest.approx([r["chosen"] for r in rows], abs=1e-4)
+    other = runner.invoke(app, ["rm", str(data), "--out", str(out), *split, "--split-seed", "1", "--measure-only"])
+    assert other.exit_code == 2 and "was trained on other prompts than this split" in other.output
+    none = runner.invoke(app, ["rm", str(data), "--out", str(tmp_path / "none"), "--measure-only"])
+    assert none.exit_code == 2 and "holds no reward model bpo wrote" in none.output

@@ -10,7 +10,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -143,36 +142,10 @@ def generate(
     args: list[str] = typer.Argument(None, help="[CONFIG] [section.key=value ...]"),
 ) -> None:
     """Responses of the base model or an adapter to a file of prompts."""
-    from peft import PeftModel
-
-    from bpo.data import load_prompts
-    from bpo.io import write_jsonl
-    from bpo.model.policy import check_adapter, load_policy
-    from bpo.model.sampling import make_backend
+    from bpo.model.sampling import generate_file
 
     cfg, adapter = _run_config(run, args, adapter)
-    if adapter:
-        check_adapter(adapter, cfg.model.name)
-        if cfg.sampling.backend == "openai":
-            raise ConfigError(
-                "--adapter with sampling.backend=openai: the server samples its own model; serve the adapter there "
-                "and name it in engine.model, without --adapter"
-            )
-    records = load_prompts(prompts, cfg.data.prompt_field, None, id_field="id", skip_bad=cfg.data.skip_bad_rows)
-    if not records:
-        raise ConfigError(f"--prompts {prompts}: no prompts in the file")
-    policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
-    if adapter:
-        policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
-        if cfg.sampling.backend != "hf":  # an engine is given plain weights
-            policy.model = policy.model.merge_and_unload()
-    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-    params = replace(cfg.sampling, do_sample=sample)
-    groups = make_backend(policy, None, cfg).generate(ids, n, params, None, keys=[r.id for r in records])
-    write_jsonl(
-        out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
-    )
-    console.print(f"wrote {len(records)} rows to {out}")
+    console.print(f"wrote {generate_file(cfg, prompts, out, adapter, n, sample)} rows to {out}")
 
 
 @app.command()
@@ -276,21 +249,26 @@ def rm(
     split_seed: int = typer.Option(0, help="the permutation of prompts dealt into parts: the same for every part"),
     device: str = typer.Option("", help="cpu, cuda ... (empty: cuda when available)"),
     force: bool = typer.Option(False, "--force", help="replace --out even if it is not a reward model bpo wrote"),
+    measure_only: bool = typer.Option(
+        False, "--measure-only", help="measure the model saved in --out again on its held-out pairs; no training"
+    ),
 ) -> None:
     """Train a Bradley-Terry reward model on human pairs; prints and saves its held-out accuracy (OUT/rm.json)."""
-    from bpo.annotators.reward_model import is_reward_model
-    from bpo.io import check_target
     from bpo.progress import progress_bar
-    from bpo.train.rm import RMSettings, excluded_prompts, read_pairs, summary, train_rm
+    from bpo.train.rm import RMSettings, check_out, excluded_prompts, measure_saved, read_pairs, train_rm
+    from bpo.train.rm_measure import summary
 
     settings = RMSettings(
         model, part, holdout, lora_r, top_layers, epochs, lr, batch_size, max_length, dialogue, seed, split_seed, device
     )
     settings.check()
-    check_target(out, "a reward model bpo wrote", is_reward_model, force)  # before any work
+    check_out(out, force, measure_only)  # before any work
     pairs, skip = read_pairs(data, dialogue), excluded_prompts(exclude or [])
     with progress_bar(console) as progress:
-        result = train_rm(pairs, settings, out, str(data), progress, force, skip, console.print)
+        if measure_only:
+            result = measure_saved(pairs, settings, out, skip, progress)
+        else:
+            result = train_rm(pairs, settings, out, str(data), progress, force, skip, console.print)
     for line in summary(out, result):
         console.print(line, soft_wrap=True, markup=False)
 

@@ -46,6 +46,7 @@ class PreferenceRecord:
     prompt: str
     chosen: str
     rejected: str
+    group: str = ""  # where the chosen response came from, when the file says (TL;DR: policy or reference)
 
 
 # Known Hub datasets: (split names mapped by the caller) -> field names.
@@ -228,7 +229,8 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferenceRecor
         ours = _field(path, line, row, "postprocessed_response")
         ref = _field(path, line, row, "reference_responses")
         chosen, rejected = (ref, ours) if pick == "reference" else (ours, ref)
-        return PreferenceRecord(f"{path.stem}-{line}", _field(path, line, row, "query"), chosen, rejected)
+        source = "reference" if pick == "reference" else "policy"
+        return PreferenceRecord(f"{path.stem}-{line}", _field(path, line, row, "query"), chosen, rejected, source)
 
     return [r for r in _collect(path, [first, *rows], make, skip_bad) if r is not None]
 

@@ -25,8 +25,42 @@ def bootstrap_ci(values: Sequence[float], n: int = 2000, seed: int = 0, level: f
 
 
 def at_chance(accuracy: dict) -> bool:
-    """A judge's accuracy ``{accuracy, ci95, ...}`` whose 95% interval includes 0.5: not shown to beat a coin."""
-    return accuracy["ci95"][0] <= 0.5
+    """A judge's accuracy ``{accuracy, ci95, ...}`` whose 95% interval includes 0.5: not shown to beat a coin.
+    Where it has a ``balanced`` accuracy (the pairs' preferred responses come from known sources), that one
+    decides: a judge that always prefers one source beats 0.5 in plain accuracy without judging anything."""
+    return (accuracy.get("balanced") or accuracy)["ci95"][0] <= 0.5
+
+
+def balanced_accuracy(right: Sequence[float], groups: Sequence[str], n: int = 2000, seed: int = 0) -> dict:
+    """The mean of the per-group accuracies, with a percentile bootstrap that resamples within each group.
+
+    ``groups`` name where each pair's preferred response came from (TL;DR: the policy's summary or the human
+    reference). A judge that always prefers one source scores that source's share in plain accuracy (0.64 on
+    the TL;DR judged pairs) but exactly 0.5 here, so 0.5 is again the coin it must beat."""
+    right, groups = np.asarray(right, dtype=float), np.asarray(groups)
+    names = sorted(set(groups.tolist()))
+    parts = [right[groups == g] for g in names]
+    rng = np.random.default_rng(seed)
+    means = np.mean([x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1) for x in parts], axis=0)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {
+        "accuracy": float(np.mean([x.mean() for x in parts])),
+        "ci95": [float(lo), float(hi)],
+        "groups": {g: {"accuracy": float(x.mean()), "pairs": len(x)} for g, x in zip(names, parts)},
+    }
+
+
+def accuracy_text(acc: dict, what: str = "held-out accuracy") -> str:
+    """``held-out accuracy 0.640 [0.540, 0.730] on 100 pairs``, and the balanced accuracy where there is one."""
+    text = f"{what} {acc['accuracy']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] on {acc['pairs']} pairs"
+    b = acc.get("balanced")
+    if b:
+        each = ", ".join(f"{g} {v['accuracy']:.3f} of {v['pairs']}" for g, v in b["groups"].items())
+        text += (
+            f"; balanced over the preferred response's source ({each}) {b['accuracy']:.3f} "
+            f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"
+        )
+    return text
 
 
 def mean_ci(values: Sequence[float], n: int = 2000, seed: int = 0) -> dict[str, float]:

@@ -18,7 +18,7 @@ from bpo.annotators.base import Annotator, ScoreAnnotator, register_annotator
 from bpo.config import Config
 from bpo.data import PromptRecord
 from bpo.errors import BpoError
-from bpo.stats import at_chance
+from bpo.stats import accuracy_text, at_chance
 
 if TYPE_CHECKING:  # torch loads with the model, not when the kind is registered (every config check)
     import torch
@@ -188,10 +188,9 @@ class RewardModel:
         self.identity = json.dumps([str(Path(folder).resolve()), files, self.style, self.max_length])
         self.accuracy = recorded_accuracy(folder)
         if self.accuracy:
-            a, (lo, hi), coin = self.accuracy["accuracy"], self.accuracy["ci95"], at_chance(self.accuracy)
+            coin = at_chance(self.accuracy)
             self.notes.append(
-                f"{'warning' if coin else 'note'}: reward model {folder}: held-out accuracy {a:.3f} "
-                f"[{lo:.3f}, {hi:.3f}] on {self.accuracy['pairs']} pairs (rm.json)"
+                f"{'warning' if coin else 'note'}: reward model {folder}: {accuracy_text(self.accuracy)} (rm.json)"
                 + ("; its interval includes 0.5: not shown to beat a coin" if coin else "")
             )
         self.batch_size = batch_size

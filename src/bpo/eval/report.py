@@ -17,7 +17,7 @@ import yaml
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS
-from bpo.stats import at_chance
+from bpo.stats import accuracy_text, at_chance
 
 CURVES = [  # metric, title
     ("loss", "loss (member mean)"),
@@ -130,11 +130,8 @@ def eval_lines(ev: dict) -> list[str]:
         out.append(f"win rate vs the reference {v['win_rate']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]")
     acc = ev.get("judge_accuracy")
     if acc:  # the figures above are only as good as the judge
-        lo, hi = acc["ci95"]
-        out.append(
-            f"the judge's held-out accuracy {acc['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {acc['pairs']} pairs"
-            + (" (includes 0.5: not shown to beat a coin)" if at_chance(acc) else "")
-        )
+        coin = " (includes 0.5: not shown to beat a coin)" if at_chance(acc) else ""
+        out.append(accuracy_text(acc, "the judge's held-out accuracy") + coin)
     return out
 
 

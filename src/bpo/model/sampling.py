@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -233,3 +233,37 @@ def make_backend(policy: Policy, ensemble: Ensemble | None = None, cfg: Config |
     if (id(ensemble), name) not in made:
         made[id(ensemble), name] = BACKENDS.get(name).build(policy, ensemble, cfg)
     return made[id(ensemble), name]
+
+
+def generate_file(cfg: Config, prompts: str, out: str, adapter: str | None, n: int, sample: bool) -> int:
+    """``bpo generate``: ``n`` responses of the base model or ``adapter`` to each prompt of a file, one JSON line
+    per prompt (its id, prompt and responses) to ``out``; greedy unless ``sample``. Returns the prompts' count."""
+    from peft import PeftModel
+
+    from bpo.data import load_prompts
+    from bpo.errors import ConfigError
+    from bpo.io import write_jsonl
+    from bpo.model.policy import check_adapter, load_policy
+
+    if adapter:
+        check_adapter(adapter, cfg.model.name)
+        if cfg.sampling.backend == "openai":
+            raise ConfigError(
+                "--adapter with sampling.backend=openai: the server samples its own model; serve the adapter there "
+                "and name it in engine.model, without --adapter"
+            )
+    records = load_prompts(prompts, cfg.data.prompt_field, None, id_field="id", skip_bad=cfg.data.skip_bad_rows)
+    if not records:
+        raise ConfigError(f"--prompts {prompts}: no prompts in the file")
+    policy = load_policy(cfg.model.name, cfg.device or None, cfg.model.dtype, cfg.model.chat_template)
+    if adapter:
+        policy.model = PeftModel.from_pretrained(policy.model, adapter).eval()
+        if cfg.sampling.backend != "hf":  # an engine is given plain weights
+            policy.model = policy.model.merge_and_unload()
+    ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
+    params = replace(cfg.sampling, do_sample=sample)
+    groups = make_backend(policy, None, cfg).generate(ids, n, params, None, keys=[r.id for r in records])
+    write_jsonl(
+        out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))
+    )
+    return len(records)

@@ -36,12 +36,11 @@ from bpo.annotators.reward_model import (
     load_backbone,
     prompt_key,
     prompts_digest,
-    rewards,
 )
 from bpo.data import PreferenceRecord, load_pairs, load_prompts, plain_dialogue, shuffled
-from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json
+from bpo.io import FolderLock, check_target, replace_dir, temp_for, write_json, write_jsonl
 from bpo.model.policy import default_device
-from bpo.stats import at_chance, bootstrap_ci
+from bpo.train.rm_measure import HELDOUT_FILE, measured, pair_scores, remeasure, rm_warnings
 
 
 def split_pairs(
@@ -85,54 +84,6 @@ def split_pairs(
     return train, held, record
 
 
-def pair_scores(
-    model: Any,
-    tokenizer: Any,
-    pairs: Sequence[PreferenceRecord],
-    max_length: int,
-    batch_size: int,
-    grad: bool = False,
-    done: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and the rejected responses, in one forward per batch."""
-    prompts = [p.prompt for p in pairs] * 2
-    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    with torch.set_grad_enabled(grad):
-        r = rewards(model, tokenizer, "concat", prompts, responses, max_length, 2 * batch_size, done)
-    return r[: len(pairs)], r[len(pairs) :]
-
-
-def accuracy(
-    model: Any,
-    tokenizer: Any,
-    pairs: Sequence[PreferenceRecord],
-    max_length: int,
-    batch_size: int,
-    resamples: int = 2000,
-    seed: int = 0,
-    progress: Any = None,
-    what: str = "pairs",
-) -> dict:
-    """Pairwise accuracy (chosen strictly above rejected) with a bootstrap interval over pairs."""
-    model.eval()
-    done = None
-    if progress is not None:  # minutes for a few hundred pairs on a CPU: say how far it is
-        task = progress.add_task(f"reward model: scoring {len(pairs)} {what}", total=2 * len(pairs))
-        done = lambda rows: progress.update(task, advance=rows)  # noqa: E731
-    chosen, rejected = pair_scores(model, tokenizer, pairs, max_length, batch_size, done=done)
-    right = (chosen > rejected).float().numpy()
-    lo, hi = bootstrap_ci(right, n=resamples, seed=seed)
-    return {
-        "accuracy": float(right.mean()),
-        "ci95": [lo, hi],
-        "pairs": len(pairs),
-        "ties": int((chosen == rejected).sum()),
-    }
-
-
-TRAIN_CHECK = 128  # training pairs whose accuracy is reported (the fit; a forward per pair is not free on a CPU)
-
-
 def _lora(model: Any, r: int, top_layers: int) -> Any:
     """LoRA on every linear layer of the blocks, or of the top ``top_layers`` only.
 
@@ -156,25 +107,6 @@ def _lora(model: Any, r: int, top_layers: int) -> Any:
         task_type="SEQ_CLS",
         layers_to_transform=list(range(n - top_layers, n)),
     )
-
-
-def rm_warnings(result: dict) -> list[str]:
-    """What makes a reward model's figures, or its use as a judge, doubtful."""
-    out = []
-    if result.get("degenerate_pairs_left_out"):
-        out.append(
-            f"warning: left out {result['degenerate_pairs_left_out']} pairs whose chosen and rejected responses are "
-            "the same (no preference to learn)"
-        )
-    held = result.get("heldout")
-    if held and at_chance(held):
-        out.append(
-            f"warning: held-out accuracy {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}]: its "
-            "interval includes 0.5, so this judge is not shown to beat a coin"
-        )
-    if result["loss_last"] > result["loss_first"]:
-        out.append(f"warning: the training loss rose ({result['loss_first']:.3f} -> {result['loss_last']:.3f})")
-    return out
 
 
 @dataclass
@@ -226,25 +158,6 @@ def excluded_prompts(files: Sequence[Path]) -> set[str]:
     return {prompt_key(r.prompt) for f in files for r in load_prompts(f, reference_field=None)}
 
 
-def summary(out: Path, result: dict) -> list[str]:
-    """What ``bpo rm`` prints: where the model is, its loss, its accuracies with intervals, its warnings."""
-    tr, held, split = result["train"], result["heldout"], result["split"]
-    lines = [
-        f"reward model: {out}  ({result['pairs_train']} training pairs, loss {result['loss_first']:.3f} -> "
-        f"{result['loss_last']:.3f})",
-        f"part {split['part']} of the {split['prompts_in_file']} prompts (split seed {split['seed']}): "
-        f"{split['prompts_train']} training and {split['prompts_heldout']} held-out prompts, "
-        f"{split['prompts_excluded']} excluded; init seed {result['init_seed']}",
-        f"accuracy on {tr['pairs']} training pairs: {tr['accuracy']:.3f} [{tr['ci95'][0]:.3f}, {tr['ci95'][1]:.3f}]",
-    ]
-    if held:
-        lines.append(
-            f"held-out accuracy: {held['accuracy']:.3f} [{held['ci95'][0]:.3f}, {held['ci95'][1]:.3f}] "
-            f"on {held['pairs']} pairs"
-        )
-    return lines + result["warnings"]
-
-
 def train_rm(
     pairs: list[PreferenceRecord],
     s: RMSettings,
@@ -288,18 +201,43 @@ def train_rm(
             spec.update(adapter_of=s.model, init_seed=s.seed)
         else:
             tokenizer.save_pretrained(tmp)
-        result = {**fit, **_measured(model, tokenizer, train, held, s, progress)}
+        figures, rows = measured(model, tokenizer, train, held, s, progress)
+        result = {**fit, **figures}
         result["degenerate_pairs_left_out"] = degenerate
         result["warnings"] = rm_warnings(result)
         result["wall_seconds"] = round(time.time() - started, 1)
         write_json(tmp / FORMAT_FILE, spec)
         write_json(tmp / "rm.json", result)
+        if rows:
+            write_jsonl(tmp / HELDOUT_FILE, rows)
         (tmp / PROMPTS_FILE).write_text("".join(k + "\n" for k in sorted({prompt_key(p.prompt) for p in train})))
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         lock.release()
     return result
+
+
+def measure_saved(
+    pairs: list[PreferenceRecord], s: RMSettings, out: Path, exclude: frozenset[str] | set[str], progress: Any = None
+) -> dict:
+    """``bpo rm --measure-only``: the reward model saved in ``out`` measured again on its held-out pairs, which
+    the same split options give back (checked against its training-prompt digest); rm.json is updated."""
+    check_out(out, False, True)
+    pairs, _ = _with_preference(pairs)
+    _, held, split = split_pairs(pairs, s.check(), s.holdout, s.split_seed, exclude)
+    lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
+    try:
+        return remeasure(out, held, split, s, progress)
+    finally:
+        lock.release()
+
+
+def check_out(out: Path, force: bool, measure_only: bool) -> None:
+    """Before any work: ``out`` is a reward model bpo wrote (measured again), or one it may replace."""
+    if measure_only and not is_reward_model(out):
+        raise RewardModelError(f"--measure-only: {out} holds no reward model bpo wrote; train one there first")
+    check_target(out, "a reward model bpo wrote", is_reward_model, force)
 
 
 def _with_preference(pairs: list[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:
@@ -311,18 +249,6 @@ def _with_preference(pairs: list[PreferenceRecord]) -> tuple[list[PreferenceReco
             "(check the file's chosen/rejected fields)"
         )
     return kept, len(pairs) - len(kept)
-
-
-def _measured(model: Any, tokenizer: Any, train: list, held: list, s: RMSettings, progress: Any) -> dict:
-    """Accuracy on the first training pairs (the fit) and on the held-out pairs, with intervals."""
-
-    def measured(pairs: list, what: str) -> dict:
-        return accuracy(model, tokenizer, pairs, s.max_length, s.batch_size, seed=s.seed, progress=progress, what=what)
-
-    return {
-        "train": measured(train[:TRAIN_CHECK], "training pairs"),
-        "heldout": measured(held, "held-out pairs") if held else None,
-    }
 
 
 def _fit(model: Any, tokenizer: Any, train: list, s: RMSettings, progress: Any) -> tuple[Any, list[float]]:
