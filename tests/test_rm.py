@@ -436,3 +436,23 @@ def test_a_judge_that_prefers_one_source_is_not_shown_to_beat_a_coin(tmp_path):
     assert other.exit_code == 2 and "was trained on other prompts than this split" in other.output
     none = runner.invoke(app, ["rm", str(data), "--out", str(tmp_path / "none"), "--measure-only"])
     assert none.exit_code == 2 and "holds no reward model bpo wrote" in none.output
+
+
+def test_a_judge_that_reads_only_lengths_is_warned():
+    """The TL;DR judges scored what "the longer summary wins" scores; nothing said so."""
+    from bpo.train.rm_measure import accuracy, rm_warnings
+
+    chars = [[10, 5], [10, 5], [5, 10], [10, 5], [10, 5]]
+    scores = [(1.0, 0.0), (2.0, 1.0), (0.0, 1.0), (3.0, 0.0), (0.0, 1.0)]  # right where the chosen is longer, but one
+    rows = [{"id": str(i), "chosen": c, "rejected": r, "chars": n} for i, ((c, r), n) in enumerate(zip(scores, chars))]
+    held = accuracy(rows)
+    rule = held["length_rule"]
+    assert held["accuracy"] == 0.6 and rule["rule"] == "the longer response wins" and rule["accuracy"] == 0.8
+    assert rule["judge_minus_rule"] == pytest.approx(-0.2)
+    result = {"heldout": held, "loss_first": 1.0, "loss_last": 0.5}
+    assert any(
+        "not shown to judge better than the length rule (the longer response wins, 0.800" in w
+        for w in rm_warnings(result)
+    )
+    rows = [{**r, "chars": [b, a]} for r, (a, b) in zip(rows, chars)]  # now the shorter one is chosen
+    assert accuracy(rows)["length_rule"]["rule"] == "the shorter response wins"

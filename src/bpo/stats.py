@@ -60,6 +60,12 @@ def accuracy_text(acc: dict, what: str = "held-out accuracy") -> str:
             f"; balanced over the preferred response's source ({each}) {b['accuracy']:.3f} "
             f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"
         )
+    rule = acc.get("length_rule")
+    if rule:
+        text += (
+            f"; {rule['rule']}: {rule['accuracy']:.3f}, the judge minus it {rule['judge_minus_rule']:+.3f} "
+            f"[{rule['ci95'][0]:+.3f}, {rule['ci95'][1]:+.3f}]"
+        )
     return text
 
 

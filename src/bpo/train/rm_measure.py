@@ -55,7 +55,7 @@ def scored(
         done = lambda rows: progress.update(task, advance=rows)  # noqa: E731
     chosen, rejected = score(pairs, done=done)
     return [
-        {"id": p.id, "group": p.group, "chosen": float(c), "rejected": float(r)}
+        {"id": p.id, "group": p.group, "chosen": c, "rejected": r, "chars": [len(p.chosen), len(p.rejected)]}
         for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())
     ]
 
@@ -74,6 +74,27 @@ def accuracy(rows: Sequence[dict], resamples: int = 2000, seed: int = 0) -> dict
     groups = [r.get("group", "") for r in rows]
     if len(set(groups)) > 1:
         out["balanced"] = balanced_accuracy(right, groups, resamples, seed)
+    if all("chars" in r for r in rows):
+        out["length_rule"] = length_rule(rows, right, groups, resamples, seed)
+    return out
+
+
+def length_rule(rows: Sequence[dict], right: np.ndarray, groups: list[str], resamples: int, seed: int) -> dict:
+    """What a judge that reads only lengths scores on the same pairs: the longer (or, where that does better, the
+    shorter) response wins; and the judge's accuracy minus the rule's, paired, with a bootstrap interval. Human
+    and LLM labels often prefer the longer response, and a small reward model learns that first."""
+    longer = np.array([a > b for a, b in (r["chars"] for r in rows)], dtype=float)
+    shorter = np.array([a < b for a, b in (r["chars"] for r in rows)], dtype=float)
+    rule, name = (longer, "longer") if longer.mean() >= shorter.mean() else (shorter, "shorter")
+    lo, hi = bootstrap_ci(right - rule, n=resamples, seed=seed)
+    out = {
+        "rule": f"the {name} response wins",
+        "accuracy": float(rule.mean()),
+        "judge_minus_rule": float((right - rule).mean()),
+        "ci95": [lo, hi],
+    }
+    if len(set(groups)) > 1:
+        out["balanced"] = balanced_accuracy(rule, groups, resamples, seed)["accuracy"]
     return out
 
 
@@ -144,6 +165,13 @@ def rm_warnings(result: dict) -> list[str]:
         out.append(
             f"warning: {figure} {a['accuracy']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]: its interval includes "
             "0.5, so this judge is not shown to beat a coin"
+        )
+    rule = (held or {}).get("length_rule")
+    if rule and rule["ci95"][0] <= 0:
+        out.append(
+            f"warning: not shown to judge better than the length rule ({rule['rule']}, {rule['accuracy']:.3f} on the "
+            f"same pairs): accuracy minus the rule's {rule['judge_minus_rule']:+.3f} [{rule['ci95'][0]:+.3f}, "
+            f"{rule['ci95'][1]:+.3f}]"
         )
     if result["loss_last"] > result["loss_first"]:
         out.append(f"warning: the training loss rose ({result['loss_first']:.3f} -> {result['loss_last']:.3f})")
