@@ -36,12 +36,14 @@ def pair_scores(
     batch_size: int,
     grad: bool = False,
     done: Callable[[int], None] | None = None,
+    style: str = "concat",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and the rejected responses, in one forward per batch."""
+    """Rewards of the chosen and the rejected responses, in one forward per batch (``style``: how inputs are
+    formatted; a ``bpo rm`` model reads prompt and response concatenated)."""
     prompts = [p.prompt for p in pairs] * 2
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     with torch.set_grad_enabled(grad):
-        r = rewards(model, tokenizer, "concat", prompts, responses, max_length, 2 * batch_size, done)
+        r = rewards(model, tokenizer, style, prompts, responses, max_length, 2 * batch_size, done)
     return r[: len(pairs)], r[len(pairs) :]
 
 
@@ -126,21 +128,10 @@ def remeasure(out: Path, held: list, split: dict, s: Any, progress: Any) -> dict
         )
     if not held:
         raise RewardModelError(f"--holdout {s.holdout} leaves no held-out pairs to measure {out} on")
-    rm = RewardModel(str(out), batch_size=2 * s.batch_size, device=s.device or None)
+    rm = RewardModel(str(out), device=s.device or None)
 
-    def score(pairs, done=None):
-        with torch.no_grad():
-            r = rewards(
-                rm.model,
-                rm.tokenizer,
-                rm.style,
-                [p.prompt for p in pairs] * 2,
-                [p.chosen for p in pairs] + [p.rejected for p in pairs],
-                rm.max_length,
-                rm.batch_size,
-                done,
-            )
-        return r[: len(pairs)], r[len(pairs) :]
+    def score(pairs, done=None):  # as the annotator scores: its own format and length
+        return pair_scores(rm.model, rm.tokenizer, pairs, rm.max_length, s.batch_size, done=done, style=rm.style)
 
     rows = scored(score, held, progress, "held-out pairs")
     result["heldout"] = accuracy(rows, seed=result.get("init_seed", 0))
