@@ -103,6 +103,10 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
         return out
 
     bpo.train.loop.train_step = counting_step
+    # A phase-end checkpoint at the paper's scale holds K x ~330M LoRA weights with their Adam state
+    # (~20 GB at K = 5): it is not part of a step's time, and it overflowed the GPU machine's disk.
+    real_save = bpo.train.loop.save_checkpoint
+    bpo.train.loop.save_checkpoint = lambda *args, **kwargs: None
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model
         if model.startswith("random:"):
@@ -116,6 +120,9 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
             f"sampling.max_new_tokens={a.tokens}", f"sampling.batch_size={a.prompts}",
             "annotator.kind=callable", f"annotator.callable={Path(__file__).resolve()}:reward",
             f"data.sft_examples={a.prompts}",
+            # compute does not depend on lr; at the default one a random-weight policy collapsed after one
+            # update (H200, 2026-12-04: 15 and 16 of 16 pairs identical), leaving timed steps nothing to train
+            "train.lr=1e-7",
         ]  # fmt: skip
         started = time.time()
         bpo.train.loop.train(load_config(a.task, over), evaluate=False)
@@ -123,9 +130,11 @@ def one_run(a: argparse.Namespace, k: int) -> dict:
         metrics = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         info = json.loads((Path(tmp) / "run" / "run.json").read_text())
     bpo.train.loop.train_step = real_step
+    bpo.train.loop.save_checkpoint = real_save
     timed = metrics[1:] or metrics  # the first step warms up (allocator, kernels)
     out = {p: sum(m.get(f"time/{p}", 0.0) for m in timed) / len(timed) for p in PARTS}
     out.update(step=sum(m["time/step"] for m in timed) / len(timed), flops=counted[0] if counted else 0.0)
+    out["pairs"] = min(m.get("pairs/kept", 0) for m in timed)
     out.update(
         k=k, timed=len(timed), wall=wall, cuda=info.get("peak_cuda_mib", 0) / 1024, rss=info["peak_rss_mib"] / 1024
     )
@@ -167,6 +176,7 @@ def main() -> None:
         ("s/step", lambda r: f"{r['step']:.2f}"),
         *((f"{p} s/step", lambda r, p=p: f"{r[p]:.2f}") for p in PARTS),
         ("update / (K x update at K = 1)", lambda r: f"{r['update'] / one['update'] / r['k']:.2f}" if one else "-"),
+        ("pairs trained, fewest in a timed step", lambda r: f"{r['pairs']:.0f} of {a.prompts}"),
         ("training FLOPs, first step", lambda r: f"{r['flops']:.3g}"),
         ("training MFU", mfu),
         ("peak GPU memory", lambda r: f"{r['cuda']:.1f} GiB"),
