@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from bpo.progress import Lines, StepClock
+from bpo.progress import Lines, StepClock, step_line
 
 
 def test_the_step_eta_does_not_count_a_phase_sampling_as_step_time():
@@ -25,3 +25,15 @@ def test_long_tasks_in_a_log_say_their_eta():
     assert "member SFT 2/8 (" in out.getvalue() and "eta " in out.getvalue()
     lines.update(task, advance=6)
     assert out.getvalue().splitlines()[-1].startswith("member SFT 8/8") and "eta" not in out.getvalue().splitlines()[-1]
+
+
+def test_a_step_with_no_pairs_to_train_says_so_instead_of_a_nan_loss():
+    """On an H200 a collapsed policy sampled 16 identical pairs: the line read 'loss nan margin nan', like a
+    divergence, though no update was made (a non-finite loss stops the run)."""
+    m = {"step": 2, "phase": 1, "annotations/used": 16, "time/step": 5.1, "pairs/kept": 0,
+         "pairs/identical": 16, "pairs/ties": 0, "loss": float("nan")}  # fmt: skip
+    line = step_line(m, 3, 30.0)
+    assert "nan" not in line
+    assert "no pairs to train (identical, tied or unlabelled): no update" in line
+    trained = step_line({**m, "pairs/kept": 16, "pairs/identical": 0, "loss": 0.69, "rewards/margins": 0.01}, 3, 30.0)
+    assert "loss 0.6900 margin 0.0100" in trained

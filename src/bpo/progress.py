@@ -89,9 +89,15 @@ class Lines:
 
 def step_line(m: dict, steps: int, eta: float) -> str:
     """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
+    if m.get("pairs/kept", 1) == 0:  # the step's means are over no pairs (nan), which is not a divergence
+        how = "no pairs to train (identical, tied or unlabelled): no update"
+    else:
+        how = (
+            f"loss {m.get('loss', float('nan')):.4f} margin {m.get('rewards/margins', float('nan')):.4f} "
+            f"kl {m.get('kl/behavior', float('nan')):.4f}"
+        )
     return (
-        f"step {m['step']}/{steps} phase {m['phase']} loss {m.get('loss', float('nan')):.4f} "
-        f"margin {m.get('rewards/margins', float('nan')):.4f} kl {m.get('kl/behavior', float('nan')):.4f} "
+        f"step {m['step']}/{steps} phase {m['phase']} {how} "
         f"annotations {m['annotations/used']:.0f} {m['time/step']:.1f} s/step eta {eta / 60:.1f} min"
     )
 
