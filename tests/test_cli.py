@@ -188,7 +188,9 @@ def test_a_redirected_run_logs_a_line_per_step_while_it_runs(tmp_path):
     text = log.read_text()
     steps = [line for line in text.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in steps] == [f"{i}/30" for i in range(1, 31)]
-    assert all(" loss " in s and " s/step eta " in s and " annotations " in s for s in steps)
+    # a tiny random model samples identical pairs now and then: such a step says it trained nothing
+    assert all((" loss " in s or " no pairs to train " in s) for s in steps)
+    assert all(" s/step eta " in s and " annotations " in s for s in steps)
     phases = [line for line in text.splitlines() if line.startswith("phase ") and "prompts" in line]
     assert [p.split(":")[0] for p in phases] == ["phase 0", "phase 1"]
     assert "\x1b[" not in text  # no terminal control codes in a log
