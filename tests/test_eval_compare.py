@@ -236,6 +236,10 @@ def test_compare_two_methods_then_resume(tmp_path):
     head_to_head = report.split("## Against offline DPO")[1].split("\n## ")[0]
     assert "| bpo-fT | 1 |" in head_to_head and "offline-dpo | 1 |" not in head_to_head
     assert "| start (SFT) | - |" in report and report.count("| bpo-fT | 1 |") == 4
+    from bpo import code_version  # each result says the code it was made with
+
+    code = json.loads((out / "bpo-fT" / "seed0" / "run.json").read_text())["code"]
+    assert code == code_version() and f"Code of the runs (`run.json`): {code} (2 runs)." in report
     assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
     # every eval item keeps the responses that were judged, and their scores are the judge's
     task = QuickstartTask(0)

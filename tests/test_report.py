@@ -71,3 +71,21 @@ def test_garbage_in_a_run_folder_is_one_line_naming_the_file(tmp_path):
         else:
             (run / name).write_text(keep)
     assert json.loads((run / "run.json").read_text())["steps"] == 2
+
+
+def test_the_code_version_names_the_commit_of_a_git_checkout():
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    import bpo
+
+    root = Path(bpo.__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        pytest.skip("bpo is not installed from a git checkout here")
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    dirty = git("status", "--porcelain", "--", "src")
+    want = f"bpo {bpo.__version__} {git('rev-parse', '--short=7', 'HEAD')}"
+    want += " +uncommitted changes in src/" if dirty else ""
+    assert bpo.code_version() == want

@@ -4,6 +4,7 @@ folders (or their published raw files) alone, so it can be rebuilt at any time."
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,13 @@ def _annotator(cfg) -> str:
     return label(cfg.annotator) if label else cfg.annotator.kind
 
 
+def _codes(runs: dict[str, list[dict]]) -> str:
+    """Which code made the runs (run.json's ``code``; runs finished before it was recorded say so)."""
+    codes = Counter(r["run"].get("code", "not recorded") for rs in runs.values() for r in rs)
+    said = ", ".join(f"{code} ({n} run{'s' if n > 1 else ''})" for code, n in sorted(codes.items()))
+    return f"Code of the runs (`run.json`): {said}."
+
+
 def report(
     out: Path,
     command: str,
@@ -278,6 +286,8 @@ def report(
         "",
         f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for rs in runs.values() for r in rs}))}; "
         f"annotator: {', '.join(sorted({_annotator(r['config']) for rs in runs.values() for r in rs}))}.",
+        "",
+        _codes(runs),
         "",
         "Every method spends the same annotation budget (B*T sampled pairs; identical pairs are not sent to "
         "the annotator, so `annotations` can be lower). Scores are greedy responses on held-out prompts, "

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.text import Text
 from transformers import get_linear_schedule_with_warmup
 
+from bpo import code_version
 from bpo.annotators import check_annotator
 from bpo.config import Config, save_config
 from bpo.errors import ConfigError, Interrupted
@@ -194,6 +195,7 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
             "pairs": loop.log.outcomes(),  # judged (trained on), identical, tie, invalid, unlabelled
             "steps": run.cfg.train.steps,
             "resumed": resume,
+            "code": code_version(),  # which commit made this result
         }
         if torch.cuda.is_available():
             info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
