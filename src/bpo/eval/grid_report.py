@@ -255,11 +255,18 @@ def _annotator(cfg) -> str:
     return label(cfg.annotator) if label else cfg.annotator.kind
 
 
-def _codes(runs: dict[str, list[dict]]) -> str:
-    """Which code made the runs (run.json's ``code``; runs finished before it was recorded say so)."""
-    codes = Counter(r["run"].get("code", "not recorded") for rs in runs.values() for r in rs)
-    said = ", ".join(f"{code} ({n} run{'s' if n > 1 else ''})" for code, n in sorted(codes.items()))
-    return f"Code of the runs (`run.json`): {said}."
+def _made_by(runs: dict[str, list[dict]]) -> list[str]:
+    """The judge, the annotator and the code (run.json's ``code``; older runs did not record it) of the runs."""
+    every = [r for rs in runs.values() for r in rs]
+    codes = Counter(r["run"].get("code", "not recorded") for r in every)
+    return [
+        f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for r in every}))}; "
+        f"annotator: {', '.join(sorted({_annotator(r['config']) for r in every}))}.",
+        "",
+        "Code of the runs (`run.json`): "
+        + ", ".join(f"{code} ({n} run{'s' if n > 1 else ''})" for code, n in sorted(codes.items()))
+        + ".",
+    ]
 
 
 def report(
@@ -284,10 +291,7 @@ def report(
         f"Command: `{command}`",
         *(["", f"Rebuilt from the raw files beside this report (`*/seed*/`) with: `{rebuild}`"] if rebuild else []),
         "",
-        f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for rs in runs.values() for r in rs}))}; "
-        f"annotator: {', '.join(sorted({_annotator(r['config']) for rs in runs.values() for r in rs}))}.",
-        "",
-        _codes(runs),
+        *_made_by(runs),
         "",
         "Every method spends the same annotation budget (B*T sampled pairs; identical pairs are not sent to "
         "the annotator, so `annotations` can be lower). Scores are greedy responses on held-out prompts, "
