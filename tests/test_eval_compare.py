@@ -294,6 +294,8 @@ def test_compare_two_methods_then_resume(tmp_path):
     res = runner.invoke(app, [*again, "--seeds", "0", *claim])
     assert res.exit_code == 0, res.output
     assert tables((pub / "report.md").read_text()) == want
+    # the rebuilt report names the command that rebuilt it, not one that would train into the published folder
+    assert f"Command: `bpo compare quickstart --report-only --out {pub} " in (pub / "report.md").read_text()
     shutil.move(tmp_path / "gone", out)
     # a seed published by an earlier call (here a copy named seed1) joins the report of a later one
     for m in ("offline-dpo", "bpo-fT"):

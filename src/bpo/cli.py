@@ -216,7 +216,8 @@ def compare(
     from bpo.eval.publish import publish_grid
 
     config, *args = args if args and "=" not in args[0] else ["quickstart", *(args or [])]
-    command = " ".join(["bpo compare", config, *args, f"--out {out} --methods {methods} --seeds {seeds}"])
+    listed = f"--out {out} --methods {methods} --seeds {seeds}"
+    command = " ".join(["bpo compare", config, *args, *(["--report-only"] if report_only else []), listed])
     command += f" --claims '{claims}'" if claims else ""
     seed_list, method_list = [int(s) for s in seeds.split(",")], methods.split(",")
     published = functools.partial(publish_grid, out, publish, config, seed_list, method_list, command, claims)
