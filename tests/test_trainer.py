@@ -238,6 +238,37 @@ def test_existing_run_needs_resume(tmp_path):
         train(cfg, evaluate=False)
 
 
+def test_at_f_equal_t_phase_end_checkpoints_can_be_left_to_save_every(tmp_path):
+    """At F = T every step ends a phase, so every step wrote a checkpoint (some 20 GB at the paper's scale)."""
+    from bpo.errors import ConfigError
+
+    over = {"train.steps": 6, "train.phases": 6, "train.save_every": 3}
+    with pytest.raises(ConfigError, match="train.save_every = 0: must be >= 1 when train.save_phase_ends=false"):
+        load_config(None, tiny_config(tmp_path / "c", **{"train.save_phase_ends": False}))
+    run_tiny(tmp_path / "b", **over)  # the default: every phase end too (the newest two are kept)
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").glob("step-*"))[0] == "step-000005"
+    whole, seen = [], []
+    record = lambda into: lambda run, step, m: into.append((step, adapter_hash(run, "member0")))  # noqa: E731
+    train(load_config(None, tiny_config(tmp_path / "a", **over, **{"train.save_phase_ends": False})),
+          evaluate=False, on_step=record(whole))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "a" / "run" / "checkpoints").glob("step-*")) == [
+        "step-000003",
+        "step-000006",
+    ]
+    # killed after step 5, two phase ends past its last checkpoint (step 3): the resume redoes steps 4-5 exactly
+    cfg = load_config(None, tiny_config(tmp_path / "d", **over, **{"train.save_phase_ends": False}))
+
+    def kill(run, step, m):
+        if step == 4:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, evaluate=False, on_step=kill)
+    assert (tmp_path / "d" / "run" / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    train(cfg, resume=True, evaluate=False, on_step=record(seen))
+    assert [s for s, _ in seen] == [3, 4, 5] and seen == whole[3:]
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     from bpo.train.step import NonFiniteError
 

@@ -75,6 +75,8 @@ class Config:
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
+        need(t.save_phase_ends or t.save_every >= 1, "train.save_every", ">= 1 when train.save_phase_ends=false "
+             "(every N steps; N = train.steps: a checkpoint at the end only)", t.save_every)  # fmt: skip
         need(self.sampling.top_k >= 0, "sampling.top_k", ">= 0 (0: off)", self.sampling.top_k)
 
     def _check_annotator(self) -> None:

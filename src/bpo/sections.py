@@ -221,6 +221,9 @@ class TrainConfig:
     )
     log_kl_sft: bool = setting(True, "log KL(behavior || SFT): one extra forward when the reference is not SFT")
     save_every: int = setting(0, "checkpoint every N steps (0: at phase ends and the end only)")
+    save_phase_ends: bool = setting(
+        True, "also checkpoint at each phase end (at F = T every step; false with save_every = N where one is large)"
+    )
     seed: int = setting(0, "sampling noise of the run")
 
 

@@ -58,6 +58,10 @@ class Annotation:
         return self.choice, (1 - self.choice if self.rejected is None else self.rejected)
 
 
+# train settings that change neither the pairs nor the updates: a ledger made with other values is still this run's
+NOT_LEDGER_TRAIN = ("save_every", "save_phase_ends", "log_kl_sft", "micro_batch")
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -203,8 +207,8 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
         "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
         "sampling": _sampling_settings(d["sampling"]),
         "annotator": _annotator_settings(d["annotator"]),
-        # micro_batch splits the same update (gradients accumulate): a memory knob, like save_every
-        "train": {k: v for k, v in d["train"].items() if k not in ("save_every", "log_kl_sft", "micro_batch")},
+        # micro_batch splits the same update (gradients accumulate): a memory knob, like the checkpoint times
+        "train": {k: v for k, v in d["train"].items() if k not in NOT_LEDGER_TRAIN},
         "device": d["device"],
         "processes": processes,
     }

@@ -166,7 +166,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
         if on_step:
             on_step(run, step, metrics)
         end_of_phase = step + 1 == bounds[phase + 1]
-        if end_of_phase or (t.save_every and (step + 1) % t.save_every == 0):
+        if (end_of_phase and t.save_phase_ends) or (t.save_every and (step + 1) % t.save_every == 0):
             save_checkpoint(run, step + 1, loop.optimizers, loop.schedulers)
 
 
