@@ -436,6 +436,12 @@ def test_a_judge_that_prefers_one_source_is_not_shown_to_beat_a_coin(tmp_path):
     assert other.exit_code == 2 and "was trained on other prompts than this split" in other.output
     none = runner.invoke(app, ["rm", str(data), "--out", str(tmp_path / "none"), "--measure-only"])
     assert none.exit_code == 2 and "holds no reward model bpo wrote" in none.output
+    from bpo.train.rm import rm_lock  # one writer: a folder another bpo rm holds is refused, training or measuring
+
+    with rm_lock(out):
+        for extra in ([], ["--measure-only"]):
+            busy = runner.invoke(app, ["rm", str(data), "--out", str(out), "--max-length", "64", *split, *extra])
+            assert busy.exit_code == 2 and f"reward model {out} is in use by pid" in busy.output
 
 
 def test_a_judge_that_reads_only_lengths_is_warned():

@@ -323,7 +323,15 @@ class FolderLock:
     ``wait=True`` blocks until the holder is done (for shared caches); otherwise a held lock is an error.
     """
 
-    def __init__(self, folder: str | Path, what: str = "run folder", wait: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        what: str = "run folder",
+        wait: bool = False,
+        fix: str = "or use another output_dir",
+        guards: str | Path | None = None,
+    ):
+        """``guards``: the folder a refusal names, when the lock lies beside it rather than in it."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / ".lock"
@@ -335,8 +343,7 @@ class FolderLock:
             holder = self._file.read().strip() or "another process"
             self._file.close()
             raise FolderInUseError(
-                f"{what} {self.folder} is in use by {holder}; wait for it to finish or stop it, "
-                "or use another output_dir"
+                f"{what} {guards or self.folder} is in use by {holder}; wait for it to finish or stop it, {fix}"
             ) from None
         self._file.seek(0)
         self._file.truncate()

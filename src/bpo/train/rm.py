@@ -43,6 +43,12 @@ from bpo.model.policy import default_device
 from bpo.train.rm_measure import HELDOUT_FILE, measured, pair_scores, remeasure, rm_warnings
 
 
+def rm_lock(out: Path) -> FolderLock:
+    """One writer per reward-model folder: a lock beside ``out`` (not in it: ``out`` is replaced whole at the end).
+    The ``.NAME.lock`` folder stays after a run; deleting a lock file another process waits on would let two in."""
+    return FolderLock(out.parent / f".{out.name}.lock", "reward model", fix="or use another --out", guards=out)
+
+
 def split_pairs(
     pairs: list[PreferenceRecord],
     part: tuple[int, int],
@@ -181,7 +187,7 @@ def train_rm(
         say(
             f"left out {split['pairs_excluded']} pairs on {split['prompts_excluded']} prompts of part {part}: --exclude"
         )
-    lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
+    lock = rm_lock(out)
     torch.manual_seed(s.seed)
     model, tokenizer, src = load_backbone(s.model, s.seed)
     _set_pad(tokenizer, model)
@@ -226,7 +232,7 @@ def measure_saved(
     check_out(out, False, True)
     pairs, _ = _with_preference(pairs)
     _, held, split = split_pairs(pairs, s.check(), s.holdout, s.split_seed, exclude)
-    lock = FolderLock(out.parent / f".{out.name}.lock", f"reward model {out}")
+    lock = rm_lock(out)
     try:
         return remeasure(out, held, split, s, progress)
     finally:
