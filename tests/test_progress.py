@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from bpo.progress import Lines, StepClock, step_line
+from bpo.progress import Lines, StepClock, bar_text, step_line
 
 
 def test_the_step_eta_does_not_count_a_phase_sampling_as_step_time():
@@ -37,3 +37,7 @@ def test_a_step_with_no_pairs_to_train_says_so_instead_of_a_nan_loss():
     assert "no pairs to train (identical, tied or unlabelled): no update" in line
     trained = step_line({**m, "pairs/kept": 16, "pairs/identical": 0, "loss": 0.69, "rewards/margins": 0.01}, 3, 30.0)
     assert "loss 0.6900 margin 0.0100" in trained
+    # the terminal's bar too ("training loss nan" was left on it)
+    assert bar_text(m) == "training (no pairs: no update)" and bar_text({**m, "pairs/kept": 3, "loss": 0.5}) == (
+        "training loss 0.500"
+    )

@@ -87,6 +87,13 @@ class Lines:
         self.update(task, advance=advance)
 
 
+def bar_text(m: dict) -> str:
+    """The progress bar's description after a step."""
+    if m.get("pairs/kept", 1) == 0:
+        return "training (no pairs: no update)"
+    return f"training loss {m.get('loss', float('nan')):.3f}"
+
+
 def step_line(m: dict, steps: int, eta: float) -> str:
     """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
     if m.get("pairs/kept", 1) == 0:  # the step's means are over no pairs (nan), which is not a divergence

@@ -41,7 +41,7 @@ from bpo.errors import ConfigError, Interrupted
 from bpo.eval.evaluation import evaluate_run, print_result
 from bpo.eval.report import load_run, run_warnings, write_report
 from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_json
-from bpo.progress import Bars, Lines, LogConsole, StepClock, progress_bar, step_line
+from bpo.progress import Bars, Lines, LogConsole, StepClock, bar_text, progress_bar, step_line
 from bpo.train.checkpoint import (
     clean_leftovers,
     has_checkpoint,
@@ -158,7 +158,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
         if acc.is_main_process:
             append_lines(run.out / "metrics.jsonl", [json.dumps(metrics)])
             loop.trackers.log(metrics, step + 1)
-            progress.update(bar, advance=1, description=f"training loss {metrics.get('loss', float('nan')):.3f}")
+            progress.update(bar, advance=1, description=bar_text(metrics))
             clock.add(metrics)
             phases_left = sum(b > step for b in bounds[:-1])
             progress.line(step_line(metrics, t.steps, clock.eta(t.steps - step - 1, phases_left)))
