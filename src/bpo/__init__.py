@@ -1,8 +1,11 @@
 """bpo: online preference alignment with BPO (behavior-anchored DPO/IPO/SLiC) and LoRA ensembles."""
 
+import functools
+
 __version__ = "0.1.0"
 
 
+@functools.cache  # the code this process loaded: asked again at a run's end, git would name a later commit
 def code_version() -> str:
     """The code a result was made with: bpo's version and, installed from a git checkout, its commit
     (and a mark when src/ differs from it), so a published run can name what produced it."""

@@ -226,6 +226,7 @@ def train(
     ``on_step(run, step, metrics)`` is called after every step (logging, inspection, tests).
     """
     console, out, started = console or LogConsole(), Path(cfg.output_dir), time.time()
+    code_version()  # asked now, when the code is loaded; run.json says it at the end
     check_before_loading(cfg, evaluate)
     acc = Accelerator(cpu=cfg.device == "cpu")
     if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
