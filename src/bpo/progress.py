@@ -87,16 +87,21 @@ class Lines:
         self.update(task, advance=advance)
 
 
+def trained_nothing(m: dict) -> bool:
+    """A step whose means are over no pairs (nan): no update was made, which is not a divergence."""
+    return m.get("pairs/kept", 1) == 0
+
+
 def bar_text(m: dict) -> str:
     """The progress bar's description after a step."""
-    if m.get("pairs/kept", 1) == 0:
+    if trained_nothing(m):
         return "training (no pairs: no update)"
     return f"training loss {m.get('loss', float('nan')):.3f}"
 
 
 def step_line(m: dict, steps: int, eta: float) -> str:
     """One step for a log: where the run is, how training goes, what it has spent, when it ends."""
-    if m.get("pairs/kept", 1) == 0:  # the step's means are over no pairs (nan), which is not a divergence
+    if trained_nothing(m):
         how = "no pairs to train (identical, tied or unlabelled): no update"
     else:
         how = (

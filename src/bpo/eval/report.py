@@ -16,6 +16,7 @@ import yaml
 
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, write_text_atomic
+from bpo.progress import trained_nothing
 from bpo.registry import ANNOTATOR_KINDS
 from bpo.stats import accuracy_text, at_chance
 
@@ -148,7 +149,7 @@ def tie_warning(result: dict, what: str) -> list[str]:
 def run_warnings(metrics: list[dict], ev: dict, steps: int) -> list[str]:
     """What makes a run's figures mean little: most steps trained on no pair, or win rates made of ties."""
     out = []
-    idle = sum(m.get("pairs/kept", 1) == 0 for m in metrics)
+    idle = sum(map(trained_nothing, metrics))
     if idle * 2 > steps:
         out.append(
             f"warning: {idle} of {steps} steps trained on no pair (every pair a tie, identical, invalid or "
