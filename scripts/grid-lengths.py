@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 
-def rows(grid: Path, method: str) -> list[dict]:
-    out = []
-    for items in sorted((grid / method).glob("seed*/eval_items.jsonl.gz")):
+def rows(grid: Path, method: str) -> tuple[list[dict], int]:
+    """A method's eval items over its seeds, and how many seeds."""
+    files, out = sorted((grid / method).glob("seed*/eval_items.jsonl.gz")), []
+    for items in files:
         with gzip.open(items, "rt") as f:
             out += [json.loads(line) for line in f if line.strip()]
-    return out
+    return out, len(files)
 
 
 def main(grid: Path) -> None:
@@ -29,8 +30,7 @@ def main(grid: Path) -> None:
     print("| method | seeds | items | chars, start -> trained | r(length, gold), trained | r(gain, length change) |")
     print("| --- | ---: | ---: | --- | ---: | ---: |")
     for m in methods:
-        rs = rows(grid, m)
-        seeds = len(list((grid / m).glob("seed*/eval_items.jsonl.gz")))
+        rs, seeds = rows(grid, m)
         start = [len(r["start_response"]) for r in rs]
         trained = [len(r["trained_response"]) for r in rs]
         r_len = statistics.correlation(trained, [r["trained"] for r in rs])

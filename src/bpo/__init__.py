@@ -21,8 +21,8 @@ def code_version() -> str:
 
     try:
         head, dirty = git("rev-parse", "--short=7", "HEAD").strip(), git("status", "--porcelain", "--", "src").strip()
-    except (OSError, subprocess.SubprocessError):  # no git program: the version alone
-        return f"bpo {__version__}"
-    if not head:
+    except (OSError, subprocess.SubprocessError):  # no git program
+        head = ""
+    if not head:  # the version alone
         return f"bpo {__version__}"
     return f"bpo {__version__} {head}" + (" +uncommitted changes in src/" if dirty else "")
