@@ -5,6 +5,7 @@ import threading
 from http.server import HTTPServer
 
 import pytest
+import torch
 from conftest import tiny_config
 from test_judges import Server
 from typer.testing import CliRunner
@@ -240,6 +241,9 @@ def test_compare_two_methods_then_resume(tmp_path):
 
     code = json.loads((out / "bpo-fT" / "seed0" / "run.json").read_text())["code"]
     assert code == code_version() and f"Code of the runs (`run.json`): {code} (2 runs)." in report
+    threads = torch.get_num_threads()  # CPU results differ in the last digits with the thread count
+    assert json.loads((out / "bpo-fT" / "seed0" / "run.json").read_text())["torch_threads"] == threads
+    assert f"Torch threads of the runs: {threads} (2 runs)." in report
     assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
     # every eval item keeps the responses that were judged, and their scores are the judge's
     task = QuickstartTask(0)

@@ -256,16 +256,20 @@ def _annotator(cfg) -> str:
 
 
 def _made_by(runs: dict[str, list[dict]]) -> list[str]:
-    """The judge, the annotator and the code (run.json's ``code``; older runs did not record it) of the runs."""
+    """The judge, the annotator, the code and the torch threads (run.json; older runs lack them) of the runs."""
     every = [r for rs in runs.values() for r in rs]
-    codes = Counter(r["run"].get("code", "not recorded") for r in every)
+
+    def counted(key: str) -> str:
+        counts = Counter(str(r["run"].get(key, "not recorded")) for r in every)
+        return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in sorted(counts.items()))
+
     return [
         f"Judge of the scores: {', '.join(sorted({r['eval'].get('judge', '?') for r in every}))}; "
         f"annotator: {', '.join(sorted({_annotator(r['config']) for r in every}))}.",
         "",
-        "Code of the runs (`run.json`): "
-        + ", ".join(f"{code} ({n} run{'s' if n > 1 else ''})" for code, n in sorted(codes.items()))
-        + ".",
+        f"Code of the runs (`run.json`): {counted('code')}.",
+        "",
+        f"Torch threads of the runs: {counted('torch_threads')}.",
     ]
 
 

@@ -196,6 +196,7 @@ def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume:
             "steps": run.cfg.train.steps,
             "resumed": resume,
             "code": code_version(),  # which commit made this result
+            "torch_threads": torch.get_num_threads(),  # CPU results differ in the last digits with it
         }
         if torch.cuda.is_available():
             info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
