@@ -245,6 +245,7 @@ def test_compare_two_methods_then_resume(tmp_path):
     assert json.loads((out / "bpo-fT" / "seed0" / "run.json").read_text())["torch_threads"] == threads
     assert f"Torch threads of the runs: {threads} (2 runs)." in report
     assert (out / "win_rate.png").stat().st_size > 1000 and (out / "curves.png").exists()
+    assert "the thin lines of its colour each seed" in report
     # every eval item keeps the responses that were judged, and their scores are the judge's
     task = QuickstartTask(0)
     for row in map(json.loads, (out / "bpo-fT" / "seed0" / "eval_items.jsonl").read_text().splitlines()):

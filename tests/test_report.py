@@ -1,5 +1,6 @@
 """Every run writes report.md + curves.png; bpo report overlays runs."""
 
+import pytest
 from conftest import tiny_config
 from PIL import Image
 from typer.testing import CliRunner
@@ -92,3 +93,22 @@ def test_the_code_version_names_the_commit_of_a_git_checkout(monkeypatch):
     # asked once per process: a run that finishes after a later commit still names the code it loaded
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("git asked again")))
     assert bpo.code_version() == want
+
+
+def test_grid_curves_draw_each_seed_under_the_mean(tmp_path, monkeypatch):
+    """A grid's curves show the spread over seeds (a drifting seed must be visible, not averaged away)."""
+    import matplotlib.pyplot as plt
+
+    from bpo.eval.report import plot
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    runs = [[{"step": s, "phase": 0, "loss": 0.7 - 0.01 * s * seed} for s in (1, 2, 3)] for seed in range(3)]
+    plot({"a": runs, "b": runs[:2]}, tmp_path / "c.png", keys=[("loss", "loss")], each_run=True)
+    lines = drawn[0].axes[0].get_lines()
+    assert len(lines) == 3 + 1 + 2 + 1  # every seed, then the mean, per method
+    means = [ln for ln in lines if ln.get_label() in ("a", "b")]
+    assert [list(ln.get_ydata()) for ln in means][0] == pytest.approx([0.69, 0.68, 0.67])
+    thin = [ln for ln in lines if ln not in means]
+    assert {round(ln.get_alpha(), 2) for ln in thin} == {0.25} and all(ln.get_label().startswith("_") for ln in thin)
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -326,7 +326,7 @@ def report(
     for kind in sorted(kinds):  # a judge that can say why it scored as it did
         section = ANNOTATOR_KINDS.get(kind).report
         lines += section(runs) if section else []
-    lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", ""]
+    lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", "", CURVES_NOTE, ""]
     _plot_win_rates(summary, out / "win_rate.png")
     _plot_curves(runs, out / "curves.png")
     path = out / "report.md"
@@ -365,11 +365,15 @@ def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+CURVES_NOTE = "Training curves: the thick line is the mean over seeds, the thin lines of its colour each seed."
+
+
 def _plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
     keys = [
-        ("score/behavior_samples", "gold score of the sampled pairs, mean over seeds"),
-        ("loss", "loss (member mean), mean over seeds"),
-        ("kl/behavior", "KL(behavior || policy), mean over seeds"),
-        ("kl/behavior_to_sft", "KL(behavior || SFT), mean over seeds"),
+        ("score/behavior_samples", "gold score of the sampled pairs"),
+        ("loss", "loss (member mean)"),
+        ("kl/behavior", "KL(behavior || policy)"),
+        ("kl/behavior_to_sft", "KL(behavior || SFT)"),
     ]
-    plot({method: [r["metrics"] for r in rs] for method, rs in runs.items()}, path, keys, phase_marks=False)
+    series = {method: [r["metrics"] for r in rs] for method, rs in runs.items()}
+    plot(series, path, keys, phase_marks=False, each_run=True)

@@ -72,9 +72,12 @@ def load_run(folder: str | Path) -> dict:
     }
 
 
-def plot(series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_marks: bool = True) -> None:
+def plot(
+    series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_marks: bool = True, each_run: bool = False
+) -> None:
     """One panel per metric; each label's curve is the mean of its runs (seeds), dotted lines at its
-    phase starts when it has one run."""
+    phase starts when it has one run. ``each_run``: every run also drawn thin in the label's colour, so
+    that one seed that drifts shows instead of being averaged away."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,6 +95,8 @@ def plot(series: dict[str, list[list[dict]]], path: Path, keys=CURVES, phase_mar
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(np.array(curves, dtype=float), axis=0)
             line = ax.plot(steps, mean, label=label)[0]
+            for curve in curves if each_run and len(curves) > 1 else []:
+                ax.plot(steps, curve, color=line.get_color(), lw=0.7, alpha=0.25)
             if phase_marks and len(runs) == 1:
                 starts = [m["step"] for j, m in enumerate(runs[0]) if j == 0 or m["phase"] != runs[0][j - 1]["phase"]]
                 for s in starts[1:]:
