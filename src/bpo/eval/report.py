@@ -94,7 +94,7 @@ def plot(
             with warnings.catch_warnings():  # a step no run logged this metric at is a gap, not a warning
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(np.array(curves, dtype=float), axis=0)
-            line = ax.plot(steps, mean, label=label)[0]
+            line = ax.plot(steps, mean, label=label, zorder=3)[0]  # above its seeds' thin lines
             for curve in curves if each_run and len(curves) > 1 else []:
                 ax.plot(steps, curve, color=line.get_color(), lw=0.7, alpha=0.25)
             if phase_marks and len(runs) == 1:
