@@ -398,3 +398,16 @@ def test_a_grid_publishes_each_run_as_it_finishes(tmp_path):
     assert res.exit_code == 2 and "bpo-fT seed 0 failed" in res.output
     assert (pub / "offline-dpo" / "seed0" / "eval.json").exists()
     assert "| offline-dpo | 1 |" in (pub / "report.md").read_text()
+
+
+def test_the_drift_table_prints_no_negative_zero():
+    """At F = 1 the behavior model is the SFT: its KL to the SFT is 0 up to float noise of either sign, and a
+    reader should not meet "-0.00" for a divergence."""
+    import numpy as np
+
+    from bpo.eval.grid_report import _drift
+
+    run = {"metrics": [{"kl/behavior_to_sft": -3e-7, "kl/behavior": 8.6349}], "items": {"trained": np.ones(2)}}
+    run["items"]["start"] = np.array([0.5, 1.5])
+    row = _drift({"offline-dpo": [run]})[2].split(" | ")
+    assert row[4:] == ["0.00", "8.63 |"], row

@@ -173,7 +173,8 @@ def _drift(runs: dict[str, list[dict]]) -> list[str]:
 
     def last(rs: list[dict], key: str) -> str:
         values = [r["metrics"][-1].get(key) if r["metrics"] else None for r in rs]
-        return ", ".join("n/a" if v is None else f"{v:.2f}" for v in values)
+        # + 0.0 turns a -0.0 from rounding float noise (F = 1: the behavior model is the SFT) into 0.00
+        return ", ".join("n/a" if v is None else f"{round(v, 2) + 0.0:.2f}" for v in values)
 
     lines = [
         "| method | seeds | gold gain per seed | seeds worse than their start | last step's KL(behavior \\|\\| SFT) "
