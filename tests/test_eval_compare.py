@@ -411,3 +411,17 @@ def test_the_drift_table_prints_no_negative_zero():
     run["items"]["start"] = np.array([0.5, 1.5])
     row = _drift({"offline-dpo": [run]})[2].split(" | ")
     assert row[4:] == ["0.00", "8.63 |"], row
+
+
+def test_the_drift_table_reads_the_last_step_that_measured_a_kl():
+    """A last step whose sampled pairs were all identical or tied trains on nothing and measures no KL; the
+    table then shows the latest step that did (marked with its step), not "n/a" for the whole run."""
+    import numpy as np
+
+    from bpo.eval.grid_report import _drift
+
+    metrics = [{"step": 15, "kl/behavior_to_sft": 5.644, "kl/behavior": 1.351}, {"step": 16, "pairs/kept": 0.0}]
+    run = {"metrics": metrics, "items": {"trained": np.ones(2), "start": np.zeros(2)}}
+    never = {"metrics": [{"step": 16, "pairs/kept": 0.0}], "items": {"trained": np.ones(2), "start": np.zeros(2)}}
+    row = _drift({"bpo-f2": [run, never]})[2].split(" | ")
+    assert row[4:] == ["5.64 (step 15), n/a", "1.35 (step 15), n/a |"], row

@@ -172,9 +172,18 @@ def _drift(runs: dict[str, list[dict]]) -> list[str]:
     (the paper's claim that one LoRA drifts where an ensemble does not is about this)."""
 
     def last(rs: list[dict], key: str) -> str:
-        values = [r["metrics"][-1].get(key) if r["metrics"] else None for r in rs]
-        # + 0.0 turns a -0.0 from rounding float noise (F = 1: the behavior model is the SFT) into 0.00
-        return ", ".join("n/a" if v is None else f"{round(v, 2) + 0.0:.2f}" for v in values)
+        cells = []
+        for r in rs:
+            # a step whose pairs were all identical or tied trains on nothing and measures no KL: take the latest
+            # step that did, and say which
+            rows = [m for m in r["metrics"] if m.get(key) is not None]
+            if not rows:
+                cells.append("n/a")
+                continue
+            # + 0.0 turns a -0.0 from rounding float noise (F = 1: the behavior model is the SFT) into 0.00
+            cell = f"{round(rows[-1][key], 2) + 0.0:.2f}"
+            cells.append(cell if rows[-1] is r["metrics"][-1] else f"{cell} (step {rows[-1].get('step', '?')})")
+        return ", ".join(cells)
 
     lines = [
         "| method | seeds | gold gain per seed | seeds worse than their start | last step's KL(behavior \\|\\| SFT) "
@@ -191,7 +200,8 @@ def _drift(runs: dict[str, list[dict]]) -> list[str]:
         "",
         "Per seed. KL(behavior || SFT): how far the model that sampled the last phase's pairs had moved from the "
         "SFT (0 at F = 1, where it is the SFT); KL(behavior || policy): how far the policy then was from that "
-        "sampler (at F = 1, from the SFT itself). Nats per response, on the last step's sampled pairs.",
+        "sampler (at F = 1, from the SFT itself). Nats per response, on the last step's sampled pairs (an earlier "
+        "step, named, where the last kept none).",
     ]
 
 
