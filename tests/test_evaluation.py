@@ -81,6 +81,10 @@ def test_a_claims_verdict_says_only_what_its_interval_supports():
     assert verdict([0.01, 0.02, 0.03]) == "does not hold at 3 seeds: no gap of 0.15 or more, +0.02 [-0.00, +0.04]"
     assert verdict([0.01, 0.02, 0.03], margin=0.01).startswith("not settled")
     assert verdict([0.5]) == "not settled at 1 seed (no interval)"
+    # B ahead, but inside the margin (TR-DPO soft and BPO F = T at beta 0.1 differ by 0.0003 on both seeds): say
+    # that the gap is negligible, not just who is ahead; [-0.085, -0.035]
+    said = verdict([-0.05, -0.06, -0.07])
+    assert said == "does not hold at 3 seeds: the other is ahead, by less than 0.15, -0.06 [-0.08, -0.04]", said
 
 
 def test_prompt_bootstrap_resamples_a_prompt_with_all_its_seeds():

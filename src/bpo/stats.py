@@ -192,9 +192,9 @@ def summarize(outcomes: Sequence[float], judge: str | None = None, n_boot: int =
 
 def verdict(per_seed: Sequence[float], margin: float = 0.15) -> str:
     """What the paired per-seed gaps of a claim "A beats B" (A minus B, one per seed) support, in words:
-    ``holds`` when the 95% t interval lies above 0; ``does not hold`` when it lies below 0 (B is ahead) or
-    inside +/- ``margin`` (no gap of that size); else ``not settled``, with the smallest gap these seeds
-    would detect (:func:`detectable_difference`)."""
+    ``holds`` when the 95% t interval lies above 0; ``does not hold`` when it lies below 0 (B is ahead; "by
+    less than" ``margin`` when inside it too) or inside +/- ``margin`` (no gap of that size); else ``not
+    settled``, with the smallest gap these seeds would detect (:func:`detectable_difference`)."""
     d = seed_mean_ci(per_seed)
     n, lo, hi = d["n"], d["ci_low"], d["ci_high"]
     interval = f"{d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
@@ -203,7 +203,8 @@ def verdict(per_seed: Sequence[float], margin: float = 0.15) -> str:
     if lo > 0:
         return f"holds at {n} seeds: {interval}"
     if hi < 0:
-        return f"does not hold at {n} seeds: the other is ahead, {interval}"
+        by = f", by less than {margin:.2f}" if lo > -margin else ""  # a negligible gap, not just who is ahead
+        return f"does not hold at {n} seeds: the other is ahead{by}, {interval}"
     if -margin < lo and hi < margin:
         return f"does not hold at {n} seeds: no gap of {margin:.2f} or more, {interval}"
     return f"not settled at {n} seeds: {interval}; detectable difference {detectable_difference(per_seed):.2f}"
