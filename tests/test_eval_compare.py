@@ -3,6 +3,7 @@
 import json
 import threading
 from http.server import HTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,6 +224,22 @@ def test_every_compare_method_is_a_valid_config_at_equal_budget():
         assert cfg.train.steps * cfg.train.batch_size == 128, method  # the budget is the preset's
         k = {"k1": 1, "k5": 5}.get(method.rsplit("-", 1)[-1], 2)
         assert len(cfg.sft.seeds) == k, method
+
+
+def test_methods_of_another_ensemble_size_get_their_own_sft_cache(tmp_path):
+    """`claims.sh ensemble` stopped at its first run: bpo-f2-k1 was given the grid's K = 2 SFT cache and refused it."""
+    from bpo.eval.compare import train_args
+
+    def cache(method):
+        args = train_args("quickstart", [], method, 0, tmp_path, 16)
+        cfg = load_config(args[0], args[1:])
+        return Path(cfg.sft_dir), len(cfg.sft.seeds)
+
+    shared = {cache(m) for m in ("offline-dpo", "online-dpo-sft", "bpo-f2", "bpo-fT", "tr-dpo-soft", "simpo")}
+    assert shared == {(tmp_path / "sft", 2)}  # the grid's own setting: one cache, as the existing grids have it
+    k1, k5 = cache("bpo-f2-k1"), cache("bpo-f2-k5")
+    assert k1[1] == 1 and k5[1] == 5 and len({k1[0], k5[0], tmp_path / "sft"}) == 3
+    assert cache("bpo-fT-k1") == k1 and cache("bpo-fT-k5") == k5  # the same SFT setting shares its cache
 
 
 def test_compare_two_methods_then_resume(tmp_path):

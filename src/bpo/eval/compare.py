@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bpo.config import load_config
+from bpo.config import load_config, sft_key
 from bpo.errors import BpoError, Interrupted
 from bpo.registry import ANNOTATOR_KINDS
 
@@ -134,21 +134,30 @@ def run_grid(
     return folders
 
 
-def run_one(config: str, overrides: list[str], method: str, seed: int, out: Path, steps: int, log=print) -> None:
-    """One run of the grid, ``bpo train`` in its own process, resumed from its checkpoint if it has one; an
-    Interrupted or GridError line when it does not end well."""
-    folder = out / method / f"seed{seed}"
+def train_args(config: str, overrides: list[str], method: str, seed: int, out: Path, steps: int) -> list[str]:
+    """``bpo train``'s arguments for one run of the grid. Runs share one SFT cache per SFT setting: ``out/sft``
+    for the grid's own, ``out/sft-<key>`` for a method that changes it (K = 1 or 5 members, say)."""
     quarter = str(max(1, steps // 4))
     extra = [o.replace("{T/4}", quarter).replace("{T}", str(steps)) for o in METHODS[method]]
-    args = [
+    key = sft_key(load_config(config, [*overrides, *extra]))
+    sft = out / "sft" if key == sft_key(load_config(config, overrides)) else out / f"sft-{key}"
+    folder = out / method / f"seed{seed}"
+    return [
         config,
         *overrides,
         *extra,
         f"train.seed={seed}",
         f"output_dir={folder}",
-        f"sft_dir={out / 'sft'}",
+        f"sft_dir={sft}",
         "train.log_kl_sft=true",
     ]
+
+
+def run_one(config: str, overrides: list[str], method: str, seed: int, out: Path, steps: int, log=print) -> None:
+    """One run of the grid, ``bpo train`` in its own process, resumed from its checkpoint if it has one; an
+    Interrupted or GridError line when it does not end well."""
+    folder = out / method / f"seed{seed}"
+    args = train_args(config, overrides, method, seed, out, steps)
     cmd = [sys.executable, "-m", "bpo.cli", "train"]
     cmd += ["--resume", str(folder), *args[1:]] if (folder / "checkpoints" / "latest").exists() else args
     log(f"{method} seed {seed}: running")
