@@ -1,6 +1,7 @@
 """bpo eval (every judge, external files) and bpo compare (grid, resume) on tiny models."""
 
 import json
+import shlex
 import threading
 from http.server import HTTPServer
 from pathlib import Path
@@ -298,6 +299,12 @@ def test_compare_two_methods_then_resume(tmp_path):
     want = tables((out / "report.md").read_text())
     assert want and tables((pub / "report.md").read_text()) == want
     assert "--report-only --out" in (pub / "report.md").read_text()
+    # the command the page names rebuilds the same page: it still names the command that ran the grid
+    published = (pub / "report.md").read_text()
+    again = published.split("Rebuilt from the raw files beside this report (`*/seed*/`) with: `bpo ")[1].split("`")[0]
+    res = runner.invoke(app, shlex.split(again))
+    assert res.exit_code == 0, res.output
+    assert (pub / "report.md").read_text() == published
     from bpo.train.ledger import AnnotationLog
 
     ledger = AnnotationLog(out / "bpo-fT" / "seed0" / "annotations.jsonl")
@@ -316,8 +323,12 @@ def test_compare_two_methods_then_resume(tmp_path):
     res = runner.invoke(app, [*again, "--seeds", "0", *claim])
     assert res.exit_code == 0, res.output
     assert tables((pub / "report.md").read_text()) == want
-    # the rebuilt report names the command that rebuilt it, not one that would train into the published folder
-    assert f"Command: `bpo compare quickstart --report-only --out {pub} " in (pub / "report.md").read_text()
+    # the rebuilt report names the command that ran the grid and the one that rebuilt it, never one that would
+    # train into the published folder
+    rebuilt = (pub / "report.md").read_text()
+    assert f"Command: `bpo compare quickstart {' '.join(over)} --out {out} --methods offline-dpo,bpo-fT" in rebuilt
+    assert f"with: `bpo compare quickstart --report-only --out {pub} " in rebuilt
+    assert f"`bpo compare quickstart --out {pub}" not in rebuilt
     shutil.move(tmp_path / "gone", out)
     # a seed published by an earlier call (here a copy named seed1) joins the report of a later one
     for m in ("offline-dpo", "bpo-fT"):
@@ -326,8 +337,6 @@ def test_compare_two_methods_then_resume(tmp_path):
     assert res.exit_code == 0, res.output
     joined = (pub / "report.md").read_text()
     rebuild = joined.split("with: `")[1].split("`")[0]
-    import shlex
-
     words = list(shlex.shlex(rebuild, posix=True, punctuation_chars=True))  # as a shell splits it: > redirects
     assert "| bpo-fT | 2 |" in joined and "--seeds 0,1 --claims" in rebuild
     assert words[-2:] == ["--claims", "bpo-fT>offline-dpo"]
@@ -442,3 +451,40 @@ def test_the_drift_table_reads_the_last_step_that_measured_a_kl():
     never = {"metrics": [{"step": 16, "pairs/kept": 0.0}], "items": {"trained": np.ones(2), "start": np.zeros(2)}}
     row = _drift({"bpo-f2": [run, never]})[2].split(" | ")
     assert row[4:] == ["5.64 (step 15), n/a", "1.35 (step 15), n/a |"], row
+
+
+def test_each_start_model_gets_its_own_start_lines():
+    """The ensemble grid's K = 1, 2, 5 start from three SFT ensembles: the report's start lines described the
+    first method's start for every method."""
+    import numpy as np
+
+    from bpo.eval.grid_report import _start_standing
+    from bpo.tasks.quickstart import breakdown
+
+    cfg = load_config("quickstart")
+    ids = [r.id for r in QuickstartTask(cfg.data.seed).prompts("eval", 4)]
+
+    def run(seed: int, start: str, start_score: float) -> dict:
+        rows = [{"id": i, "start_response": start, "trained_response": "x"} for i in ids]
+        items = {"start": np.full(4, start_score), "trained": np.zeros(4), "reference": np.full(4, 0.5)}
+        return {"seed": seed, "config": cfg, "rows": rows, "items": items}
+
+    one_word, three_words = "alpha", "alpha beta gamma"
+    runs = {
+        "k1": [run(0, one_word, 1.0), run(1, one_word, 1.0)],
+        "k2": [run(0, three_words, 0.0)],
+        "k2-other-rule": [run(0, three_words, 0.0)],
+    }
+    standing = " ".join(_start_standing(runs))
+    said = "(its SFT ensemble's greedy responses) beats the human reference on: the judge"
+    assert f"The start model of k1 {said} 1.00" in standing
+    assert f"The start model of k2, k2-other-rule {said} 0.00" in standing
+    starts = [x.split(" | ") for x in breakdown(runs) if x.startswith("| start")]
+    assert [(x[0], x[5]) for x in starts] == [
+        ("| start of k1 (SFT)", "1.0"),
+        ("| start of k2, k2-other-rule (SFT)", "3.0"),
+    ]
+
+    one = {"k2": runs["k2"], "k2-other-rule": runs["k2-other-rule"]}  # one start: the lines as before
+    assert "The start model (the SFT ensemble's greedy responses) beats" in " ".join(_start_standing(one))
+    assert [x.split(" | ")[0] for x in breakdown(one) if x.startswith("| start")] == ["| start (SFT)"]

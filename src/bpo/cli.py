@@ -213,17 +213,19 @@ def compare(
     """Methods x seeds at equal annotation budget; writes OUT/report.md and plots. Resumable."""
     from bpo.eval.compare import run_grid
     from bpo.eval.grid_report import report
-    from bpo.eval.publish import publish_grid
+    from bpo.eval.publish import grid_command, publish_grid
 
     config, *args = args if args and "=" not in args[0] else ["quickstart", *(args or [])]
-    listed = f"--out {out} --methods {methods} --seeds {seeds}"
-    command = " ".join(["bpo compare", config, *args, *(["--report-only"] if report_only else []), listed])
-    command += f" --claims '{claims}'" if claims else ""
+    listed = f"--out {out} --methods {methods} --seeds {seeds}" + (f" --claims '{claims}'" if claims else "")
+    ran = " ".join(["bpo compare", config, *args, listed])  # the command that runs the grid
+    command = ran.replace(f" {listed}", f" --report-only {listed}") if report_only else ran
     seed_list, method_list = [int(s) for s in seeds.split(",")], methods.split(",")
-    published = functools.partial(publish_grid, out, publish, config, seed_list, method_list, command, claims)
+    published = functools.partial(publish_grid, out, publish, config, seed_list, method_list, ran, claims)
     if not report_only:  # published after every finished run too: a stopped grid keeps what it ran
         run_grid(config, args, method_list, seed_list, out, console.print, claims, published if publish else None)
-    console.print(f"report: {report(out, command, seed_list, method_list, claims=claims)}")
+    stored = grid_command(out) if report_only else None  # a published grid: the page names what ran it
+    rebuilt = report(out, stored or command, seed_list, method_list, command if stored else "", claims)
+    console.print(f"report: {rebuilt}")
     if publish:
         console.print(f"published: {published()}")
 

@@ -208,3 +208,17 @@ def verdict(per_seed: Sequence[float], margin: float = 0.15) -> str:
     if -margin < lo and hi < margin:
         return f"does not hold at {n} seeds: no gap of {margin:.2f} or more, {interval}"
     return f"not settled at {n} seeds: {interval}; detectable difference {detectable_difference(per_seed):.2f}"
+
+
+def start_groups(runs: dict[str, list[dict]]) -> list[tuple[list[str], dict]]:
+    """A grid's methods grouped by the model they start from, in order of first appearance: runs with the same
+    start responses (their scores where the text is not kept) share a start; methods with another SFT
+    ensemble (K = 1, 5) do not. Each group: (its methods, one of its runs). ``runs``: method -> runs as
+    ``bpo.eval.grid_report`` loads them (``rows``: eval items; ``items``: score arrays)."""
+    groups: dict[tuple, tuple[list[str], dict]] = {}
+    for method, rs in runs.items():
+        for r in rs:
+            key = tuple(row.get("start_response", s) for row, s in zip(r["rows"], r["items"]["start"]))
+            methods = groups.setdefault(key, ([], r))[0]
+            methods += [] if method in methods else [method]
+    return list(groups.values())

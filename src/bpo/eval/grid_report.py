@@ -206,27 +206,26 @@ def _drift(runs: dict[str, list[dict]]) -> list[str]:
 
 
 def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
-    """How the start model (the same SFT responses in every run) fares against the human reference, by the
-    judge and by the annotator: a method's win rate means little if the start already wins most prompts."""
-    from bpo.stats import win_rate
+    """How each start model (the SFT responses every run of a method begins from) fares against the human
+    reference, by the judge and by the annotator: a method's win rate means little if its start already wins."""
+    from bpo.stats import start_groups, win_rate
 
-    items = next(iter(runs.values()))[0]["items"]
-    if "reference" not in items:
-        return []
+    groups, lines = start_groups(runs), []
     views = [
         ("the judge", "start", "reference"),
         ("the annotator (the paper's protocol)", "annotator_start", "annotator_reference"),
     ]
-    said = [
-        f"{who} {w['win_rate']:.2f} {_ci(w, '.2f')}"
-        for who, a, b in views
-        if a in items and b in items
-        for w in [win_rate(items[a], items[b])]
-    ]
-    return [
-        "",
-        f"The start model (the SFT ensemble's greedy responses) beats the human reference on: {'; '.join(said)}.",
-    ]
+    for methods, run in groups:
+        items = run["items"]
+        said = [
+            f"{who} {w['win_rate']:.2f} {_ci(w, '.2f')}"
+            for who, a, b in views
+            if a in items and b in items
+            for w in [win_rate(items[a], items[b])]
+        ]
+        whose = "(the SFT ensemble's" if len(groups) == 1 else f"of {', '.join(methods)} (its SFT ensemble's"
+        lines += ["", f"The start model {whose} greedy responses) beats the human reference on: {'; '.join(said)}."]
+    return lines if "reference" in groups[0][1]["items"] else []
 
 
 def _judges_agree(runs: dict[str, list[dict]]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from bpo.io import read_jsonl, write_json
 COPIED = ("config.yaml", "run.json", "eval.json")
 PACKED = ("metrics.jsonl", "eval_items.jsonl")
 LEDGER = "ledger-summary.json"
+GRID = "grid.json"  # the command that ran the grid
 
 
 def ledger_summary(path: Path) -> dict:
@@ -75,7 +77,15 @@ def publish_grid(
     every = sorted({int(f.name.removeprefix("seed")) for m in methods for f in (dest / m).glob("seed*")})
     listed = f"--methods {','.join(methods)} --seeds {','.join(map(str, every))}"
     again = f"bpo compare {config} --report-only --out {dest} {listed}" + (f" --claims '{claims}'" if claims else "")
+    write_json(dest / GRID, {"command": command})
     return report(dest, command, every, methods, again, claims)
+
+
+def grid_command(folder: Path) -> str | None:
+    """The command that ran the grid published in ``folder`` (None where none is): a report rebuilt there
+    names it, as the published one does, and not the rebuilding command in its place."""
+    path = folder / GRID
+    return json.loads(path.read_text())["command"] if path.exists() else None
 
 
 def copy_raw(grid: Path, dest: Path, folders: list[Path]) -> list[Path]:

@@ -22,6 +22,7 @@ from bpo.annotators import Annotator, ScoreAnnotator, register_annotator
 from bpo.config import Config, DataConfig
 from bpo.data import PromptRecord
 from bpo.registry import TASKS, Task
+from bpo.stats import start_groups
 
 NAMES = """Aisha Ben Carla Dmitri Elena Farid Greta Hugo Ines Jonas Kofi Lena Mateo Nadia Omar Priya Quinn Rosa
 Sven Tara Umar Vera Wanda Xavier Yara Zeke Amir Bianca Chen Daria Emil Fatima Gabe Hana Ivan Julia Kai Lucia Marek
@@ -286,17 +287,13 @@ def breakdown(runs: dict[str, list[dict]]) -> list[str]:
         "| method | seeds | facts (of 5) | distractors | invented names | words | per seed: facts / distractors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    start_parts = []
     for method, rs in runs.items():
         per_seed = []
         for r in rs:
             if r["config"].annotator.kind != "quickstart" or "trained_response" not in r["rows"][0]:
                 continue
-            task = QuickstartTask(r["config"].data.seed)
-            parts = [judge_parts(task.post(row["id"]), row["trained_response"]) for row in r["rows"]]
+            parts = _parts(r, "trained_response")
             per_seed.append({"seed": r["seed"], **{k: np.mean([p[k] for p in parts]) for k in parts[0]}})
-            if not start_parts:
-                start_parts = [judge_parts(task.post(row["id"]), row["start_response"]) for row in r["rows"]]
         if not per_seed:
             continue
         mean = {k: np.mean([p[k] for p in per_seed]) for k in per_seed[0]}
@@ -305,13 +302,23 @@ def breakdown(runs: dict[str, list[dict]]) -> list[str]:
             f"| {method} | {len(per_seed)} | {mean['facts']:.2f} | {mean['distractors']:.2f} | "
             f"{mean['invented']:.2f} | {mean['words']:.1f} | {seeds_txt} |"
         )
-    if not start_parts:
+    if len(lines) == 5:  # the header only: no run judged by this task
         return []
-    s = {k: np.mean([p[k] for p in start_parts]) for k in start_parts[0]}
-    lines.insert(
-        5, f"| start (SFT) | - | {s['facts']:.2f} | {s['distractors']:.2f} | {s['invented']:.2f} | {s['words']:.1f} | |"
-    )
+    judged = [(m, r) for m, r in start_groups(runs) if r["config"].annotator.kind == "quickstart"]
+    groups = [(m, r) for m, r in judged if "start_response" in r["rows"][0]]
+    for methods, r in reversed(groups):  # one row per start model: K = 1 and 5 start from other SFT ensembles
+        parts = _parts(r, "start_response")
+        s = {k: np.mean([p[k] for p in parts]) for k in parts[0]}
+        whose = "start" if len(groups) == 1 else f"start of {', '.join(methods)}"
+        row = f"| {s['facts']:.2f} | {s['distractors']:.2f} | {s['invented']:.2f} | {s['words']:.1f} | |"
+        lines.insert(5, f"| {whose} (SFT) | - {row}")
     return lines
+
+
+def _parts(run: dict, column: str) -> list[dict[str, int]]:
+    """The judge's counts for each eval response of ``run`` in ``column`` (start_response, trained_response)."""
+    task = QuickstartTask(run["config"].data.seed)
+    return [judge_parts(task.post(row["id"]), row[column]) for row in run["rows"]]
 
 
 def _prompts(cfg: DataConfig, role: str, n: int) -> list[PromptRecord]:
