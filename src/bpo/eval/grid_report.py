@@ -231,7 +231,7 @@ def _start_standing(runs: dict[str, list[dict]]) -> list[str]:
 def _judges_agree(runs: dict[str, list[dict]]) -> list[str]:
     """How closely the annotator and the judge (``eval.gold``) score the same eval responses: two judges meant
     to be independent that agree almost perfectly are one judge twice (the withdrawn HH grid had r = 0.96).
-    Each distinct response counts once: the start responses and the references are the same in every run."""
+    Each distinct response counts once: the runs of a start model share its responses, and every run the references."""
     points: dict[tuple, tuple[float, float]] = {}  # (prompt, response) -> (annotator, judge)
     for rs in runs.values():
         for r in rs:
