@@ -485,6 +485,19 @@ def test_each_start_model_gets_its_own_start_lines():
         ("| start of k2, k2-other-rule (SFT)", "3.0"),
     ]
 
+    # a claim between methods of different starts compares their gains: K = 1's better start is not its doing
+    from bpo.eval.grid_report import _claims
+
+    for seed, r in enumerate(runs["k1"]):
+        r["items"]["trained"] = np.full(4, 1.5 + seed / 10)  # gains +0.5, +0.6 from a start of 1.0
+    runs["k2"].append(run(1, three_words, 0.0))
+    for seed, r in enumerate(runs["k2"]):
+        r["items"]["trained"] = np.full(4, 1.2 + seed / 20)  # gains +1.2, +1.25 from 0: behind K = 1 at the end
+    row = next(x for x in _claims(runs, [("k2", "k1")], 0.15) if x.startswith("| k2 beats"))
+    assert row.startswith("| k2 beats k1 (gain over its own start) | 2 | +0.70, +0.65 |") and "| holds" in row
+    same = next(x for x in _claims(runs, [("k2-other-rule", "k2")], 0.15) if x.startswith("| k2-other-rule"))
+    assert same.startswith("| k2-other-rule beats k2 | 1 | -1.20 |")  # one start: the final scores, as before
+
     one = {"k2": runs["k2"], "k2-other-rule": runs["k2-other-rule"]}  # one start: the lines as before
     assert "The start model (the SFT ensemble's greedy responses) beats" in " ".join(_start_standing(one))
     assert [x.split(" | ")[0] for x in breakdown(one) if x.startswith("| start")] == ["| start (SFT)"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from bpo.config import load_config
 from bpo.eval.compare import METHODS, parse_claims
-from bpo.eval.report import load_run, plot
+from bpo.eval.report import load_run, plot, plot_win_rates
 from bpo.io import read_jsonl, write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS
 
@@ -103,16 +103,20 @@ def _method_table(runs: dict[str, list[dict]]) -> tuple[list[str], dict[str, dic
     return lines, summary
 
 
-def _paired(runs: dict[str, list[dict]], method: str, baseline: str) -> tuple[list[float], dict]:
+def _paired(runs: dict[str, list[dict]], method: str, baseline: str, gain: bool = False) -> tuple[list[float], dict]:
     """``method`` minus ``baseline`` on the seeds both finished (same seeds, same eval prompts): the per-seed
-    gaps of the mean gold score, and the win rate of ``method`` over ``baseline`` pooled over those prompts."""
+    gaps of the mean gold score (``gain``: of the gain over each run's start), and the win rate of ``method``
+    over ``baseline`` pooled over those prompts."""
     from bpo.stats import pooled_win_rate
 
-    base = {r["seed"]: r["items"]["trained"] for r in runs[baseline]}
-    pairs = [(r["items"]["trained"], base[r["seed"]]) for r in runs[method] if r["seed"] in base]
+    base = {r["seed"]: r["items"] for r in runs[baseline]}
+    pairs = [(r["items"], base[r["seed"]]) for r in runs[method] if r["seed"] in base]
     if not pairs:
         return [], {}
-    diffs = [float(a.mean() - b.mean()) for a, b in pairs]
+    diffs = [float(a["trained"].mean() - b["trained"].mean()) for a, b in pairs]
+    if gain:
+        diffs = [d - float(a["start"].mean() - b["start"].mean()) for d, (a, b) in zip(diffs, pairs)]
+    pairs = [(a["trained"], b["trained"]) for a, b in pairs]
     return diffs, pooled_win_rate(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
 
 
@@ -141,17 +145,27 @@ def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
 
 def _claims(runs: dict[str, list[dict]], claims: list[tuple[str, str]], margin: float) -> list[str]:
     """Each claim "A beats B" with its paired per-seed gaps and the sentence their interval supports."""
-    from bpo.stats import verdict
+    from bpo.stats import start_groups, verdict
 
     lines = [
         "| claim | seeds | gold score gap per seed | detectable difference | what the interval supports |",
         "| --- | ---: | --- | ---: | --- |",
     ]
+    shared, gains = [set(methods) for methods, _ in start_groups(runs)], False
     for a, b in claims:
-        diffs = _paired(runs, a, b)[0] if a in runs and b in runs else []
+        gain = a in runs and b in runs and not any({a, b} <= g for g in shared)  # another start: its gain
+        diffs = _paired(runs, a, b, gain)[0] if a in runs and b in runs else []
         per_seed = ", ".join(f"{x:+.2f}" for x in diffs) or "no seed in common"
         said = verdict(diffs, margin) if diffs else "not run"
-        lines.append(f"| {a} beats {b} | {len(diffs)} | {per_seed} | {_detectable(diffs)} | {said} |")
+        gains |= gain
+        what = f"{a} beats {b}" + (" (gain over its own start)" if gain else "")
+        lines.append(f"| {what} | {len(diffs)} | {per_seed} | {_detectable(diffs)} | {said} |")
+    if gains:
+        lines += [
+            "",
+            "Where two methods start from different models (another SFT ensemble), the gaps are of each run's "
+            "gain over its own start: the final scores would credit the better start.",
+        ]
     return lines + [
         "",
         "*Holds*: the 95% t interval of the paired per-seed gaps lies above 0; *does not hold*: it lies below 0, or "
@@ -337,42 +351,11 @@ def report(
         section = ANNOTATOR_KINDS.get(kind).report
         lines += section(runs) if section else []
     lines += ["", "![win rate](win_rate.png)", "", "![training curves](curves.png)", "", CURVES_NOTE, ""]
-    _plot_win_rates(summary, out / "win_rate.png")
+    plot_win_rates(summary, out / "win_rate.png")
     _plot_curves(runs, out / "curves.png")
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines))
     return path
-
-
-def _plot_win_rates(summary: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(summary)
-    vals = [summary[m]["win_rate"] for m in names]
-    err = [
-        [v - summary[m]["ci_low"] for m, v in zip(names, vals)],
-        [summary[m]["ci_high"] - v for m, v in zip(names, vals)],
-    ]
-    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0", label="pooled (95% CI over prompts)")
-    for i, m in enumerate(names):
-        ax.plot(
-            [i] * len(summary[m]["per_seed"]),
-            summary[m]["per_seed"],
-            "o",
-            color="black",
-            ms=4,
-            label="one seed" if i == 0 else None,
-        )
-    ax.set_ylabel("win rate vs start (a tie is not a win)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 CURVES_NOTE = "Training curves: the thick line is the mean over seeds, the thin lines of its colour each seed."

@@ -258,3 +258,35 @@ def write_report(folders: list[str | Path], out: str | Path, command: str = "") 
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def plot_win_rates(summary: dict[str, dict], path: Path) -> None:
+    """A grid's win rates vs start: one bar a method (pooled prompts, 95% interval), one dot a seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(summary)
+    vals = [summary[m]["win_rate"] for m in names]
+    err = [
+        [v - summary[m]["ci_low"] for m, v in zip(names, vals)],
+        [summary[m]["ci_high"] - v for m, v in zip(names, vals)],
+    ]
+    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0", label="pooled (95% CI over prompts)")
+    for i, m in enumerate(names):
+        ax.plot(
+            [i] * len(summary[m]["per_seed"]),
+            summary[m]["per_seed"],
+            "o",
+            color="black",
+            ms=4,
+            label="one seed" if i == 0 else None,
+        )
+    ax.set_ylabel("win rate vs start (a tie is not a win)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
