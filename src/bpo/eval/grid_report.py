@@ -215,7 +215,8 @@ def _drift(runs: dict[str, list[dict]]) -> list[str]:
         "Per seed. KL(behavior || SFT): how far the model that sampled the last phase's pairs had moved from the "
         "SFT (0 at F = 1, where it is the SFT); KL(behavior || policy): how far the policy then was from that "
         "sampler (at F = 1, from the SFT itself). Nats per response, on the last step's sampled pairs (an earlier "
-        "step, named, where the last kept none).",
+        "step, named, where the last kept none): the mean log-ratio over responses the behavior model sampled, an "
+        "estimate, so a KL near 0 can come out below it.",
     ]
 
 
