@@ -116,8 +116,9 @@ def _paired(runs: dict[str, list[dict]], method: str, baseline: str, gain: bool 
     diffs = [float(a["trained"].mean() - b["trained"].mean()) for a, b in pairs]
     if gain:
         diffs = [d - float(a["start"].mean() - b["start"].mean()) for d, (a, b) in zip(diffs, pairs)]
-    pairs = [(a["trained"], b["trained"]) for a, b in pairs]
-    return diffs, pooled_win_rate(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
+    return diffs, pooled_win_rate(
+        np.stack([a["trained"] for a, _ in pairs]), np.stack([b["trained"] for _, b in pairs])
+    )
 
 
 def _head_to_head(runs: dict[str, list[dict]], baseline: str) -> list[str]:
@@ -153,8 +154,9 @@ def _claims(runs: dict[str, list[dict]], claims: list[tuple[str, str]], margin: 
     ]
     shared, gains = [set(methods) for methods, _ in start_groups(runs)], False
     for a, b in claims:
-        gain = a in runs and b in runs and not any({a, b} <= g for g in shared)  # another start: its gain
-        diffs = _paired(runs, a, b, gain)[0] if a in runs and b in runs else []
+        both = a in runs and b in runs
+        gain = both and not any({a, b} <= g for g in shared)  # another start: its gain
+        diffs = _paired(runs, a, b, gain)[0] if both else []
         per_seed = ", ".join(f"{x:+.2f}" for x in diffs) or "no seed in common"
         said = verdict(diffs, margin) if diffs else "not run"
         gains |= gain
