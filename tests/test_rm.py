@@ -462,3 +462,24 @@ def test_a_judge_that_reads_only_lengths_is_warned():
     )
     rows = [{**r, "chars": [b, a]} for r, (a, b) in zip(rows, chars)]  # now the shorter one is chosen
     assert accuracy(rows)["length_rule"]["rule"] == "the shorter response wins"
+
+
+def test_an_exclude_file_that_matches_no_prompt_is_refused_before_training(tmp_path):
+    # the BPO splits' eval prompts are 'user: ... assistant: '; with --dialogue keep the pairs keep HH turns, so
+    # none matches and --exclude would leave nothing out while the run's leak check could not see it either
+    data = tmp_path / "hh.jsonl"
+    write_hh(data, 20)
+    held = tmp_path / "eval.jsonl"
+    held.write_text(
+        "".join(json.dumps({"prompt": f"user: question {i}: can you help? assistant: "}) + "\n" for i in range(5))
+    )
+    res = train_tiny_rm(data, tmp_path / "rm", "--exclude", str(held))
+    assert res.exit_code == 2
+    line = res.output.strip()
+    assert "\n" not in line and line.startswith("error: --exclude") and "0 of its 5 prompts match" in line
+    assert "with --dialogue plain 5 would" in line
+    assert not (tmp_path / "rm").exists()  # refused before any training
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "something else entirely"}) + "\n")
+    res = train_tiny_rm(data, tmp_path / "rm", "--dialogue", "plain", "--exclude", str(other))
+    assert res.exit_code == 2 and "0 of its 1 prompts match" in res.output and "leave --exclude out" in res.output

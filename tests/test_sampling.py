@@ -149,3 +149,79 @@ def test_folded_adapter_and_shared_prefill_sample_the_same_model(tiny):
     want = ens.logps("behavior", batch)[0]
     torch.testing.assert_close(torch.tensor([c.logp for c in sample(True, True)]), want, atol=1e-4, rtol=0)
     assert (ens.logps(None, batch)[0] - want).abs().max() > 1e-2
+
+
+def _sharp_bf16_ensemble(scale: float):
+    """tiny-random-llama in bf16 with a peaked head (so a small change of the logits changes tokens) and a merged
+    2-member behavior adapter whose delta-W is near bf16's resolution of the base weights."""
+    from bpo.model.policy import load_policy
+
+    policy = load_policy("tiny-random-llama", device="cpu", dtype="bfloat16")
+    with torch.no_grad():
+        policy.model.lm_head.weight.mul_(20.0)
+    gen = torch.Generator().manual_seed(1)
+    ens = Ensemble.create(policy.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), 2)
+    with torch.no_grad():
+        for m in ens.members:
+            for p in ens.member_parameters(m):
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    ens.merge("behavior")
+    return policy, ens
+
+
+def test_bf16_sampling_draws_from_the_behavior_adapter_not_a_rounded_fold():
+    # folding delta-W into bf16 weights rounds part of it away: the folded model then samples other tokens than
+    # the behavior model whose teacher-forced log-probs are the reference. In bf16 bpo samples unfolded.
+    policy, ens = _sharp_bf16_ensemble(0.02)
+    texts = ["hello there", "a much longer prompt than the first one", "xy", "another one", "what is up", "zz top"]
+    prompts = [policy.encode_prompt(t) for t in texts]
+    keys = [f"k{i}" for i in range(len(prompts))]
+
+    def sample(fold: bool) -> list[Completion]:
+        params = SamplingConfig(max_new_tokens=16, batch_size=6, fold_adapter=fold)
+        return [c for g in HFBackend(policy, ens).generate(prompts, 2, params, "behavior", True, keys) for c in g]
+
+    unfolded = sample(False)
+    with ens.folded("behavior"):  # what a fold into bf16 weights samples: the test can tell the two apart
+        rounded = [c for g in HFBackend(policy).generate(prompts, 2, SamplingConfig(max_new_tokens=16), None, True,
+                                                          keys) for c in g]  # fmt: skip
+    assert [c.token_ids for c in rounded] != [c.token_ids for c in unfolded]
+    default = sample(True)  # sampling.fold_adapter's default
+    assert [c.token_ids for c in default] == [c.token_ids for c in unfolded]
+    assert [c.logp for c in default] == [c.logp for c in unfolded]
+    assert not ens.folds_exactly("behavior")
+
+
+def test_a_bf16_fold_rounds_once():
+    # the engines are given folded weights: W + delta-W is summed in fp32 and rounded to bf16 once, not delta-W
+    # rounded first and the sum rounded again
+    policy, ens = _sharp_bf16_ensemble(0.02)
+    layer = policy.model.model.layers[0].self_attn.q_proj
+    weight = layer.get_base_layer().weight
+    want = (weight.float() + layer.get_delta_weight("behavior").float()).to(torch.bfloat16)
+    with ens.folded("behavior"):
+        assert torch.equal(weight, want)
+
+
+def test_a_models_own_generation_settings_do_not_reach_sampling(tiny):
+    # a Hub model's generation_config (repetition penalty, no-repeat n-grams, a minimum length) must not shape
+    # bpo's samples, nor the log-probs the sampler records as BPO's reference
+    prompts = [tiny.encode_prompt(t) for t in ["hello there", "a much longer prompt than the first one", "xy"]]
+    keys = ["a", "b", "c"]
+
+    def draw(sample: bool) -> list[Completion]:
+        params = SamplingConfig(max_new_tokens=16, batch_size=3, do_sample=sample)
+        return [c for g in HFBackend(tiny).generate(prompts, 2, params, None, True, keys) for c in g]
+
+    plain = draw(True), draw(False)
+    own = tiny.model.generation_config
+    own.repetition_penalty, own.no_repeat_ngram_size, own.min_new_tokens = 1.5, 2, 10
+    own.eos_token_id = tiny.tokenizer.eos_token_id
+    for before, after in zip(plain, (draw(True), draw(False))):
+        assert [c.token_ids for c in after] == [c.token_ids for c in before]
+        assert [c.logp for c in after] == [c.logp for c in before]
+    assert tiny.model.generation_config is own and own.repetition_penalty == 1.5  # the model's own is put back
+    from bpo.model.sampling import ignored_generation_settings  # what the run log names
+
+    assert set(ignored_generation_settings(tiny.model)) == {"min_new_tokens", "no_repeat_ngram_size",
+                                                            "repetition_penalty"}  # fmt: skip

@@ -300,10 +300,39 @@ def test_bf16_reference_is_teacher_forced_so_phase_starts_are_exactly_log_2(tmp_
     # in bf16 the sampler's KV-cache decode rounds differently from the teacher-forced pass (measured on
     # tiny-random-llama: up to 4.5e-5 off log 2; on SmolLM2 up to 0.01 nats a sequence); the reference
     # must be the teacher-forced behavior model, so pi_theta == pi_ref holds exactly at a phase start
-    cfg, seen = run_tiny(tmp_path, **{"model.dtype": "bf16", "train.phases": T})
+    out = io.StringIO()
+    cfg, seen = run_tiny(tmp_path, console=Console(file=out, width=300), **{"model.dtype": "bf16", "train.phases": T})
     for _, _, m in seen:
         assert abs(m["loss"] - math.log(2)) < 1e-6, m["loss"]
         assert abs(m["kl/behavior"]) < 1e-6
+    # and the run log says so: bf16 samples with the adapter unfolded, the reference is teacher-forced
+    assert (
+        "sampling: the behavior adapter unfolded (bfloat16 weights would round part of delta-W away); "
+        "the reference log-probs (behavior) are teacher-forced, in bfloat16" in out.getvalue()
+    )
+
+
+def test_a_models_generation_config_is_named_and_changes_no_sample(tmp_path):
+    # a model folder whose generation_config.json carries a repetition penalty and a minimum length trains on the
+    # same samples, with the same sampler log-probs (fp32: BPO's reference), as the same weights without them
+    from bpo.model.policy import load_policy
+
+    ledgers = {}
+    for name, extra in (("plain", {}), ("hub", {"repetition_penalty": 1.3, "min_new_tokens": 6})):
+        policy = load_policy("tiny-random-llama", device="cpu")
+        for k, v in extra.items():
+            setattr(policy.model.generation_config, k, v)
+        policy.model.save_pretrained(tmp_path / name)
+        policy.tokenizer.save_pretrained(tmp_path / name)
+        out = io.StringIO()
+        over = {"model.name": str(tmp_path / name), "train.steps": 2, "train.phases": 1, "sft.epochs": 0}
+        cfg, _ = run_tiny(tmp_path / f"run-{name}", console=Console(file=out, width=300), **over)
+        log = AnnotationLog(Path(cfg.output_dir) / "annotations.jsonl").phase(0)
+        ledgers[name] = [(a.tokens, a.behavior_logps) for _, a in sorted(log.items())]
+        assert ("repetition_penalty=1.3" in out.getvalue()) == bool(extra)
+    assert ledgers["hub"] == ledgers["plain"]
+    assert "sampling: the behavior adapter folded into the float32 weights (the same model); the reference " \
+        "log-probs are the sampler's own" in out.getvalue()  # fmt: skip
 
 
 def test_each_step_logs_where_its_time_went(tmp_path):

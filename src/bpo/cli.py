@@ -266,7 +266,8 @@ def rm(
     )
     settings.check()
     check_out(out, force, measure_only)  # before any work
-    pairs, skip = read_pairs(data, dialogue), excluded_prompts(exclude or [])
+    pairs = read_pairs(data, dialogue)
+    skip = excluded_prompts(exclude or [], pairs, dialogue)
     with progress_bar(console) as progress:
         if measure_only:
             result = measure_saved(pairs, settings, out, skip, progress)

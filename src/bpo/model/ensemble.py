@@ -123,6 +123,17 @@ class Ensemble:
         plain = not any(name in layer.lora_embedding_A or layer.use_dora.get(name) for layer in self._layers())
         return bool(layers) and plain and not getattr(self.peft.peft_config[name], "lora_bias", False)
 
+    def folds_exactly(self, name: str) -> bool:
+        """Adapter ``name`` can be folded without changing the model: it is foldable and the base weights are fp32.
+
+        W + delta-W rounded to bf16 (or fp16) drops every part of delta-W below half a unit in the last place
+        of W: on SmolLM2 with trained quickstart members about half of delta-W's norm per layer
+        (``benchmarks/sampler_logps.py``), so a folded bf16 model samples other tokens than the behavior model
+        the loss uses. There the adapter runs unfolded (its low-rank path keeps delta-W whole).
+        """
+        weights = [layer.get_base_layer().weight for layer in self._layers() if name in layer.lora_A]
+        return self.foldable(name) and all(w.dtype in (torch.float32, torch.float64) for w in weights)
+
     @contextlib.contextmanager
     def folded(self, name: str) -> Iterator[PeftModel]:
         """Run the model with adapter ``name`` folded into the base weights, for inference only.
@@ -131,7 +142,8 @@ class Ensemble:
         path: W + delta-W is the same model, without two extra matmuls per layer and token (the
         behavior adapter has rank K*r). The base weights are copied first and copied back after,
         so they return bit for bit (unmerging by subtraction would not). Embedding and DoRA
-        adapters are run unfolded (an embedding may be tied to the LM head).
+        adapters are run unfolded (an embedding may be tied to the LM head). The sum is taken in fp32 and
+        rounded once; in bf16/fp16 it is still not the adapter's model (:meth:`folds_exactly`).
         """
         if not self.foldable(name):
             with self.active(name) as model:
@@ -144,7 +156,7 @@ class Ensemble:
                 for layer in layers:
                     weight = layer.get_base_layer().weight
                     saved.append((weight, weight.detach().clone()))
-                    weight.add_(layer.get_delta_weight(name).to(weight.dtype))
+                    weight.copy_(weight.float() + layer.get_delta_weight(name).float())
             with self.active(None) as model:
                 yield model
         finally:

@@ -8,17 +8,19 @@ are the reference log-probs and no extra forward pass is needed.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    PreTrainedModel,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -163,7 +165,7 @@ class HFBackend:
             if self.ensemble is None:
                 out += self._generate(self.policy.model, chunk, chunk_keys, n, params, return_logps)
             else:
-                fold = params.fold_adapter and adapter is not None
+                fold = params.fold_adapter and adapter is not None and self.ensemble.folds_exactly(adapter)
                 with (self.ensemble.folded if fold else self.ensemble.active)(adapter) as model:
                     out += self._generate(model, chunk, chunk_keys, n, params, return_logps)
         return out
@@ -199,13 +201,14 @@ class HFBackend:
                 processors.append(TopPLogitsWarper(params.top_p))
             row_keys = torch.tensor([row_key(k, j) for k in keys for j in range(n)], dtype=torch.int64)
             processors.append(_KeyedGumbel(row_keys, width, params.top_k))
-        sequences = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=attn.to(device),
-            generation_config=config,
-            logits_processor=LogitsProcessorList(processors),
-            **cache,
-        )
+        with own_decoding(self.policy.model):
+            sequences = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList(processors),
+                **cache,
+            )
         new = sequences[:, width:].cpu()
         logps = recorder.finish(sequences[:, -1]).cpu() if recorder else None
         groups: list[list[Completion]] = [[] for _ in chunk]
@@ -220,6 +223,46 @@ class HFBackend:
                 comp.logp = float(sum(comp.token_logps))
             groups[row // n].append(comp)
         return groups
+
+
+# GenerationConfig fields that decide neither which token is drawn nor when decoding stops; generate fills every
+# field bpo leaves unset from the model's generation_config, whose others (repetition_penalty, min_new_tokens,
+# no_repeat_ngram_size, bad_words_ids, stop_strings, num_beams, ...) would put processors before bpo's own
+_NEUTRAL_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "cache_implementation", "cache_config", "use_cache")
+
+
+@contextlib.contextmanager
+def own_decoding(model: PreTrainedModel) -> Iterator[None]:
+    """Decode with bpo's settings alone: the model's generation_config is a neutral one meanwhile.
+
+    A Hub model's own settings (several instruct models ship a repetition penalty) would change both
+    the samples and the log-probs the sampler records as BPO's reference, away from the model's
+    distribution that the loss teacher-forces.
+    """
+    saved = model.generation_config
+    neutral = GenerationConfig()
+    for name in _NEUTRAL_FIELDS:
+        if getattr(saved, name, None) is not None:
+            setattr(neutral, name, getattr(saved, name))
+    model.generation_config = neutral
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def ignored_generation_settings(model: PreTrainedModel) -> dict[str, Any]:
+    """The fields of the model's own generation_config that bpo's decoding leaves out (:func:`own_decoding`)."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return {}
+    neutral = getattr(GenerationConfig, "_get_default_generation_params", dict)()  # generate's own defaults
+    return {
+        k: v
+        for k, v in sorted(config.to_diff_dict().items())
+        if k not in _NEUTRAL_FIELDS and k != "transformers_version" and not k.startswith("_")
+        and v != neutral.get(k) and v not in (None, False)  # output_attentions=False and the like change nothing
+    }  # fmt: skip
 
 
 _BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(ensemble, name): backend}

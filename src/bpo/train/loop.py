@@ -56,7 +56,7 @@ from bpo.train.ledger import Annotation, AnnotationLog
 from bpo.train.phases import collect_phase, phase_bounds
 from bpo.train.run import Run, setup
 from bpo.train.sft import check_sft_dir
-from bpo.train.step import NonFiniteError, total, train_step
+from bpo.train.step import NonFiniteError, exactness_lines, total, train_step
 from bpo.train.tracking import Trackers, check_wandb, win_rates
 
 
@@ -96,6 +96,8 @@ def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console)
             f"B={t.batch_size} K={len(run.ens.members)} merge={t.merge} (exact = mean of members' "
             f"delta-W; linear = PEFT linear, the paper's code) processes={acc.num_processes}"
         )
+        for line in exactness_lines(run):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
     return Loop(optimizers, schedulers, log, trackers, start, start)
 
 

@@ -158,10 +158,28 @@ def read_pairs(data: Path, dialogue: str) -> list[PreferenceRecord]:
     return pairs
 
 
-def excluded_prompts(files: Sequence[Path]) -> set[str]:
+def excluded_prompts(files: Sequence[Path], pairs: Sequence[PreferenceRecord], dialogue: str) -> set[str]:
     """Keys of the prompts in ``files`` (``--exclude``): a judge that has seen the eval prompts' references
-    would favour them."""
-    return {prompt_key(r.prompt) for f in files for r in load_prompts(f, reference_field=None)}
+    would favour them. A file none of whose prompts is a prompt of ``pairs`` (as ``--dialogue`` writes them)
+    is refused: it would leave nothing out, and the run's leak check could not see the leak either."""
+    have = {prompt_key(p.prompt) for p in pairs}
+    keys = set()
+    for f in files:
+        mine = {prompt_key(r.prompt) for r in load_prompts(f, reference_field=None)}
+        if not mine & have:
+            plain = {prompt_key(plain_dialogue(p.prompt)) for p in pairs} if dialogue == "keep" else set()
+            why = (
+                f"with --dialogue plain {len(mine & plain)} would (the BPO splits write HH turns as 'user: ... "
+                "assistant: ')"
+                if mine & plain
+                else "give prompts of the same data (field 'prompt') or leave --exclude out"
+            )
+            raise RewardModelError(
+                f"--exclude {f}: 0 of its {len(mine)} prompts match a prompt of the pairs (--dialogue {dialogue}), "
+                f"so nothing would be left out; {why}"
+            )
+        keys |= mine
+    return keys
 
 
 def train_rm(

@@ -14,6 +14,7 @@ from accelerate.utils import gather_object
 
 from bpo.errors import BpoError
 from bpo.model.logprobs import SharedPromptBatch, build_shared_batch
+from bpo.model.sampling import ignored_generation_settings
 from bpo.train.ledger import Annotation, outcome_counts
 from bpo.train.losses import MEAN_LOGPS, REFERENCE_FREE, dap_loss
 from bpo.train.run import Run
@@ -37,7 +38,8 @@ def reference_logps(
     In BPO the reference is the behavior model, whose log-probs the sampler already returned;
     they are reused when the model runs in fp32, where they equal the teacher-forced pass. In
     bf16/fp16 the batched decode with a KV cache rounds differently from the teacher-forced pass
-    (the loss at a phase start is then not log 2), so the reference is computed by a forward pass.
+    (the loss at a phase start is then not log 2), so the reference is computed by a forward pass of the
+    same model that sampled (the adapter unfolded: :meth:`Ensemble.folds_exactly`).
     """
     t, ens = run.cfg.train, run.ens
     # a reference-free loss reads none: the behavior model's then costs nothing in fp32 (the sampler's) and
@@ -48,8 +50,7 @@ def reference_logps(
     if all(x and None not in x for x in logged):
         rows = [x[i] for a, x in zip(kept, logged) for i in a.trained_pair()]
         sampled = torch.tensor(rows, device=batch.prompt_ids.device)
-    exact = run.policy.model.dtype == torch.float32
-    if mode == "behavior" and t.reference_from_sampler and exact and sampled is not None:
+    if mode == "behavior" and sampler_is_reference(run) and sampled is not None:
         ref = sampled
     else:
         ref = ens.logps(mode, batch)[0]
@@ -59,6 +60,42 @@ def reference_logps(
         behavior = sampled if sampled is not None else ens.logps("behavior", batch)[0]
     sft = ref if mode == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
     return ref, behavior, sft
+
+
+def sampler_is_reference(run: Run) -> bool:
+    """BPO's reference log-probs are the sampler's own (no forward pass) only where they are the teacher-forced
+    numbers: in fp32, where they agree to about 1e-5 nats a response (``docs/benchmarks/sampler-logps.md``)."""
+    t = run.cfg.train
+    return t.reference_from_sampler and run.cfg.sampling.backend == "hf" and run.policy.model.dtype == torch.float32
+
+
+def exactness_lines(run: Run) -> list[str]:
+    """What the run log says of the model that samples and of where the reference log-probs come from."""
+    t, s, ens = run.cfg.train, run.cfg.sampling, run.ens
+    dtype = str(run.policy.model.dtype).removeprefix("torch.")
+    if s.backend != "hf":
+        how = f"sampling: the {s.backend} engine is given each phase's behavior model"
+    elif s.fold_adapter and ens.folds_exactly("behavior"):
+        how = f"sampling: the behavior adapter folded into the {dtype} weights (the same model)"
+    elif s.fold_adapter:
+        how = f"sampling: the behavior adapter unfolded ({dtype} weights would round part of delta-W away)"
+    else:
+        how = "sampling: the behavior adapter unfolded (sampling.fold_adapter=false)"
+    if t.loss in REFERENCE_FREE:
+        ref = f"{t.loss} reads no reference"
+    elif t.reference == "behavior" and sampler_is_reference(run):
+        ref = "the reference log-probs are the sampler's own (fp32: those of a teacher-forced pass)"
+    else:
+        ref = f"the reference log-probs ({t.reference}) are teacher-forced, in {dtype}"
+    lines = [f"{how}; {ref}"]
+    ignored = ignored_generation_settings(run.policy.model)
+    if ignored:
+        named = ", ".join(f"{k}={v}" for k, v in ignored.items())
+        lines.append(
+            f"note: {run.cfg.model.name}'s generation_config sets {named}; bpo samples without them (sampling.* "
+            "alone), so the samples and their log-probs are the model's own"
+        )
+    return lines
 
 
 class Sums:
