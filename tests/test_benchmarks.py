@@ -36,6 +36,9 @@ def test_the_gpu_check_runs_in_its_cpu_smoke_mode(tmp_path):
     flops = next(line for line in step.splitlines() if "training FLOPs" in line)
     assert float(flops.split("|")[2]) > 0
     assert "| update s/step |" in step and "| sample s/step |" in step and "random:tiny" in step
+    logps = (tmp_path / "sampler-logps.md").read_text()
+    assert "| bfloat16 | bpo's sampler (adapter unfolded) vs teacher-forced |" in logps
+    assert "| float32 | bpo's sampler (adapter folded: exact in fp32) vs teacher-forced |" in logps
 
 
 def test_generation_variants_sample_the_same_tokens():

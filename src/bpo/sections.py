@@ -83,7 +83,11 @@ class SamplingConfig:
     top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
     do_sample: bool = setting(True, "training always samples; False is greedy (evaluation)")
     batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
-    fold_adapter: bool = setting(True, "sample with the frozen adapter folded into (copy-restored) base weights")
+    fold_adapter: bool = setting(
+        True,
+        "sample with the frozen adapter folded into (copy-restored) base weights where that is the same model: fp32 "
+        "weights; in bf16/fp16 the rounding would drop part of delta-W, so the adapter runs unfolded there",
+    )
     prefill_once: bool = setting(True, "run each prompt once, its KV cache repeated for its n samples")
     backend: str = setting(
         "hf",
@@ -217,7 +221,9 @@ class TrainConfig:
         "exact", "exact: mean of members' delta-W; linear: PEFT linear (the paper's code)"
     )
     reference_from_sampler: bool = setting(
-        True, "BPO in fp32: the sampler's log-probs are the reference (no extra forward); bf16/fp16 recompute them"
+        True,
+        "BPO in fp32 with the hf backend: the sampler's log-probs are the reference (no extra forward); bf16/fp16 "
+        "and the engines teacher-force it with the adapter that sampled",
     )
     log_kl_sft: bool = setting(True, "log KL(behavior || SFT): one extra forward when the reference is not SFT")
     save_every: int = setting(0, "checkpoint every N steps (0: at phase ends and the end only)")

@@ -75,6 +75,11 @@ def exactness_lines(run: Run) -> list[str]:
     dtype = str(run.policy.model.dtype).removeprefix("torch.")
     if s.backend != "hf":
         how = f"sampling: the {s.backend} engine is given each phase's behavior model"
+        if (s.backend == "llamacpp" or run.cfg.engine.weights == "hook") and not ens.folds_exactly("behavior"):
+            how += (
+                f" as merged {dtype} weights, which round part of delta-W away (backend=openai with "
+                "engine.weights=lora gives it the adapter whole)"
+            )
     elif s.fold_adapter and ens.folds_exactly("behavior"):
         how = f"sampling: the behavior adapter folded into the {dtype} weights (the same model)"
     elif s.fold_adapter:
