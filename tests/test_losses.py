@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
+from bpo.errors import ConfigError
 from bpo.model.logprobs import build_batch, sequence_logps
+from bpo.registry import LOSSES
 from bpo.train.losses import dap_loss
 
 
@@ -13,7 +15,8 @@ def t(*xs: float) -> torch.Tensor:
 
 def loss_at(delta: float, kind: str, beta: float = 0.1, eps: float = 0.0) -> float:
     # policy chosen - ref chosen = delta, rejected ratios 0
-    losses, _ = dap_loss(t(delta - 3.0), t(-7.0), t(-3.0), t(-7.0), kind, beta, eps)
+    params = {"label_smoothing": eps} if kind == "dpo" else {}  # each loss takes only its own (Loss.params)
+    losses, _ = dap_loss(t(delta - 3.0), t(-7.0), t(-3.0), t(-7.0), kind, beta, **params)
     return losses.item()
 
 
@@ -48,7 +51,7 @@ def test_metrics_use_trl_names_and_values():
     assert m["rewards/margins"].item() == pytest.approx(0.25)
     assert m["rewards/accuracies"].item() == pytest.approx(0.5)
     assert m["logps/chosen"].item() == pytest.approx(-1.5)
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(ConfigError, match="train.loss = 'kto': unknown; known: dpo, ipo, simpo, slic"):
         dap_loss(t(0), t(0), t(0), t(0), "kto")
 
 
@@ -137,6 +140,9 @@ def test_simpo_hand_values():
     assert dap_loss(t(-1.0), t(-1.5), zero, zero, "simpo", beta=2.0, simpo_gamma=1.0)[0].item() == pytest.approx(
         math.log(2)
     )
-    # label smoothing does not reach SimPO, nor gamma the other losses
-    assert dap_loss(t(-1.0), t(-1.5), zero, zero, "simpo", 2.0, 0.3, 1.0)[0].item() == pytest.approx(math.log(2))
-    assert loss_at(0.0, "dpo") == pytest.approx(math.log(2))
+    # label smoothing does not reach SimPO, nor gamma the other losses: each declares what it takes
+    assert [p.name for p in LOSSES.get("simpo").params] == ["simpo_gamma"]
+    assert [p.name for p in LOSSES.get("dpo").params] == ["label_smoothing"]
+    assert LOSSES.get("ipo").params == LOSSES.get("slic").params == ()
+    with pytest.raises(TypeError):
+        dap_loss(t(-1.0), t(-1.5), zero, zero, "simpo", 2.0, label_smoothing=0.3)

@@ -64,3 +64,29 @@ def test_installed_plugins_load_from_the_entry_point_group(monkeypatch):
     import sys
 
     assert "plugin_kinds" in sys.modules
+
+
+def test_a_loss_registered_outside_the_package_trains_with_its_own_hyper_parameter(tmp_path):
+    import plugin_losses  # noqa: F401 - registers train.loss=robust
+
+    def run(name: str, **over) -> list[dict]:
+        base = {"train.steps": 3, "train.phases": 1, "output_dir": str(tmp_path / name), **over}
+        seen = []
+        train(load_config(None, tiny_config(tmp_path, **base)), evaluate=False, on_step=lambda r, s, m: seen.append(m))
+        return seen
+
+    dpo = run("dpo")
+    same = run("robust0", **{"train.loss": "robust", "train.loss_args.flip_rate": 0.0})
+    flipped = run("robust2", **{"train.loss": "robust", "train.loss_args.flip_rate": 0.2})
+    assert [m["loss"] for m in same] == [m["loss"] for m in dpo]  # eps = 0 is DPO, to the bit
+    assert flipped[0]["loss"] == dpo[0]["loss"]  # Delta = 0 at the phase start: log 2 whatever eps
+    assert flipped[-1]["loss"] != dpo[-1]["loss"]  # the hyper-parameter reaches the loss
+    listed = CliRunner().invoke(app, ["config", "kinds"]).output
+    assert "train.loss=robust: robust DPO (arXiv 2403.00409), summed log-probs; reads train.reference; " \
+        "train.beta, train.loss_args.flip_rate" in listed  # fmt: skip
+    for bad, says in (
+        ({"train.loss_args.flip_rate": 0.5}, "train.loss_args.flip_rate = 0.5: must be a finite number in [0.0, 0.5)"),
+        ({"train.loss_args.flip": 0.1}, "train.loss_args: ['flip'] not taken by train.loss=robust (flip_rate)"),
+    ):
+        res = CliRunner().invoke(app, ["config", "show", "train.loss=robust", *[f"{k}={v}" for k, v in bad.items()]])
+        assert res.exit_code == 2 and res.output.strip() == f"error: {says}", res.output

@@ -303,13 +303,21 @@ def config_keys_cmd() -> None:
 @config_app.command("kinds")
 @user_errors
 def config_kinds_cmd() -> None:
-    """The annotator kinds and data tasks registered (built in, and from installed plugins)."""
-    from bpo.registry import ANNOTATOR_KINDS, TASKS
+    """Every registered part (built in, and from installed plugins): annotators, tasks, backends, losses."""
+    from bpo.config import TrainConfig
+    from bpo.registry import ANNOTATOR_KINDS, BACKENDS, LOSSES, TASKS
 
     for name in ANNOTATOR_KINDS.names():
         print(f"annotator.kind={name}: {ANNOTATOR_KINDS.get(name).help}")
     for name in TASKS.names():
         print(f"data.train/sft/eval={name}: {TASKS.get(name).what}")
+    for name in BACKENDS.names():
+        print(f"sampling.backend={name}: {BACKENDS.get(name).help}")
+    for name in LOSSES.names():
+        loss = LOSSES.get(name)
+        takes = ", ".join(["train.beta", *loss.keys(TrainConfig())])
+        reference = "reads train.reference" if loss.reference else "no reference"
+        print(f"train.loss={name}: {loss.help}; {reference}; {takes}")
 
 
 @app.command()

@@ -69,8 +69,9 @@ class Config:
         need(0 < t.ema_alpha <= 1, "train.ema_alpha", "in (0, 1]", t.ema_alpha)
         need(0 < t.ref_model_mixup_alpha <= 1, "train.ref_model_mixup_alpha", "in (0, 1]", t.ref_model_mixup_alpha)
         need(t.ref_model_sync_steps >= 1, "train.ref_model_sync_steps", "at least 1", t.ref_model_sync_steps)
-        need(t.simpo_gamma >= 0, "train.simpo_gamma", "at least 0", t.simpo_gamma)
-        need(0 <= t.label_smoothing < 0.5, "train.label_smoothing", "in [0, 0.5)", t.label_smoothing)
+        from bpo.train.losses import check_losses  # the losses' declarations: torch, loaded only here
+
+        check_losses(t)
         need(positive(e.judge_timeout), "eval.judge_timeout", "a positive finite number of seconds", e.judge_timeout)
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)

@@ -20,8 +20,8 @@ from bpo.errors import ConfigError
 
 def setting(default: Any, help: str) -> Any:
     """A config field with its help text (``bpo config show`` prints it), as TRL's configs do."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -40,6 +40,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
             return None
         return _coerce(value, args[0], where)
+    if origin is dict:  # a mapping of named numbers or strings (train.loss_args)
+        _, inner = typing.get_args(tp)
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value) if value.strip() else {}
+            except yaml.YAMLError:
+                value = None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, e.g. {{name: 1.0}}, got {value!r}")
+        return {str(k): _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str):
@@ -84,6 +94,8 @@ def apply_values(obj: Any, values: dict[str, Any], where: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key!r} is a section; give it a mapping")
             apply_values(current, value, f"{where}: {key}")
+        elif isinstance(current, dict) and isinstance(value, dict):  # key.name=value adds to the mapping
+            setattr(obj, key, {**current, **_coerce(value, hints[key], f"{where}: {key}")})
         else:
             setattr(obj, key, _coerce(value, hints[key], f"{where}: {key}"))
 

@@ -205,8 +205,13 @@ class TrainConfig:
         "refresh",
         "refresh: EMA toward behavior at each refresh (the paper's code); step: after every step (not the paper's)",
     )
-    loss: Literal["dpo", "ipo", "slic", "simpo"] = setting(
-        "dpo", "the loss: dpo, ipo, slic, or simpo (reference-free; train.reference is then unused)"
+    loss: str = setting(
+        "dpo",
+        "the loss, a registered name (bpo config kinds): dpo, ipo, slic, or simpo (reference-free; train.reference "
+        "is then unused)",
+    )
+    loss_args: dict[str, float] = setting(
+        {}, "hyper-parameters of a plugin loss by name (train.loss_args.NAME=VALUE); the built-ins' are train.* keys"
     )
     beta: float = setting(0.1, "beta of every loss (SimPO's paper: 2.0-2.5)")
     simpo_gamma: float = setting(

@@ -15,8 +15,9 @@ from accelerate.utils import gather_object
 from bpo.errors import BpoError
 from bpo.model.logprobs import SharedPromptBatch, build_shared_batch
 from bpo.model.sampling import ignored_generation_settings
+from bpo.registry import LOSSES
 from bpo.train.ledger import Annotation, outcome_counts
-from bpo.train.losses import MEAN_LOGPS, REFERENCE_FREE, dap_loss
+from bpo.train.losses import dap_loss
 from bpo.train.run import Run
 
 
@@ -44,7 +45,7 @@ def reference_logps(
     t, ens = run.cfg.train, run.ens
     # a reference-free loss reads none: the behavior model's then costs nothing in fp32 (the sampler's) and
     # still gives the KL metrics
-    mode = "behavior" if t.loss in REFERENCE_FREE else t.reference
+    mode = t.reference if LOSSES.get(t.loss).reference else "behavior"
     logged = [a.behavior_logps for a in kept]
     sampled = None
     if all(x and None not in x for x in logged):
@@ -86,7 +87,7 @@ def exactness_lines(run: Run) -> list[str]:
         how = f"sampling: the behavior adapter unfolded ({dtype} weights would round part of delta-W away)"
     else:
         how = "sampling: the behavior adapter unfolded (sampling.fold_adapter=false)"
-    if t.loss in REFERENCE_FREE:
+    if not LOSSES.get(t.loss).reference:
         ref = f"{t.loss} reads no reference"
     elif t.reference == "behavior" and sampler_is_reference(run):
         ref = "the reference log-probs are the sampler's own (fp32: those of a teacher-forced pass)"
@@ -150,10 +151,11 @@ def micro_batches(run: Run, kept: list[Annotation], sums: Sums) -> list[tuple]:
         batch = build_shared_batch(prompts, responses, run.policy.tokenizer.pad_token_id).to(device)
         with run.timer.part("reference"):
             ref_sum, behavior_sum, sft_sum = reference_logps(run, chunk, batch)
-        if t.loss in REFERENCE_FREE:
+        declared = LOSSES.get(t.loss)
+        if not declared.reference:
             ref = torch.zeros_like(ref_sum)
         else:
-            ref = ref_sum / batch.response_mask.sum(-1).float() if t.loss in MEAN_LOGPS else ref_sum
+            ref = ref_sum / batch.response_mask.sum(-1).float() if declared.mean_logps else ref_sum
         if sft_sum is not None:  # how far the data-collecting model has moved from SFT
             sums.add("kl/behavior_to_sft", (behavior_sum - sft_sum).mean(), len(chunk))
         micro.append((len(chunk), batch, ref, behavior_sum))
@@ -164,12 +166,12 @@ def update_member(run: Run, name: str, micro: list[tuple], n_global: float, sums
     """Forward and backward over every micro-batch, then one clipped AdamW step (refused if non-finite)."""
     t, ens, acc, device = run.cfg.train, run.ens, run.acc, run.policy.device
     k, params, finite = len(ens.members), ens.member_parameters(name), True
+    declared = LOSSES.get(t.loss)
+    hyper = declared.values(t)  # the loss's own hyper-parameters
     for n, batch, ref, behavior_sum in micro:
         summed, mean = ens.logps(name, batch, grad=True)
-        pol = mean if t.loss in MEAN_LOGPS else summed
-        losses, metrics = dap_loss(
-            pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, t.label_smoothing, t.simpo_gamma
-        )
+        pol = mean if declared.mean_logps else summed
+        losses, metrics = dap_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], t.loss, t.beta, **hyper)
         loss = losses.sum() / n_global
         finite = finite and bool(torch.isfinite(loss).item())
         loss.backward()
