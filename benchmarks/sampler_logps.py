@@ -123,6 +123,7 @@ def main() -> None:
         "| dtype | fold error / delta-W, median layer | worst layer | the adapter's effect (mean nats a sequence) |",
         "| --- | ---: | ---: | ---: |",
     ]
+    said = []
     for dtype in a.dtypes.split(","):
         m = measure(a, dtype)
         how = "adapter folded: exact in fp32" if m["folds_exactly"] else "adapter unfolded"
@@ -137,6 +138,17 @@ def main() -> None:
             print(rows[-1], flush=True)
         folds.append(f"| {dtype} | {m['error'][0]:.1%} | {m['error'][1]:.1%} | {m['effect']:.2f} |")
         print(folds[-1], flush=True)
+        if dtype != "float32":
+            own = max(m["noise"].mean().item(), m["fp32"].mean().item())
+            where = "within" if m["sampler"].mean() <= own else f"{m['sampler'].mean() / own:.1f} x"
+            said.append(
+                f"In {dtype} bpo's sampler is {m['sampler'].mean():.3f} nats a sequence from the teacher-forced pass "
+                f"(max {m['sampler'].max():.3f}); the teacher-forced pass is {m['noise'].mean():.3f} from itself in "
+                f"another batch layout and {m['fp32'].mean():.3f} from fp32: {where} the {dtype} forward's own "
+                f"noise. A fold into {dtype} weights gets {m['error'][0]:.1%} of delta-W wrong in the median layer "
+                f"({m['error'][1]:.1%} in the worst), and with the same keys {m['differ']} of {m['rows']} sequences "
+                "came out different from the behavior model's."
+            )
     adapter = f"the trained adapter `{a.adapter}`" if a.adapter else f"a random LoRA (r 16, factors N(0, {a.scale}))"
     where = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or platform.machine()
     publish(
@@ -152,6 +164,7 @@ def main() -> None:
             "",
             *folds,
             "",
+            *[line + "\n" for line in said],
             "bpo folds the adapter only where the fold is the same model (fp32 weights), and reuses the sampler's "
             "log-probs as BPO's reference only in fp32 (`bpo.train.step.sampler_is_reference`); in bf16/fp16 it "
             "samples with the adapter unfolded and teacher-forces the reference with the same adapter, so the loss at "
