@@ -1,9 +1,11 @@
 """A new annotator kind and a new task come from outside the package, with no edit under src/."""
 
 import json
+import math
 from importlib.metadata import EntryPoint
 
-from conftest import tiny_config
+import torch
+from conftest import adapters, tiny_config
 from typer.testing import CliRunner
 
 import bpo.registry
@@ -90,3 +92,44 @@ def test_a_loss_registered_outside_the_package_trains_with_its_own_hyper_paramet
     ):
         res = CliRunner().invoke(app, ["config", "show", "train.loss=robust", *[f"{k}={v}" for k, v in bad.items()]])
         assert res.exit_code == 2 and res.output.strip() == f"error: {says}", res.output
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_resumes_exactly(tmp_path):
+    import plugin_references  # noqa: F401 - registers train.reference=every_k
+
+    over = {"train.reference": "every_k", "train.reference_args.k": 2, "train.phases": 1, "train.save_every": 2}
+
+    def config(name: str):
+        return load_config(None, tiny_config(tmp_path, **over, **{"output_dir": str(tmp_path / name)}))
+
+    seen = []
+    train(config("whole"), evaluate=False, on_step=lambda r, s, m: seen.append(m))
+
+    def crash_after_step_5(run, step, metrics):
+        if step == 4:  # step 5 done; the last checkpoint is step 4's, whose reference the rule moved after step 4
+            raise Crash
+
+    try:
+        train(config("killed"), evaluate=False, on_step=crash_after_step_5)
+    except Crash:
+        pass
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-000004" / "adapters"
+    assert (checkpoint / "everyk" / "adapter_model.safetensors").exists()  # the rule's state is saved
+    resumed = []
+    train(config("killed"), resume=True, evaluate=False, on_step=lambda r, s, m: resumed.append(m))
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in seen[4:]]
+    want, got = adapters(tmp_path / "whole" / "final"), adapters(tmp_path / "killed" / "final")
+    assert want.keys() == got.keys() and want
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    # the rule moves the reference: the loss at step 3 (k = 2: pi_ref = the policy after step 2) is log 2
+    assert abs(seen[2]["loss"] - math.log(2)) < 1e-6 and abs(seen[1]["loss"] - math.log(2)) > 1e-4
+    listed = CliRunner().invoke(app, ["config", "kinds"]).output
+    assert "train.reference=every_k: pi_ref = the policy, copied every k steps; pi_ref is adapter everyk, " \
+        "train.reference_args.k" in listed  # fmt: skip
+    res = CliRunner().invoke(app, ["config", "show", "train.reference=every_k", "train.reference_args.j=2"])
+    assert res.exit_code == 2 and "train.reference_args: ['j'] not taken by train.reference=every_k (k)" in res.output

@@ -305,7 +305,7 @@ def config_keys_cmd() -> None:
 def config_kinds_cmd() -> None:
     """Every registered part (built in, and from installed plugins): annotators, tasks, backends, losses."""
     from bpo.config import TrainConfig
-    from bpo.registry import ANNOTATOR_KINDS, BACKENDS, LOSSES, TASKS
+    from bpo.registry import ANNOTATOR_KINDS, BACKENDS, LOSSES, REFERENCES, TASKS
 
     for name in ANNOTATOR_KINDS.names():
         print(f"annotator.kind={name}: {ANNOTATOR_KINDS.get(name).help}")
@@ -318,6 +318,11 @@ def config_kinds_cmd() -> None:
         takes = ", ".join(["train.beta", *loss.keys(TrainConfig())])
         reference = "reads train.reference" if loss.reference else "no reference"
         print(f"train.loss={name}: {loss.help}; {reference}; {takes}")
+    for name in REFERENCES.names():
+        rule = REFERENCES.get(name)
+        takes = "".join(f", train.reference_args.{a}" for a in rule.args)
+        print(f"train.reference={name}: {rule.help or rule.__doc__.splitlines()[0]}; pi_ref is adapter {rule.adapter}"
+              f"{takes}")  # fmt: skip
 
 
 @app.command()

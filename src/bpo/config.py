@@ -66,12 +66,11 @@ class Config:
             need(positive(self.get(key)), key, "a positive finite number", self.get(key))
         wd = t.weight_decay
         need(math.isfinite(wd) and wd >= 0, "train.weight_decay", ">= 0 and finite", wd)
-        need(0 < t.ema_alpha <= 1, "train.ema_alpha", "in (0, 1]", t.ema_alpha)
-        need(0 < t.ref_model_mixup_alpha <= 1, "train.ref_model_mixup_alpha", "in (0, 1]", t.ref_model_mixup_alpha)
-        need(t.ref_model_sync_steps >= 1, "train.ref_model_sync_steps", "at least 1", t.ref_model_sync_steps)
-        from bpo.train.losses import check_losses  # the losses' declarations: torch, loaded only here
+        from bpo.train.losses import check_losses  # the parts' declarations: torch, loaded only here
+        from bpo.train.references import check_references
 
         check_losses(t)
+        check_references(t)
         need(positive(e.judge_timeout), "eval.judge_timeout", "a positive finite number of seconds", e.judge_timeout)
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)

@@ -1,5 +1,5 @@
-"""The parts a user plugs in by name: annotator kinds, tasks, generation backends and losses (PEFT's
-``register_peft_method``).
+"""The parts a user plugs in by name: annotator kinds, tasks, generation backends, losses and reference rules
+(PEFT's ``register_peft_method``).
 
 Each registry is the only list of its parts. A part registers itself where it is defined
 (``bpo.annotators``, ``bpo.human``, ``bpo.tasks``, or a user's package), and the config checks a
@@ -93,3 +93,4 @@ ANNOTATOR_KINDS: Registry[AnnotatorKind] = Registry("annotator.kind", ("bpo.anno
 TASKS: Registry[Task] = Registry("data source", ("bpo.tasks",))
 BACKENDS: Registry[BackendKind] = Registry("sampling.backend", ("bpo.model",))
 LOSSES: Registry[Any] = Registry("train.loss", ("bpo.train.losses",))  # bpo.train.losses.Loss
+REFERENCES: Registry[Any] = Registry("train.reference", ("bpo.train.references",))  # ...references.ReferenceRule

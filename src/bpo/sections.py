@@ -189,10 +189,14 @@ class TrainConfig:
     batch_size: int = setting(8, "B: prompts per step, 2 responses each")
     micro_batch: int = setting(0, "prompts per forward/backward in a step, same update (0: 1 on CPU, all B on GPU)")
     phases: int = setting(2, "F: behavior refreshes (annotation phases); 1 = offline DAP, T = on-policy")
-    reference: Literal["behavior", "sft", "ema", "tr"] = setting(
+    reference: str = setting(
         "behavior",
-        "behavior = BPO; sft = online DAP; ema (ablation); tr = TR-DPO (arXiv 2404.09656): starts at SFT, every "
-        "train.ref_model_sync_steps steps pi_ref <- alpha pi_theta + (1 - alpha) pi_ref on delta-W",
+        "a registered rule (bpo config kinds): behavior = BPO; sft = online DAP; ema (ablation); tr = TR-DPO "
+        "(arXiv 2404.09656): starts at SFT, every train.ref_model_sync_steps steps pi_ref <- alpha pi_theta + "
+        "(1 - alpha) pi_ref on delta-W",
+    )
+    reference_args: dict[str, float] = setting(
+        {}, "hyper-parameters of a plugin reference rule by name (train.reference_args.NAME=VALUE)"
     )
     ema_alpha: float = setting(5e-3, "EMA rate of the ema reference")
     ref_model_mixup_alpha: float = setting(

@@ -17,7 +17,7 @@ import yaml
 from bpo.errors import BpoError
 from bpo.io import read_jsonl, write_text_atomic
 from bpo.progress import trained_nothing
-from bpo.registry import ANNOTATOR_KINDS
+from bpo.registry import ANNOTATOR_KINDS, LOSSES, REFERENCES
 from bpo.stats import accuracy_text, at_chance
 
 CURVES = [  # metric, title
@@ -113,9 +113,10 @@ def plot(
 
 def method_line(cfg: dict) -> str:
     t, k = cfg["train"], len(cfg["sft"]["seeds"])
-    names = {"behavior": "BPO", "sft": "online DAP, SFT reference", "ema": "EMA reference"}
-    tr = f"TR-DPO reference (alpha {t.get('ref_model_mixup_alpha')}, tau {t.get('ref_model_sync_steps')})"
-    name = "no reference (SimPO)" if t["loss"] == "simpo" else {**names, "tr": tr}[t["reference"]]
+    if t["loss"] in LOSSES and not LOSSES.get(t["loss"]).reference:
+        name = f"no reference ({t['loss']})"
+    else:  # a rule from a plugin that is not installed here is named as the run named it
+        name = REFERENCES.get(t["reference"]).label(t) if t["reference"] in REFERENCES else t["reference"]
     if t["phases"] == 1:
         name = "offline (F = 1), " + name
     return f"{name}: {t['loss'].upper()} F={t['phases']} T={t['steps']} B={t['batch_size']} K={k}"

@@ -34,7 +34,9 @@ from bpo.io import (
     write_text_atomic,
 )
 from bpo.model.policy import base_model_path
+from bpo.registry import REFERENCES
 from bpo.train.ledger import AnnotationLog, check_prefix, digest, ledger_settings
+from bpo.train.references import BEHAVIOR, SFT
 from bpo.train.run import Run
 
 KEEP = 2  # checkpoints kept: the newest and one to fall back to
@@ -45,8 +47,8 @@ class CheckpointError(BpoError, RuntimeError):
 
 
 def frozen_adapters(reference: str) -> list[str]:
-    """The frozen adapters a run keeps beside its members."""
-    return ["behavior", "sft"] + ([reference] if reference in ("ema", "tr") else [])
+    """The frozen adapters a run keeps beside its members: the behavior and SFT models, and its reference rule's."""
+    return [BEHAVIOR, SFT, *REFERENCES.get(reference).owns]
 
 
 def ledger_files(out: Path) -> list[Path]:

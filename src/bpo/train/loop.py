@@ -42,6 +42,7 @@ from bpo.eval.evaluation import evaluate_run, print_result
 from bpo.eval.report import load_run, run_warnings, write_report
 from bpo.io import FolderLock, append_lines, read_jsonl, tidy, verify, write_json
 from bpo.progress import Bars, Lines, LogConsole, StepClock, bar_text, progress_bar, step_line
+from bpo.registry import REFERENCES
 from bpo.train.checkpoint import (
     clean_leftovers,
     has_checkpoint,
@@ -54,6 +55,7 @@ from bpo.train.checkpoint import (
 )
 from bpo.train.ledger import Annotation, AnnotationLog
 from bpo.train.phases import collect_phase, phase_bounds
+from bpo.train.references import BEHAVIOR
 from bpo.train.run import Run, setup
 from bpo.train.sft import check_sft_dir
 from bpo.train.step import NonFiniteError, exactness_lines, total, train_step
@@ -101,21 +103,6 @@ def prepare(run: Run, log: AnnotationLog, found: tuple | None, console: Console)
     return Loop(optimizers, schedulers, log, trackers, start, start)
 
 
-def move_reference(ens, t, step: int) -> None:
-    """The reference rules that move after a step. ema with ema_update=step: EMA of the policy (not the
-    paper's). tr, every tau steps whatever F: TR-DPO's pi_ref <- alpha pi_theta + (1 - alpha) pi_ref, with
-    alpha = 1 an exact copy of the policy (the members' merge, rank K*r), below 1 on delta-W (a dense adapter)."""
-    if t.reference == "ema" and t.ema_update == "step":
-        ens.merge("current", t.merge)
-        ens.ema_update("current", "ema", t.ema_alpha)
-    elif t.reference == "tr" and (step + 1) % t.ref_model_sync_steps == 0:
-        if t.ref_model_mixup_alpha == 1:
-            ens.merge("tr", t.merge)
-        else:
-            ens.merge("current", t.merge)
-            ens.mix("current", "tr", t.ref_model_mixup_alpha)
-
-
 def non_finite(run: Run, step: int, err: Exception) -> NonFiniteError:
     """The one-line refusal of a non-finite step, naming the last good checkpoint."""
     latest = run.out / "checkpoints" / "latest"
@@ -130,6 +117,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
     """Steps ``loop.start`` .. T-1: refresh and collect at phase starts, one update per step, checkpoints."""
     t, acc, log = run.cfg.train, run.acc, loop.log
     bounds = phase_bounds(t.steps, t.phases)
+    rule = REFERENCES.get(t.reference)  # where pi_ref sits and how it moves (bpo.train.references)
     pairs: dict[int, Annotation] = {}
     bar = progress.add_task("training", total=t.steps, completed=loop.start, quiet=True)
     clock = StepClock()
@@ -138,9 +126,8 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
         phase = max(p for p in range(t.phases) if bounds[p] <= step)
         offset = step - bounds[phase]
         if offset == 0:
-            run.ens.merge("behavior", t.merge)  # pi_beta <- pi_theta
-            if t.reference == "ema" and t.ema_update == "refresh":  # the paper: EMA moves at refreshes only
-                run.ens.ema_update("behavior", "ema", t.ema_alpha)
+            run.ens.merge(BEHAVIOR, t.merge)  # pi_beta <- pi_theta
+            rule.refresh(run.ens, t)
         if not pairs or offset == 0:
             pairs = collect_phase(run, phase, log, progress)
         lo = offset * run.local_batch
@@ -149,7 +136,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
             metrics = train_step(run, step_pairs, loop.optimizers, loop.schedulers)
         except NonFiniteError as err:
             raise non_finite(run, step, err) from None
-        move_reference(run.ens, t, step)
+        rule.after_step(run.ens, t, step)
         metrics.update(run.timer.pop())
         metrics["time/step"] = round(time.time() - step_started, 3)
         metrics.update(step=step + 1, phase=phase, time=round(time.time() - started, 2))
@@ -174,7 +161,7 @@ def fit(run: Run, loop: Loop, progress: Bars | Lines, started: float, on_step=No
 
 def finish(run: Run, loop: Loop, progress: Bars | Lines, evaluate: bool, resume: bool, started: float) -> dict:
     """Final merge and save, the evaluation, and run.json (its presence marks the run finished)."""
-    run.ens.merge("behavior", run.cfg.train.merge)
+    run.ens.merge(BEHAVIOR, run.cfg.train.merge)
     save_final(run)
     result = {}
     if run.acc.is_main_process:

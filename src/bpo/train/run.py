@@ -20,7 +20,9 @@ from bpo.errors import ConfigError
 from bpo.model.ensemble import Ensemble
 from bpo.model.policy import Policy, load_policy
 from bpo.progress import Bars, Lines
+from bpo.registry import REFERENCES
 from bpo.timing import Timer
+from bpo.train.references import BEHAVIOR, SFT
 from bpo.train.sft import member_paths, run_sft, sft_done
 
 
@@ -88,12 +90,9 @@ def setup(cfg: Config, progress: Bars | Lines, acc: Accelerator | None = None, e
     ens = Ensemble.from_adapters(policy.model, member_paths(cfg))
     policy.model.eval()
     ens.disable_dropout()  # no dropout anywhere during DAP training, as in the paper
-    ens.merge("behavior", t.merge)
-    ens.snapshot("behavior", "sft")
-    if t.reference == "ema":
-        ens.snapshot("behavior", "ema")
-    if t.reference == "tr":  # TR-DPO's reference starts as the start model: exact copy (hard) or dense (soft)
-        ens.snapshot("behavior", "tr") if t.ref_model_mixup_alpha == 1 else ens.mix("behavior", "tr", 1.0)
+    ens.merge(BEHAVIOR, t.merge)
+    ens.snapshot(BEHAVIOR, SFT)
+    REFERENCES.get(t.reference).start(ens, t)
     shard = local_shard(records, t.batch_size, acc.process_index, acc.num_processes)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in shard]
     return Run(cfg, acc, policy, ens, annotator, shard, ids, out, t.batch_size // acc.num_processes, gold)

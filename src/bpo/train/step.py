@@ -15,9 +15,10 @@ from accelerate.utils import gather_object
 from bpo.errors import BpoError
 from bpo.model.logprobs import SharedPromptBatch, build_shared_batch
 from bpo.model.sampling import ignored_generation_settings
-from bpo.registry import LOSSES
+from bpo.registry import LOSSES, REFERENCES
 from bpo.train.ledger import Annotation, outcome_counts
 from bpo.train.losses import dap_loss
+from bpo.train.references import BEHAVIOR, SFT
 from bpo.train.run import Run
 
 
@@ -35,7 +36,7 @@ def reference_logps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Summed log-probs of each row under the reference, the behavior model and (when logged) SFT.
 
-    The reference mode names the adapter that holds it (behavior: BPO; sft: online DAP; ema).
+    The reference rule names the adapter that holds it (``bpo.train.references``: behavior for BPO, sft ...).
     In BPO the reference is the behavior model, whose log-probs the sampler already returned;
     they are reused when the model runs in fp32, where they equal the teacher-forced pass. In
     bf16/fp16 the batched decode with a KV cache rounds differently from the teacher-forced pass
@@ -45,21 +46,21 @@ def reference_logps(
     t, ens = run.cfg.train, run.ens
     # a reference-free loss reads none: the behavior model's then costs nothing in fp32 (the sampler's) and
     # still gives the KL metrics
-    mode = t.reference if LOSSES.get(t.loss).reference else "behavior"
+    mode = REFERENCES.get(t.reference).adapter if LOSSES.get(t.loss).reference else BEHAVIOR
     logged = [a.behavior_logps for a in kept]
     sampled = None
     if all(x and None not in x for x in logged):
         rows = [x[i] for a, x in zip(kept, logged) for i in a.trained_pair()]
         sampled = torch.tensor(rows, device=batch.prompt_ids.device)
-    if mode == "behavior" and sampler_is_reference(run) and sampled is not None:
+    if mode == BEHAVIOR and sampler_is_reference(run) and sampled is not None:
         ref = sampled
     else:
         ref = ens.logps(mode, batch)[0]
-    if mode == "behavior":
+    if mode == BEHAVIOR:
         behavior = ref
     else:  # only for the KL metrics: the sampler's numbers are close enough there
-        behavior = sampled if sampled is not None else ens.logps("behavior", batch)[0]
-    sft = ref if mode == "sft" else (ens.logps("sft", batch)[0] if t.log_kl_sft else None)
+        behavior = sampled if sampled is not None else ens.logps(BEHAVIOR, batch)[0]
+    sft = ref if mode == SFT else (ens.logps(SFT, batch)[0] if t.log_kl_sft else None)
     return ref, behavior, sft
 
 
@@ -89,7 +90,7 @@ def exactness_lines(run: Run) -> list[str]:
         how = "sampling: the behavior adapter unfolded (sampling.fold_adapter=false)"
     if not LOSSES.get(t.loss).reference:
         ref = f"{t.loss} reads no reference"
-    elif t.reference == "behavior" and sampler_is_reference(run):
+    elif REFERENCES.get(t.reference).adapter == BEHAVIOR and sampler_is_reference(run):
         ref = "the reference log-probs are the sampler's own (fp32: those of a teacher-forced pass)"
     else:
         ref = f"the reference log-probs ({t.reference}) are teacher-forced, in {dtype}"
