@@ -298,13 +298,19 @@ def test_a_missing_gold_judge_fails_before_sft(tmp_path):
     assert (tmp_path / "b" / "run" / "run.json").exists()
 
 
-def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):
+def hh_and_eval_prompts(tmp_path):
+    """20 HH-RLHF pairs, and an eval file with 5 of their prompts in the BPO splits' form ('user: ... assistant: ')."""
     data = tmp_path / "hh.jsonl"
     write_hh(data, 20)
     held = tmp_path / "eval.jsonl"
     held.write_text(
         "".join(json.dumps({"prompt": f"user: question {i}: can you help? assistant: "}) + "\n" for i in range(5))
     )
+    return data, held
+
+
+def test_exclude_leaves_out_pairs_on_those_prompts(tmp_path):
+    data, held = hh_and_eval_prompts(tmp_path)
     out = tmp_path / "rm"
     res = train_tiny_rm(data, out, "--dialogue", "plain", "--exclude", str(held))
     assert res.exit_code == 0, res.output
@@ -467,12 +473,7 @@ def test_a_judge_that_reads_only_lengths_is_warned():
 def test_an_exclude_file_that_matches_no_prompt_is_refused_before_training(tmp_path):
     # the BPO splits' eval prompts are 'user: ... assistant: '; with --dialogue keep the pairs keep HH turns, so
     # none matches and --exclude would leave nothing out while the run's leak check could not see it either
-    data = tmp_path / "hh.jsonl"
-    write_hh(data, 20)
-    held = tmp_path / "eval.jsonl"
-    held.write_text(
-        "".join(json.dumps({"prompt": f"user: question {i}: can you help? assistant: "}) + "\n" for i in range(5))
-    )
+    data, held = hh_and_eval_prompts(tmp_path)
     res = train_tiny_rm(data, tmp_path / "rm", "--exclude", str(held))
     assert res.exit_code == 2
     line = res.output.strip()
