@@ -133,3 +133,15 @@ def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_res
         "train.reference_args.k" in listed  # fmt: skip
     res = CliRunner().invoke(app, ["config", "show", "train.reference=every_k", "train.reference_args.j=2"])
     assert res.exit_code == 2 and "train.reference_args: ['j'] not taken by train.reference=every_k (k)" in res.output
+
+
+def test_a_plugins_empty_argument_mappings_leave_the_ledger_header_as_it_was():
+    # ledgers written before train.loss_args / train.reference_args existed must still resume: empty ones are implied
+    from bpo.train.ledger import ledger_settings
+
+    plain = ledger_settings(load_config(None, ["model.name=tiny-random-llama"]), 1)["train"]
+    assert "loss_args" not in plain and "reference_args" not in plain
+    import plugin_losses  # noqa: F401
+
+    over = ["model.name=tiny-random-llama", "train.loss=robust", "train.loss_args.flip_rate=0.1"]
+    assert ledger_settings(load_config(None, over), 1)["train"]["loss_args"] == {"flip_rate": 0.1}

@@ -207,8 +207,9 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
         "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
         "sampling": _sampling_settings(d["sampling"]),
         "annotator": _annotator_settings(d["annotator"]),
-        # micro_batch splits the same update (gradients accumulate): a memory knob, like the checkpoint times
-        "train": {k: v for k, v in d["train"].items() if k not in NOT_LEDGER_TRAIN},
+        # micro_batch splits the same update (gradients accumulate): a memory knob, like the checkpoint times;
+        # a plugin's empty argument mappings are implied, so ledgers written before they existed still resume
+        "train": {k: v for k, v in d["train"].items() if k not in NOT_LEDGER_TRAIN and v != {}},
         "device": d["device"],
         "processes": processes,
     }
