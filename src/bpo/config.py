@@ -20,7 +20,7 @@ import yaml
 from bpo.errors import ConfigError
 from bpo.fields import apply_values, section, setting
 from bpo.io import write_text_atomic
-from bpo.registry import ANNOTATOR_KINDS, BACKENDS, TASKS
+from bpo.registry import ANNOTATOR_KINDS, BACKENDS, LOSSES, REFERENCES, TASKS
 from bpo.sections import (  # re-exported: every module reads its section's type from bpo.config
     AnnotatorConfig,
     DataConfig,
@@ -66,11 +66,16 @@ class Config:
             need(positive(self.get(key)), key, "a positive finite number", self.get(key))
         wd = t.weight_decay
         need(math.isfinite(wd) and wd >= 0, "train.weight_decay", ">= 0 and finite", wd)
-        from bpo.train.losses import check_losses  # the parts' declarations: torch, loaded only here
-        from bpo.train.references import check_references
-
-        check_losses(t)
-        check_references(t)
+        LOSSES.get(t.loss)  # an unknown name is refused, listing the known ones
+        rule = REFERENCES.get(t.reference)
+        for name in LOSSES.names():  # each declared part checks its own settings (bpo.train.losses, .references)
+            LOSSES.get(name).check(t, chosen=name == t.loss)
+        for name in REFERENCES.names():
+            REFERENCES.get(name).check(t)
+        unknown = set(t.reference_args) - set(rule.args)
+        if unknown:
+            raise ConfigError(f"train.reference_args: {sorted(unknown)} not taken by train.reference={t.reference} "
+                              f"({', '.join(rule.args) or 'none'})")  # fmt: skip
         need(positive(e.judge_timeout), "eval.judge_timeout", "a positive finite number of seconds", e.judge_timeout)
         need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)

@@ -19,13 +19,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from bpo.errors import ConfigError
 from bpo.registry import LOSSES
+
+if TYPE_CHECKING:
+    import torch
+
+# The declarations load with the config (its checks read them) and so need no torch: each formula imports
+# torch.nn.functional where it runs.
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,15 @@ class Loss:
         own = {f.name for f in fields(train)}
         return [f"train.{p.name}" if p.name in own else f"train.loss_args.{p.name}" for p in self.params]
 
+    def check(self, train: Any, chosen: bool) -> None:
+        """Refuse a bad hyper-parameter when the config is read: its ``train.*`` ones whichever loss is chosen (a bad
+        value there is a typo all the same), and ``train.loss_args`` when it is the chosen loss."""
+        for p, key in zip(self.params, self.keys(train)):
+            if key == f"train.{p.name}":
+                p.check(getattr(train, p.name), key)
+        if chosen:
+            self.values(train)
+
     def values(self, train: Any) -> dict[str, float]:
         """This loss's hyper-parameters from the train config, checked: a ``train.*`` field where the config has
         one (the built-ins), else ``train.loss_args``, else the default."""
@@ -78,17 +90,6 @@ class Loss:
         return out
 
 
-def check_losses(train: Any) -> None:
-    """Refuse a bad hyper-parameter before anything loads: every loss's ``train.*`` ones whichever loss is chosen
-    (a bad value there is a typo all the same), and ``train.loss_args`` against the chosen loss."""
-    own = {f.name for f in fields(train)}
-    for name in LOSSES.names():
-        for p in LOSSES.get(name).params:
-            if p.name in own:
-                p.check(getattr(train, p.name), f"train.{p.name}")
-    LOSSES.get(train.loss).values(train)
-
-
 def register_loss(name: str, loss: Loss) -> Loss:
     """Make ``train.loss=name`` mean ``loss`` (from a user's package too: the ``bpo.plugins`` entry points)."""
     return LOSSES.register(name, loss)
@@ -97,6 +98,8 @@ def register_loss(name: str, loss: Loss) -> Loss:
 def dpo_loss(delta: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """DPO (Rafailov et al. 2023, arXiv 2305.18290), with conservative label smoothing eps:
     -(1 - eps) log sigmoid(beta * Delta) - eps log sigmoid(-beta * Delta)."""
+    import torch.nn.functional as F
+
     return -(1 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
 
 
@@ -107,13 +110,15 @@ def ipo_loss(delta: torch.Tensor, beta: float) -> torch.Tensor:
 
 def slic_loss(delta: torch.Tensor, beta: float) -> torch.Tensor:
     """SLiC-HF (Zhao et al. 2023, arXiv 2305.10425), the hinge form: max(0, 1 - beta * Delta)."""
-    return torch.relu(1 - beta * delta)
+    return (1 - beta * delta).relu()
 
 
 def simpo_loss(delta: torch.Tensor, beta: float, simpo_gamma: float = 0.0) -> torch.Tensor:
     """SimPO (Meng et al. 2024, arXiv 2405.14734): -log sigmoid(beta * Delta - gamma), with Delta the
     difference of length-normalised (averaged) log-probs and no reference; gamma is the target margin
     (TRL's ``simpo_gamma``). The paper's beta is 2.0-2.5, gamma/beta 0.3-0.8."""
+    import torch.nn.functional as F
+
     return -F.logsigmoid(beta * delta - simpo_gamma)
 
 

@@ -13,12 +13,14 @@ The loop calls these hooks and never asks which rule it has.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bpo.config import TrainConfig
-from bpo.errors import ConfigError
-from bpo.model.ensemble import Ensemble
+from bpo.config import need
 from bpo.registry import REFERENCES
+
+if TYPE_CHECKING:  # the rules load with the config (its checks read them): no model library, no cycle
+    from bpo.config import TrainConfig
+    from bpo.model.ensemble import Ensemble
 
 BEHAVIOR, SFT = "behavior", "sft"  # the frozen adapters every run has: the phase's pi_beta and the start model
 POLICY = "current"  # the members' merge now (pi_theta), rebuilt where a rule needs it; never checkpointed
@@ -52,23 +54,6 @@ class ReferenceRule:
 def register_reference(name: str, rule: ReferenceRule) -> ReferenceRule:
     """Make ``train.reference=name`` mean ``rule`` (from a user's package too: the ``bpo.plugins`` entry points)."""
     return REFERENCES.register(name, rule)
-
-
-def check_references(t: TrainConfig) -> None:
-    """Every rule's settings, then ``train.reference_args`` against the chosen rule."""
-    for name in REFERENCES.names():
-        REFERENCES.get(name).check(t)
-    rule = REFERENCES.get(t.reference)
-    unknown = set(t.reference_args) - set(rule.args)
-    if unknown:
-        takes = ", ".join(rule.args) or "none"
-        raise ConfigError(f"train.reference_args: {sorted(unknown)} not taken by train.reference={t.reference} "
-                          f"({takes})")  # fmt: skip
-
-
-def need(ok: bool, key: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key} = {value!r}: must be {rule}")
 
 
 class Behavior(ReferenceRule):
