@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# each benchmark script runs end to end (10-110 s each); scripts/test.sh --fast leaves them out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-random-llama", "--task", "quickstart"]
 

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from bpo.cli import app
@@ -137,6 +138,7 @@ def test_generate_keeps_the_prompt_ids(tmp_path):
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["mine-0", "mine-1"]
 
 
+@pytest.mark.slow
 def test_a_failing_run_inside_compare_says_why(tmp_path):
     grid = ["compare", "--out", str(tmp_path / "grid"), "--methods", "bpo-fT", "--seeds", "0"]
     # refused up front, before any run starts
@@ -159,6 +161,7 @@ def test_adapters_record_their_base_model(tmp_path):
     assert config["base_model_name_or_path"] == "tiny-random-llama"
 
 
+@pytest.mark.slow
 def test_a_redirected_run_logs_a_line_per_step_while_it_runs(tmp_path):
     # stdout/stderr to a file (nohup, CI, a cluster job): the log must show each step as it happens,
     # not only the header until the run ends
@@ -313,6 +316,7 @@ def test_export_merged_and_adapter(tmp_path):
     assert not [p for p in mine.parent.iterdir() if ".bpo-" in p.name]  # no temp or aside folder left
 
 
+@pytest.mark.slow
 def test_a_logged_run_keeps_each_result_line_whole(tmp_path):
     """Piped output was hard-wrapped at 80 columns: the result lines broke mid-interval in a log file or CI."""
     import os

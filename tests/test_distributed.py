@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import adapters, tiny_config
 
@@ -14,6 +15,7 @@ from bpo.train.ledger import AnnotationLog
 TOLERANCE = 1e-4  # absolute, on LoRA weights of size ~0.1: float reduction order and padding differ
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     assert accelerate, "accelerate's launcher should be installed beside python"

@@ -101,6 +101,7 @@ def test_the_engine_samples_the_model_and_agrees_with_teacher_forcing(tmp_path, 
     assert not servers_of(backend.work), "a llama-server outlived its backend"
 
 
+@pytest.mark.slow
 def test_a_run_samples_through_the_engine_with_an_exact_reference(tmp_path, model_dir):
     from bpo.train.loop import train
 
@@ -127,6 +128,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_server_behind(tmp_path, model_dir):
     import signal
     import subprocess

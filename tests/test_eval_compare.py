@@ -243,6 +243,7 @@ def test_methods_of_another_ensemble_size_get_their_own_sft_cache(tmp_path):
     assert cache("bpo-fT-k1") == k1 and cache("bpo-fT-k5") == k5  # the same SFT setting shares its cache
 
 
+@pytest.mark.slow
 def test_compare_two_methods_then_resume(tmp_path):
     over = tiny_config(tmp_path, **{"train.steps": 2, "data.eval_examples": 4, "eval.max_new_tokens": 6})
     over = [o for o in over if not o.startswith(("output_dir", "sft_dir"))]
@@ -412,6 +413,7 @@ def test_the_report_says_how_closely_annotator_and_judge_agree():
     assert "same 256 distinct eval responses" in _judges_agree(two)[1]
 
 
+@pytest.mark.slow
 def test_a_grid_publishes_each_run_as_it_finishes(tmp_path):
     """A grid stopped before its last run (here the second run fails) has published the runs it finished."""
     over = tiny_config(tmp_path, **{"train.steps": 2, "data.eval_examples": 4, "eval.max_new_tokens": 6})

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from faults import ENV, _flip, _truncate, args, assert_same, resume, snapshot, stopped_run
 
+# every test here trains, kills and resumes real runs (20-140 s each); scripts/test.sh --fast leaves them out
+pytestmark = pytest.mark.slow
+
 
 def test_random_sigkills_resume_bit_identically(tmp_path, reference):
     """Five runs, each SIGKILLed at random moments (some twice), resumed to the uninterrupted result.

@@ -14,6 +14,9 @@ from bpo.io import FolderInUseError, FolderLock
 from bpo.train.ledger import AnnotationLog, LedgerError
 from bpo.train.loop import train
 
+# every test here runs tiny training runs end to end (10-35 s each); scripts/test.sh --fast leaves them out
+pytestmark = pytest.mark.slow
+
 
 def _ledger_lines(run: Path) -> list[str]:
     return (run / "annotations.jsonl").read_text().splitlines(keepends=True)

@@ -143,6 +143,7 @@ def test_a_phase_labelled_in_the_browser_with_the_keyboard_trains_on_those_label
         assert [(x["labeller"], x["left"]) for x in e.labels] == [("ana", items[k].left)]
 
 
+@pytest.mark.slow
 def test_a_wrong_token_is_refused_and_a_killed_server_loses_nothing(run):
     server = Server(run)
     try:
@@ -168,6 +169,7 @@ def test_a_wrong_token_is_refused_and_a_killed_server_loses_nothing(run):
         server.stop()
 
 
+@pytest.mark.slow
 def test_concurrent_labellers_neither_lose_nor_double_a_label(run):
     server, accepted = Server(run), {}
     pairs = people_pairs(run)
@@ -243,6 +245,7 @@ def test_export_then_import_jsonl_and_label_studio(run, tmp_path):
     assert f"{len(pairs)} of {len(pairs)} pairs labelled" in res.output
 
 
+@pytest.mark.slow
 def test_a_busy_port_and_a_second_server_are_refused_in_one_line(run):
     server = Server(run)
     try:
@@ -299,6 +302,7 @@ def test_a_model_prelabels_and_people_review(tmp_path, review):
         assert bool(e.labels) == i.review and e.calls == 1 + i.review
 
 
+@pytest.mark.slow
 def test_a_huge_or_malformed_body_is_refused_not_read(run):
     """A 300 MB POST with a valid token was buffered whole (RSS 48 MB -> 479 MB); malformed, list or
     non-UTF-8 bodies were answered 500 with a traceback."""

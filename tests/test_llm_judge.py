@@ -145,6 +145,7 @@ def test_invalid_answers_and_ties_are_counted_apart():
     assert [(j.choice, j.unjudged, j.calls) for j in got] == [(0, None, 2), (None, "tie", 2), (None, "invalid", 2)]
 
 
+@pytest.mark.slow
 def test_a_kill_rebuys_at_most_the_requests_in_flight_and_every_request_is_counted(tmp_path, judge_url):
     """A killed llm_judge run re-bought ~4 requests a kill and its ledger recorded 124 and 100 of 132 and 136."""
     import subprocess

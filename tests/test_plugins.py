@@ -4,6 +4,7 @@ import json
 import math
 from importlib.metadata import EntryPoint
 
+import pytest
 import torch
 from conftest import adapters, tiny_config
 from typer.testing import CliRunner
@@ -98,6 +99,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_resumes_exactly(tmp_path):
     import plugin_references  # noqa: F401 - registers train.reference=every_k
 

@@ -119,6 +119,7 @@ def test_tr_dpo_hard_update_every_step_makes_each_step_start_at_log_2(tmp_path):
     assert [m["loss"] for *_, m in seen] == pytest.approx([math.log(2)] * 6, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_stopped_tr_dpo_run_resumes_exactly(tmp_path):
     # the dense TR-DPO reference is part of the checkpoint: stopped after step 3 and resumed, the run ends
     # with the same adapters and metrics as one that never stopped

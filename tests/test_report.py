@@ -17,6 +17,7 @@ def _run(tmp_path, name: str, **over) -> str:
     return str(tmp_path / name / "run")
 
 
+@pytest.mark.slow
 def test_a_run_reports_itself_and_two_runs_overlay(tmp_path):
     bpo = _run(tmp_path, "bpo")
     report = (tmp_path / "bpo" / "run" / "report.md").read_text()

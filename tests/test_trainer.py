@@ -178,6 +178,7 @@ def cli(tmp_path, *extra):
     return args
 
 
+@pytest.mark.slow
 def test_sigkill_mid_phase_then_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     ref_dir, run_dir = tmp_path / "a", tmp_path / "b"
@@ -238,6 +239,7 @@ def test_existing_run_needs_resume(tmp_path):
         train(cfg, evaluate=False)
 
 
+@pytest.mark.slow
 def test_at_f_equal_t_phase_end_checkpoints_can_be_left_to_save_every(tmp_path):
     """At F = T every step ends a phase, so every step wrote a checkpoint (some 20 GB at the paper's scale)."""
     from bpo.errors import ConfigError
@@ -361,6 +363,7 @@ def test_sft_epochs_0_starts_the_members_at_the_model_itself(tmp_path):
     assert seen[0][2]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference at the first step
 
 
+@pytest.mark.slow
 def test_micro_batches_give_the_same_update(tmp_path):
     # gradient accumulation inside a step: the same metrics and the same adapters as the whole step at once
     from safetensors.torch import load_file
