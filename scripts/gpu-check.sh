@@ -43,7 +43,7 @@ else
 fi
 tiny=(model.name=tiny-random-llama train.steps=4 train.batch_size=4 sampling.max_new_tokens=12 sft.seeds=[0,1]
   sft.epochs=1 sft.batch_size=4 data.sft_examples=8 data.eval_examples=8 lora.r=4 lora.alpha=8 train.lr=5e-3
-  "sft_dir=$OUT/e2e/sft" "annotator.cache=$OUT/e2e/judge-cache.jsonl")
+  "sft_dir=$OUT/e2e/sft" "judge.cache=$OUT/e2e/judge-cache.jsonl")
 started=$SECONDS
 $PY -m bpo.cli compare quickstart "${device[@]}" "${tiny[@]}" --out "$OUT/e2e" --seeds 0 \
   --methods offline-dpo,online-dpo-sft,bpo-f2,bpo-fT >"$OUT/e2e.log" 2>&1 \

@@ -59,7 +59,7 @@ def tiny_config(tmp_path: Path, **over) -> list[str]:
         "data.eval_examples": 4,
         "lora.r": 4,
         "lora.alpha": 8,
-        "annotator.cache": str(tmp_path / "judge-cache.jsonl"),  # never the user's shared cache
+        "judge.cache": str(tmp_path / "judge-cache.jsonl"),  # never the user's shared cache
     }
     base.update(over)
     return [f"{k}={v}" for k, v in base.items()]

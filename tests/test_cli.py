@@ -77,7 +77,9 @@ def test_eval_refuses_bad_arguments_before_any_work(tmp_path):
     assert "--judge 'htp'" in one_error_line(runner.invoke(app, ["eval", *TINY, *out, "--judge", "htp"]))
     line = one_error_line(runner.invoke(app, ["eval", *TINY, *out, "--against", str(tmp_path / "nope.jsonl")]))
     assert "--against" in line and "nope.jsonl" in line
-    assert "needs --judge-url" in one_error_line(runner.invoke(app, ["eval", *TINY, *out, "--judge", "http"]))
+    assert "--judge http needs judge.url" in one_error_line(
+        runner.invoke(app, ["eval", *TINY, *out, "--judge", "http"])
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("{}")

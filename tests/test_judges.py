@@ -193,10 +193,11 @@ def test_timeout_and_retries_are_settings(url, tmp_path):
     from bpo.annotators import http_judge
     from bpo.config import load_config
 
-    cfg = load_config("quickstart", ["eval.judge_timeout=0.2", "eval.judge_retries=1", f"annotator.cache={tmp_path}/c"])
-    assert (cfg.eval.judge_timeout, cfg.eval.judge_retries) == (0.2, 1)
+    over = ["judge.timeout=0.2", "judge.retries=1", f"judge.cache={tmp_path}/c", f"judge.url={url}", "judge.model=fake"]
+    cfg = load_config("quickstart", over)
+    assert (cfg.judge.timeout, cfg.judge.retries) == (0.2, 1)
     Server.faults = ["slow"] * 2
-    j = http_judge(cfg, url, "fake", None)
+    j = http_judge(cfg)
     j.backoff = 0.001
     with pytest.raises(JudgeError, match=r"failed after 2 tries \(last: (TimeoutError|URLError).*timed out"):
         j.compare("p", "a longer answer", "short")
@@ -237,7 +238,7 @@ def test_a_tie_answer_is_a_tie_and_is_cached(url, tmp_path):
 
 
 def test_a_judge_trickling_its_answer_is_cut_at_the_deadline(url, tmp_path):
-    """eval.judge_timeout bounded each socket read, not the request: a trickling judge took 147 s for 2
+    """judge.timeout bounded each socket read, not the request: a trickling judge took 147 s for 2
     requests at a 2 s time-out."""
     Server.faults = ["trickle"] * 2  # each answer would take ~6 s; the deadline is 0.5 s a request
     j = judge(url, tmp_path, retries=1, timeout=0.5)

@@ -72,9 +72,9 @@ def overrides(tmp_path, url, **more):
             "train.steps": 4,
             "train.phases": 2,
             "annotator.kind": "llm_judge",
-            "annotator.url": url,
-            "annotator.model": "judge-7b",
-            "annotator.concurrency": 2,
+            "judge.url": url,
+            "judge.model": "judge-7b",
+            "judge.concurrency": 2,
             **more,
         },
     )
@@ -92,7 +92,7 @@ def test_llm_judge_trains_logs_choices_and_cost_and_keeps_the_key_out(tmp_path, 
         assert e.choice == (None if len(a) == len(b) else int(len(b) > len(a)))  # both orders must agree
         assert e.usage["requests"] == 2 and e.usage["completion_tokens"] == 2 and e.usage["prompt_tokens"] > 0
     assert Judge.requests == 2 * len(entries)
-    assert 1 < Judge.most_in_flight <= 2  # concurrent, within annotator.concurrency
+    assert 1 < Judge.most_in_flight <= 2  # concurrent, within judge.concurrency
     header = json.loads(ledger.read_text().splitlines()[0])["settings"]["annotator"]
     assert header["url"] == judge_url and header["model"] == "judge-7b"
     assert "sk-very-secret" not in ledger.read_text()
@@ -125,7 +125,7 @@ def test_llm_judge_needs_a_url_before_anything_loads(tmp_path):
     res = runner.invoke(
         app, ["train", "quickstart", *tiny_config(tmp_path, **{"annotator.kind": "llm_judge"}), "--no-eval"]
     )
-    assert res.exit_code == 2 and "needs annotator.url" in res.output
+    assert res.exit_code == 2 and "needs judge.url" in res.output
     assert not (tmp_path / "run").exists()
 
 
@@ -166,7 +166,69 @@ def test_a_kill_rebuys_at_most_the_requests_in_flight_and_every_request_is_count
     judged = [e for e in AnnotationLog(tmp_path / "run" / "annotations.jsonl").entries if not e.identical]
     questions = 2 * len(judged)
     rebought = Judge.requests - questions
-    assert 0 <= rebought <= 2  # annotator.concurrency: only the requests in flight at the kill
+    assert 0 <= rebought <= 2  # judge.concurrency: only the requests in flight at the kill
     counted = json.loads((tmp_path / "run" / "run.json").read_text())["judge_requests"]
     assert Judge.requests <= counted <= Judge.requests + 2  # every request sent is counted (a kill may land
     # between counting one and sending it: at most the in-flight ones more)
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers A; keeps the model, the prompt's first word and the key of every request."""
+
+    seen: list[tuple[str, str, str]] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Recorder.seen.append((body["model"], body["messages"][0]["content"].split()[0], self.headers["Authorization"]))
+        data = json.dumps({"choices": [{"message": {"content": "A"}}], "usage": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_one_judge_section_is_read_by_train_eval_and_annotate(tmp_path, monkeypatch):
+    """The HTTP judge is set once, in the judge section of a config file; training, bpo annotate and
+    bpo eval --judge http all ask that judge, with its model, template and key."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Recorder.seen = []
+    template = tmp_path / "judge.txt"
+    template.write_text("MARK Which reply to {prompt} is better?\nA: {a}\nB: {b}\nAnswer with one letter.")
+    config = tmp_path / "judge.yaml"
+    config.write_text(
+        f"judge: {{url: 'http://127.0.0.1:{server.server_port}/v1', model: one-judge, template: '{template}', "
+        f"api_key_env: MY_JUDGE_KEY, cache: '{tmp_path / 'cache.jsonl'}'}}\n"
+    )
+    monkeypatch.setenv("MY_JUDGE_KEY", "sekret")
+    tiny = [o for o in tiny_config(tmp_path, **{"train.steps": 2, "train.phases": 1}) if not o.startswith("judge.")]
+    asked = []
+    res = runner.invoke(app, ["train", str(config), *tiny, "annotator.kind=llm_judge", "--no-eval"])
+    assert res.exit_code == 0, res.output
+    asked.append(len(Recorder.seen))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(3))
+    )
+    res = runner.invoke(app, ["annotate", "--pairs", str(pairs), "--out", str(tmp_path / "j.jsonl"), str(config),
+                              "annotator.kind=llm_judge"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    asked.append(len(Recorder.seen))
+    responses = tmp_path / "responses.txt"
+    responses.write_text("".join(f"reply {i}\n" for i in range(4)))
+    model = ["model.name=tiny-random-llama", "device=cpu", "data.eval_examples=4"]
+    flags = ["--responses", str(responses), "--judge", "http", "--out", str(tmp_path / "ev")]
+    res = runner.invoke(app, ["eval", str(config), *model, *flags])
+    assert res.exit_code == 0, res.output
+    asked.append(len(Recorder.seen))
+    server.shutdown()
+    assert 0 < asked[0] < asked[1] < asked[2]  # each command asked the judge
+    assert set(Recorder.seen) == {("one-judge", "MARK", "Bearer sekret")}  # and each asked it as the section says
+    header = AnnotationLog(tmp_path / "run" / "annotations.jsonl").header["settings"]["annotator"]
+    assert (header["url"], header["model"]) == (f"http://127.0.0.1:{server.server_port}/v1", "one-judge")
+    res = runner.invoke(app, ["config", "show", "annotator.url=http://x/v1"])
+    assert res.exit_code == 2 and "annotator.url is now judge.url; set judge.url='http://x/v1' instead" in res.output

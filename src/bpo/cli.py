@@ -178,16 +178,18 @@ def eval_(
     judge: str = typer.Option(
         "task", help="task (eval.gold, else the config's annotator, as scorer) | http (pairwise LLM)"
     ),
-    judge_url: str = typer.Option(None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
-    judge_model: str = typer.Option(None, help="model name for the HTTP judge"),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the judge's API key"),
+    judge_url: str = typer.Option(None, help="sets judge.url: the OpenAI-compatible base URL"),
+    judge_model: str = typer.Option(None, help="sets judge.model: the model name the server serves"),
+    api_key_env: str = typer.Option(None, help="sets judge.api_key_env: the variable holding the API key"),
     run: Path = typer.Option(None, help="a run folder: its config (model, data, judge) and final behavior adapter"),
 ) -> None:
     """Win rate (95% bootstrap interval, ties apart) of an adapter or a responses file."""
     from bpo.eval.systems import run_eval
 
-    cfg, adapter = _run_config(run, args, adapter, need_adapter=not responses)
-    r = run_eval(cfg, out, adapter, responses, against, judge, judge_url, judge_model, os.environ.get(api_key_env))
+    flags = {"url": judge_url, "model": judge_model, "api_key_env": api_key_env}  # overrides of the judge section
+    over = [f"judge.{k}={v}" for k, v in flags.items() if v is not None]
+    cfg, adapter = _run_config(run, [*(args or []), *over], adapter, need_adapter=not responses)
+    r = run_eval(cfg, out, adapter, responses, against, judge)
     console.print(
         f"win rate vs {against}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
         f"({r['wins']} wins, {r['ties']} ties, {r['losses']} losses, n={r['n']}; ties as half "

@@ -22,10 +22,12 @@ from bpo.fields import apply_values, section, setting
 from bpo.io import write_text_atomic
 from bpo.registry import ANNOTATOR_KINDS, BACKENDS, LOSSES, REFERENCES, TASKS
 from bpo.sections import (  # re-exported: every module reads its section's type from bpo.config
+    MOVED,
     AnnotatorConfig,
     DataConfig,
     EngineConfig,
     EvalConfig,
+    JudgeConfig,
     LoggingConfig,
     LoraConfig,
     ModelConfig,
@@ -46,6 +48,9 @@ class Config:
     sft: SFTConfig = section(SFTConfig, "member SFT (cached by its settings)")
     train: TrainConfig = section(TrainConfig, "the BPO loop")
     eval: EvalConfig = section(EvalConfig, "the final evaluation and bpo eval")
+    judge: JudgeConfig = section(
+        JudgeConfig, "an LLM judge over HTTP (annotator.kind=llm_judge, bpo eval --judge http)"
+    )
     logging: LoggingConfig = section(LoggingConfig, "metric trackers besides metrics.jsonl and TensorBoard")
     output_dir: str = setting("runs/quickstart", "the run folder")
     sft_dir: str = setting("", "where member SFT adapters are cached (empty: <output_dir>/../sft-<hash of settings>)")
@@ -55,10 +60,11 @@ class Config:
         """Refuse numbers that cannot give a meaningful run, before anything is loaded."""
         self._check_training()
         self._check_annotator()
+        self._check_judge()
         self._check_sampling_and_data()
 
     def _check_training(self) -> None:
-        t, e = self.train, self.eval
+        t = self.train
         for key in COUNTS:
             need(self.get(key) >= 1, key, "at least 1", self.get(key))
         need(1 <= t.phases <= t.steps, "train.phases", f"between 1 and train.steps (T={t.steps})", t.phases)
@@ -76,8 +82,6 @@ class Config:
         if unknown:
             raise ConfigError(f"train.reference_args: {sorted(unknown)} not taken by train.reference={t.reference} "
                               f"({', '.join(rule.args) or 'none'})")  # fmt: skip
-        need(positive(e.judge_timeout), "eval.judge_timeout", "a positive finite number of seconds", e.judge_timeout)
-        need(e.judge_retries >= 0, "eval.judge_retries", ">= 0", e.judge_retries)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(t.save_phase_ends or t.save_every >= 1, "train.save_every", ">= 1 when train.save_phase_ends=false "
@@ -94,14 +98,19 @@ class Config:
         need(0 < a.quorum <= 1, "annotator.quorum", "in (0, 1]", a.quorum)
         need(a.review_margin >= 0, "annotator.review_margin", ">= 0", a.review_margin)
         need(a.max_length >= 0, "annotator.max_length", ">= 0 (0: the reward model's own)", a.max_length)
-        need(a.judge_max_tokens >= 1, "annotator.judge_max_tokens", "at least 1", a.judge_max_tokens)
-        temp = a.judge_temperature
-        need(math.isfinite(temp) and temp >= 0, "annotator.judge_temperature", ">= 0 and finite", temp)
         need(n >= 2, "sampling.n", "at least 2 (a pair)", n)
         rule = f"random with annotator.kind={a.kind} (best_worst needs a score per response)"
         need(
             kind.per_response or n == 2 or self.sampling.pairs == "random", "sampling.pairs", rule, self.sampling.pairs
         )
+
+    def _check_judge(self) -> None:
+        j = self.judge
+        need(positive(j.timeout), "judge.timeout", "a positive finite number of seconds", j.timeout)
+        need(j.retries >= 0, "judge.retries", ">= 0", j.retries)
+        need(j.concurrency >= 1, "judge.concurrency", "at least 1", j.concurrency)
+        need(j.max_tokens >= 1, "judge.max_tokens", "at least 1", j.max_tokens)
+        need(math.isfinite(j.temperature) and j.temperature >= 0, "judge.temperature", ">= 0 and finite", j.temperature)
 
     def _check_sampling_and_data(self) -> None:
         sm, sft, d = self.sampling, self.sft, self.data
@@ -188,7 +197,7 @@ COUNTS = (
     "eval.batch_size",
     "eval.bootstrap",
     "annotator.batch_size",
-    "annotator.concurrency",
+    "judge.concurrency",
     "annotator.overlap",
 )
 POSITIVE = (
@@ -223,7 +232,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{file}: not valid YAML: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level must be a mapping")
-        apply_values(cfg, data, str(file))
+        apply_values(cfg, moved(data, str(file)), str(file))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -239,9 +248,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if raw.lstrip().startswith("!"):
                 raise ConfigError(f"override {item!r}: YAML tags are not taken; give a plain value") from None
             cursor[parts[-1]] = raw  # not YAML ("Q: {prompt}"): the text as typed; its type is checked next
-        apply_values(cfg, nested, f"override {item!r}")
+        apply_values(cfg, moved(nested, f"override {item!r}"), f"override {item!r}")
     cfg.validate()
     return cfg
+
+
+def moved(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without the keys that moved (:data:`MOVED`) where they hold their old default; another value of one
+    is refused naming its new key."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, (new, default) in MOVED.items():
+        part, key = old.split(".")
+        if isinstance(out.get(part), dict) and key in out[part]:
+            value = out[part].pop(key)
+            if value != default:
+                raise ConfigError(f"{where}: {old} is now {new}; set {new}={value!r} instead")
+    return out
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -65,9 +65,11 @@ class AnnotatorKind:
     per_response: bool = True  # gives a score per response (best-of-n best_worst, scores in evaluation)
     deferred: bool = False  # answers arrive later (people): a run stops at each phase (bpo.annotators.Deferred)
     task: str | None = None  # judges only this task's prompts (an exact judge of generated data)
-    uses_model: bool = False  # its verdicts come from annotator.model (named in reports and model cards)
+    model_key: str = ""  # section.key of the model its verdicts come from (named in reports and model cards)
     label: Callable[[Any], str] | None = None  # annotator config -> how `bpo compare` names it (default: the kind)
-    ledger_keys: tuple[str, ...] = ()  # annotator.* keys that change its verdicts (the ledger's fingerprint)
+    ledger_keys: tuple[
+        str, ...
+    ] = ()  # annotator.* (or judge.*) keys that change its verdicts (the ledger's fingerprint)
     check: Callable[[Any], None] | None = None  # config -> refuse, before anything loads
     report: Callable[[dict[str, list[dict]]], list[str]] | None = None  # runs by method -> `bpo compare` lines
 

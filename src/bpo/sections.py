@@ -134,13 +134,7 @@ class AnnotatorConfig:
     kind: str = setting("quickstart", "who judges the pairs: a registered kind (`bpo config kinds` lists them)")
     model: str = setting(
         "OpenAssistant/reward-model-deberta-v3-large-v2",
-        "reward model (Hub name or folder); for llm_judge the model name the API serves",
-    )
-    url: str = setting("", "llm_judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = setting("OPENAI_API_KEY", "llm_judge: environment variable holding the API key (never logged)")
-    concurrency: int = setting(4, "llm_judge: requests in flight at once")
-    cache: str = setting(
-        "", "llm_judge and bpo eval --judge http: answer cache (empty: $BPO_CACHE/judge-cache.jsonl, shared)"
+        "reward model (Hub name or folder); an LLM judge's model is judge.model",
     )
     callable: str = setting(
         "",
@@ -159,13 +153,6 @@ class AnnotatorConfig:
     both_orders: bool = setting(
         False, "pairwise: ask the function in both orders (A/B, then B/A); a split verdict is a tie, not trained on"
     )
-    judge_template: str = setting(
-        "",
-        "llm_judge and bpo eval --judge http: a file with the judge's prompt ({prompt}, {a}, {b}); empty: "
-        "bpo's, which asks for one letter",
-    )
-    judge_temperature: float = setting(0.0, "llm_judge and bpo eval --judge http: the judge's sampling temperature")
-    judge_max_tokens: int = setting(16, "llm_judge and bpo eval --judge http: tokens the judge may answer with")
     batch_size: int = setting(16, "responses per reward-model forward")
     max_length: int = setting(
         0,
@@ -257,10 +244,40 @@ class EvalConfig:
         "run even when the judges bpo rm trained are not independent (eval.gold and the annotator share training "
         "prompts or initialisation, or a judge was trained on an evaluation prompt); said as a warning",
     )
-    judge_timeout: float = setting(
-        60.0, "seconds for a whole HTTP judge request, answer included (bpo eval and annotator.kind=llm_judge)"
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM behind an OpenAI-compatible API, asked which of two responses is better: annotator.kind=llm_judge,
+    bpo eval --judge http and bpo annotate all read this one section (their flags override its keys)."""
+
+    url: str = setting("", "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str = setting("", "the model name the API serves")
+    api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key (never logged)")
+    template: str = setting(
+        "", "a file with the judge's prompt ({prompt}, {a}, {b}); empty: bpo's, which asks for one letter"
     )
-    judge_retries: int = setting(5, "retries of a transient HTTP judge fault (and of an unreadable answer)")
+    temperature: float = setting(0.0, "the judge's sampling temperature")
+    max_tokens: int = setting(16, "tokens the judge may answer with")
+    timeout: float = setting(60.0, "seconds for a whole request, answer included")
+    retries: int = setting(5, "retries of a transient fault (and of an unreadable answer)")
+    concurrency: int = setting(4, "requests in flight at once")
+    cache: str = setting("", "answer cache (empty: $BPO_CACHE/judge-cache.jsonl, shared by every run and bpo eval)")
+
+
+# The judge's keys before they were one section: a saved config (a run's config.yaml) may still hold them at their
+# defaults, which mean nothing now; any other value is refused naming the new key.
+MOVED = {
+    "annotator.url": ("judge.url", ""),
+    "annotator.api_key_env": ("judge.api_key_env", "OPENAI_API_KEY"),
+    "annotator.concurrency": ("judge.concurrency", 4),
+    "annotator.cache": ("judge.cache", ""),
+    "annotator.judge_template": ("judge.template", ""),
+    "annotator.judge_temperature": ("judge.temperature", 0.0),
+    "annotator.judge_max_tokens": ("judge.max_tokens", 16),
+    "eval.judge_timeout": ("judge.timeout", 60.0),
+    "eval.judge_retries": ("judge.retries", 5),
+}
 
 
 @dataclass

@@ -99,7 +99,7 @@ def parse_verdict(text: str) -> str | None:
 def read_template(path: str | Path) -> str:
     """A judge prompt from a file: it must name {prompt}, {a} and {b} and no other field."""
     path = Path(path)
-    where = f"annotator.judge_template = {path}"
+    where = f"judge.template = {path}"
     try:
         template = path.read_text(encoding="utf-8")
         template.format(prompt="", a="", b="")
@@ -272,45 +272,45 @@ class LLMJudgeAnnotator(PairsOnly):
 def judge_cache(cfg: Config) -> Path:
     """Where HTTP judge answers are kept: one file shared by training annotators and ``bpo eval``."""
 
-    return Path(cfg.annotator.cache) if cfg.annotator.cache else cache_dir() / "judge-cache.jsonl"
+    return Path(cfg.judge.cache) if cfg.judge.cache else cache_dir() / "judge-cache.jsonl"
 
 
-def http_judge(cfg: Config, url: str, model: str, api_key: str | None) -> Any:
-    """The pairwise HTTP judge ``llm_judge`` and ``bpo eval --judge http`` share: the config's template,
-    sampling, retries and time-out, and one answer cache."""
-    a, e = cfg.annotator, cfg.eval
-    template = read_template(a.judge_template) if a.judge_template else None
+def http_judge(cfg: Config) -> Any:
+    """The pairwise HTTP judge of the config's ``judge`` section, which ``llm_judge``, ``bpo annotate`` and
+    ``bpo eval --judge http`` share: its URL, model, key, template, sampling, retries and time-out, one cache."""
+    j = cfg.judge
     return HTTPPairwiseJudge(
-        url,
-        model,
+        j.url,
+        j.model,
         judge_cache(cfg),
-        api_key,
-        e.judge_retries,
-        timeout=e.judge_timeout,
-        template=template,
-        temperature=a.judge_temperature,
-        max_tokens=a.judge_max_tokens,
+        os.environ.get(j.api_key_env),
+        j.retries,
+        timeout=j.timeout,
+        template=read_template(j.template) if j.template else None,
+        temperature=j.temperature,
+        max_tokens=j.max_tokens,
     )
 
 
 def _llm_judge(cfg: Config) -> Annotator:
-    a = cfg.annotator
-    return LLMJudgeAnnotator(http_judge(cfg, a.url, a.model, os.environ.get(a.api_key_env)), a.concurrency)
+    return LLMJudgeAnnotator(http_judge(cfg), cfg.judge.concurrency)
 
 
-def _check(cfg: Config) -> None:
-    if not cfg.annotator.url:
-        raise ConfigError("annotator.kind=llm_judge needs annotator.url (an OpenAI-compatible base URL)")
-    if cfg.annotator.judge_template:
-        read_template(cfg.annotator.judge_template)
+def check_judge(cfg: Config, who: str) -> None:
+    """Refuse, before anything loads, a judge section that cannot be asked."""
+    for key in ("url", "model"):
+        if not getattr(cfg.judge, key):
+            raise ConfigError(f"{who} needs judge.{key} (the OpenAI-compatible server's base URL and its model name)")
+    if cfg.judge.template:
+        read_template(cfg.judge.template)
 
 
 register_annotator(
     "llm_judge",
     _llm_judge,
-    help="an LLM behind an OpenAI-compatible API (annotator.url, annotator.model), asked in both orders",
+    help="an LLM behind an OpenAI-compatible API (the judge section: judge.url, judge.model), asked in both orders",
     per_response=False,
-    uses_model=True,
-    ledger_keys=("url", "judge_template", "judge_temperature", "judge_max_tokens"),
-    check=_check,
+    model_key="judge.model",
+    ledger_keys=("judge.url", "judge.model", "judge.template", "judge.temperature", "judge.max_tokens"),
+    check=lambda cfg: check_judge(cfg, "annotator.kind=llm_judge"),
 )

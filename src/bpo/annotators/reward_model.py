@@ -357,7 +357,7 @@ register_annotator(
     "reward_model",
     _reward_model,
     help="an AutoModelForSequenceClassification reward model (annotator.model: Hub name or folder)",
-    uses_model=True,
+    model_key="annotator.model",
     label=lambda a: f"rm:{a.model}",
     ledger_keys=("max_length",),
 )

@@ -167,14 +167,20 @@ def run_warnings(metrics: list[dict], ev: dict, steps: int) -> list[str]:
     return out
 
 
-def _uses_model(kind: str) -> bool:
-    """The kind's verdicts come from ``annotator.model`` (named beside it); a kind no longer registered: no."""
-    return kind in ANNOTATOR_KINDS and ANNOTATOR_KINDS.get(kind).uses_model
+def judge_model(cfg: dict) -> str:
+    """The model the run's annotator kind judges with, as its config names it ('' for a kind without one, or no
+    longer registered); a run saved before the judge section named its LLM judge's model in annotator.model."""
+    kind = cfg["annotator"]["kind"]
+    key = ANNOTATOR_KINDS.get(kind).model_key if kind in ANNOTATOR_KINDS else ""
+    if not key:
+        return ""
+    part, name = key.split(".")
+    return cfg.get(part, {}).get(name) or cfg["annotator"]["model"]
 
 
 def _run_lines(r: dict) -> list[str]:
     cfg, info, t, ann = r["config"], r["run"], r["config"]["train"], r["config"]["annotator"]
-    judge = f" (`{ann['model']}`)" if _uses_model(ann["kind"]) else ""
+    judge = f" (`{judge_model(cfg)}`)" if judge_model(cfg) else ""
     used = info.get("annotations", r["metrics"][-1].get("annotations/used", 0) if r["metrics"] else 0)
     cost = f"; wall {info['wall_seconds'] / 60:.1f} min, peak RSS {info['peak_rss_mib'] / 1024:.1f} GB" if info else ""
     return [
@@ -196,8 +202,7 @@ def model_card(run: Path, kind: str) -> str:
     cfg = r["config"]
     name = cfg["model"]["name"]
     base = HUB_NAMES.get(name, name)
-    ann = cfg["annotator"]
-    judge = f" ({ann['model']})" if _uses_model(ann["kind"]) else ""
+    ann, judge = cfg["annotator"], f" ({judge_model(cfg)})" if judge_model(cfg) else ""
     what = {
         "merged": "The behavior model merged into the base weights",
         "adapter": "The behavior model, a LoRA adapter",

@@ -112,19 +112,17 @@ def generate_greedy(cfg, records, adapter: str | None) -> list[str]:
     return greedy(policy, records, cfg)
 
 
-def check_eval_args(cfg, out: Path, adapter, responses, against: str, judge: str, judge_url, judge_model) -> None:
+def check_eval_args(cfg, out: Path, adapter, responses, against: str, judge: str) -> None:
     """Everything about a ``bpo eval`` call that can be wrong, checked before a model is loaded."""
     from bpo.errors import ConfigError
     from bpo.model.policy import check_adapter
 
     if judge not in ("task", "http"):
         raise ConfigError(f"--judge {judge!r}: use task (the config's annotator as scorer) or http (a pairwise LLM)")
-    if judge == "http" and (not judge_url or not judge_model):
-        raise ConfigError("--judge http needs --judge-url and --judge-model")
-    if judge == "http" and cfg.annotator.judge_template:
-        from bpo.annotators.llm_judge import read_template
+    if judge == "http":
+        from bpo.annotators.llm_judge import check_judge
 
-        read_template(cfg.annotator.judge_template)
+        check_judge(cfg, "--judge http")
     cfg.check_sources(("eval",), task_judge=judge == "task")
     if adapter and responses:
         raise ConfigError("give --adapter or --responses, not both")
@@ -152,18 +150,15 @@ def run_eval(
     responses: str | None = None,
     against: str = "reference",
     judge: str = "task",
-    judge_url: str | None = None,
-    judge_model: str | None = None,
-    api_key: str | None = None,
 ) -> dict:
     """Win rate of one system over another on the config's eval prompts; writes eval.json and items.jsonl.
 
     ``against`` is ``reference`` (the human reference text, as in the paper), a PEFT adapter
     folder, ``base`` (the model without adapter) or a responses file. ``judge`` is ``task``
     (``eval.gold`` when set, else the config's annotator as a scorer: the quickstart judge, a reward
-    model or a callable) or ``http`` (a pairwise LLM judge).
+    model or a callable) or ``http`` (the pairwise LLM judge of the config's ``judge`` section).
     """
-    check_eval_args(cfg, out, adapter, responses, against, judge, judge_url, judge_model)
+    check_eval_args(cfg, out, adapter, responses, against, judge)
     records, dropped = eval_records(cfg, against)
     checked = [] if judge == "http" else independent_judges(cfg, [r.prompt for r in records])  # before generating
     mine = _responses(responses, records, dropped) if responses else generate_greedy(cfg, records, adapter)
@@ -176,7 +171,7 @@ def run_eval(
     else:
         other = _responses(against, records, dropped)
     if judge == "http":
-        outcomes, scores, name, about = _judge_http(cfg, records, mine, other, judge_url, judge_model, api_key)
+        outcomes, scores, name, about = _judge_http(cfg, records, mine, other)
     else:
         outcomes, scores, name, about = _judge_task(cfg, records, mine, other, against == "reference")
     valid = [o for o in outcomes if o is not None]  # None: the judge's answer stayed unreadable
@@ -219,9 +214,9 @@ def eval_records(cfg, against: str) -> tuple[list, str]:
     return records, dropped
 
 
-def _judge_http(cfg, records, mine, other, url, model, api_key) -> tuple[list, None, str, dict]:
-    """A pairwise HTTP judge, both orders per prompt: outcomes, no scores."""
-    j = http_judge(cfg, url, model, api_key)
+def _judge_http(cfg, records, mine, other) -> tuple[list, None, str, dict]:
+    """The config's pairwise HTTP judge, both orders per prompt: outcomes, no scores."""
+    j = http_judge(cfg)
     with progress_bar() as progress:
         task = progress.add_task(f"judge {j.name}: both orders", total=len(records))
         outcomes = []

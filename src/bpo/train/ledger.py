@@ -206,7 +206,7 @@ def ledger_settings(cfg: Config, processes: int) -> dict[str, Any]:
         "sft": d["sft"],
         "data": {k: v for k, v in d["data"].items() if k not in ("eval", "eval_examples")},
         "sampling": _sampling_settings(d["sampling"]),
-        "annotator": _annotator_settings(d["annotator"]),
+        "annotator": _annotator_settings(d),
         # micro_batch splits the same update (gradients accumulate): a memory knob, like the checkpoint times;
         # a plugin's empty argument mappings are implied, so ledgers written before they existed still resume
         "train": {k: v for k, v in d["train"].items() if k not in NOT_LEDGER_TRAIN and v != {}},
@@ -224,15 +224,33 @@ def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k not in skip}
 
 
-def _annotator_settings(a: dict[str, Any]) -> dict[str, Any]:
+# The LLM judge's keys are kept in the ledger under the names they had before they became the judge section, so
+# ledgers written then still resume.
+OLD_NAMES = {
+    "judge.model": "model",
+    "judge.url": "url",
+    "judge.template": "judge_template",
+    "judge.temperature": "judge_temperature",
+    "judge.max_tokens": "judge_max_tokens",
+}
+
+
+def _annotator_settings(d: dict[str, Any]) -> dict[str, Any]:
     """The annotator settings that change a judgement: the keys of the kind (and pre-labeller) in use, each
-    kind's ``ledger_keys`` (an LLM judge's URL, template and sampling, not its cache or key; a reward model's
-    input length; people's overlap and review), not the quorum of a human-labelled run (lowering it on a
+    kind's ``ledger_keys`` (an LLM judge's URL, model, template and sampling, not its cache or key; a reward
+    model's input length; people's overlap and review), not the quorum of a human-labelled run (lowering it on a
     resume lets slow rounds go on)."""
+    a = d["annotator"]
     own = {name: ANNOTATOR_KINDS.get(name).ledger_keys for name in ANNOTATOR_KINDS.names()}
-    skip = {"api_key_env", "concurrency", "cache", "quorum"} | {k for keys in own.values() for k in keys}
-    keep = {k for kind in (a["kind"], a.get("prelabel")) if kind for k in own[kind]}
-    return {k: v for k, v in a.items() if k not in skip or k in keep}
+    in_use = [kind for kind in (a["kind"], a.get("prelabel")) if kind]
+    skip = {"quorum"} | {k for keys in own.values() for k in keys}
+    keep = {k for kind in in_use for k in own[kind]}
+    out = {k: v for k, v in a.items() if k not in skip or k in keep}
+    for key in sorted(keep):
+        if "." in key:  # another section's key (judge.*)
+            part, name = key.split(".")
+            out[OLD_NAMES.get(key, key)] = d[part][name]
+    return out
 
 
 def digest(path: Path, lines: int | None = None) -> dict[str, Any]:
