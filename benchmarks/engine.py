@@ -117,9 +117,7 @@ def main() -> None:
     a = parser.parse_args()
 
     cfg = load_config(a.task)
-    s = replace(
-        cfg.sampling, do_sample=True, batch_size=a.prompts, max_new_tokens=a.tokens or cfg.sampling.max_new_tokens
-    )
+    s = replace(cfg.sampling, batch_size=a.prompts, max_new_tokens=a.tokens or cfg.sampling.max_new_tokens)
     policy = load_policy(a.model, "cpu", "float32", cfg.model.chat_template)
     records = load_source(cfg.data, "train", a.prompts, policy.tokenizer)
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]

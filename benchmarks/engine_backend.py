@@ -80,7 +80,7 @@ def main() -> None:
     a = parser.parse_args()
 
     backend_cfg = load_config(a.task, ["sampling.backend=llamacpp"])
-    s = replace(backend_cfg.sampling, do_sample=True, batch_size=a.prompts)
+    s = replace(backend_cfg.sampling, batch_size=a.prompts)
     policy = load_policy(a.model, "cpu", "float32", backend_cfg.model.chat_template)
     records = load_source(backend_cfg.data, "train", a.prompts, policy.tokenizer)
     ids = [policy.encode_prompt(backend_cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]

@@ -65,7 +65,7 @@ def main() -> None:
             for p in ens.member_parameters(m):
                 p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype))
     ens.merge("behavior")
-    base = replace(cfg.sampling, max_new_tokens=a.tokens, batch_size=a.prompts, do_sample=True)
+    base = replace(cfg.sampling, max_new_tokens=a.tokens, batch_size=a.prompts)
     backend = HFBackend(policy, ens)
     prompt_tokens = sum(len(x) for x in ids) / len(ids)
 

@@ -135,3 +135,20 @@ def test_a_garbage_config_on_resume_is_one_line(tmp_path, garbage):
     res = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
     lines = res.output.strip().splitlines()
     assert res.exit_code == 2 and len(lines) == 1 and "config.yaml" in lines[0] and "restore" in lines[0], res.output
+
+
+def test_a_key_that_is_gone_is_refused_saying_what_to_write_unless_a_saved_config_holds_its_default(tmp_path):
+    res = CliRunner().invoke(app, ["config", "show", "sampling.do_sample=false"])
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        "error: override 'sampling.do_sample=false': sampling.do_sample is gone; write nothing: training always "
+        "samples, evaluation and bpo generate decode greedily"
+    )
+    saved = tmp_path / "config.yaml"  # a run's config.yaml from before: the old keys at their defaults
+    saved.write_text(
+        "sampling: {do_sample: true}\nannotator: {url: '', judge_template: ''}\neval: {judge_timeout: 60.0}\n"
+    )
+    assert load_config(saved).judge.timeout == 60.0
+    saved.write_text("eval: {judge_timeout: 5}\n")
+    with pytest.raises(ConfigError, match=r"eval.judge_timeout is gone; write judge.timeout=5$"):
+        load_config(saved)

@@ -231,4 +231,4 @@ def test_one_judge_section_is_read_by_train_eval_and_annotate(tmp_path, monkeypa
     header = AnnotationLog(tmp_path / "run" / "annotations.jsonl").header["settings"]["annotator"]
     assert (header["url"], header["model"]) == (f"http://127.0.0.1:{server.server_port}/v1", "one-judge")
     res = runner.invoke(app, ["config", "show", "annotator.url=http://x/v1"])
-    assert res.exit_code == 2 and "annotator.url is now judge.url; set judge.url='http://x/v1' instead" in res.output
+    assert res.exit_code == 2 and "annotator.url is gone; write judge.url='http://x/v1'" in res.output

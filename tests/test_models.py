@@ -35,7 +35,7 @@ def test_smollm2_offline_summarises_a_tldr_post(shared_data):
     assert policy.use_chat_template
     post = load_prompts(shared_data / "bpo-splits/tldr/test.jsonl")[0].prompt
     prompt = post.removesuffix("TL;DR:").strip() + "\n\nSummarize the post above in one sentence."
-    params = SamplingConfig(max_new_tokens=48, do_sample=False)
+    params = SamplingConfig(max_new_tokens=48, temperature=0.0)
     (group,) = HFBackend(policy).generate([policy.encode_prompt(prompt)], 1, params, adapter=None)
     text = group[0].text
     print("SmolLM2 summary:", text)
@@ -64,7 +64,7 @@ def test_gemma3_270m_loads_generates_and_its_pair_pass_is_exact():
     policy = load_policy("gemma3-270m", device="cpu")
     assert type(policy.model).__name__ == "Gemma3ForCausalLM"
     prompt = policy.tokenizer("The capital of France is", add_special_tokens=True)["input_ids"]
-    (group,) = HFBackend(policy).generate([prompt], 1, SamplingConfig(8, do_sample=False), adapter=None)
+    (group,) = HFBackend(policy).generate([prompt], 1, SamplingConfig(8, temperature=0.0), adapter=None)
     assert len(group[0].text.split()) >= 2
     tok = policy.tokenizer
     responses = [

@@ -138,11 +138,13 @@ def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_res
 
 
 def test_a_plugins_empty_argument_mappings_leave_the_ledger_header_as_it_was():
-    # ledgers written before train.loss_args / train.reference_args existed must still resume: empty ones are implied
+    # ledgers written before train.loss_args / reference_args existed, or while sampling.do_sample did, still resume
     from bpo.train.ledger import ledger_settings
 
-    plain = ledger_settings(load_config(None, ["model.name=tiny-random-llama"]), 1)["train"]
+    header = ledger_settings(load_config(None, ["model.name=tiny-random-llama"]), 1)
+    plain = header["train"]
     assert "loss_args" not in plain and "reference_args" not in plain
+    assert header["sampling"]["do_sample"] is True  # as ledgers wrote it while sampling.do_sample was a key
     import plugin_losses  # noqa: F401
 
     over = ["model.name=tiny-random-llama", "train.loss=robust", "train.loss_args.flip_rate=0.1"]

@@ -47,7 +47,7 @@ def test_sampling_shapes_eos_and_own_logps(tiny):
 
 def test_greedy_is_deterministic_and_flags_identical(tiny):
     prompts = [tiny.encode_prompt("same prompt")]
-    params = SamplingConfig(max_new_tokens=8, do_sample=False)
+    params = SamplingConfig(max_new_tokens=8, temperature=0.0)
     (group,) = HFBackend(tiny).generate(prompts, 2, params, adapter=None)
     assert identical(group)
     assert not identical([Completion([1, 2], "a", False), Completion([1, 3], "b", False)])
@@ -210,7 +210,7 @@ def test_a_models_own_generation_settings_do_not_reach_sampling(tiny):
     keys = ["a", "b", "c"]
 
     def draw(sample: bool) -> list[Completion]:
-        params = SamplingConfig(max_new_tokens=16, batch_size=3, do_sample=sample)
+        params = SamplingConfig(max_new_tokens=16, batch_size=3, temperature=1.0 if sample else 0.0)
         return [c for g in HFBackend(tiny).generate(prompts, 2, params, None, True, keys) for c in g]
 
     plain = draw(True), draw(False)

@@ -210,7 +210,10 @@ POSITIVE = (
     "lora.alpha",
 )
 
-PRESETS = ("quickstart", "tldr", "hh-helpful", "hh-harmless", "tldr-local", "hh-helpful-local", "hh-harmless-local")
+_FILES = sorted(
+    f.name[: -len(".yaml")] for f in resources.files("bpo").joinpath("configs").iterdir() if f.name.endswith(".yaml")
+)
+PRESETS = ("quickstart", *(name for name in _FILES if name != "quickstart"))  # what configs/ holds, the main one first
 
 
 def preset_path(name: str) -> Path:
@@ -257,12 +260,12 @@ def moved(data: dict[str, Any], where: str) -> dict[str, Any]:
     """``data`` without the keys that moved (:data:`MOVED`) where they hold their old default; another value of one
     is refused naming its new key."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for old, (new, default) in MOVED.items():
+    for old, (instead, default) in MOVED.items():
         part, key = old.split(".")
         if isinstance(out.get(part), dict) and key in out[part]:
             value = out[part].pop(key)
             if value != default:
-                raise ConfigError(f"{where}: {old} is now {new}; set {new}={value!r} instead")
+                raise ConfigError(f"{where}: {old} is gone; write {instead.format(value=value)}")
     return out
 
 

@@ -78,10 +78,9 @@ class SamplingConfig:
     pairs: Literal["best_worst", "random"] = setting(
         "best_worst", "with n > 2: train on the best vs the worst response (a scoring annotator) or on a random pair"
     )
-    temperature: float = setting(1.0, "sampling temperature")
+    temperature: float = setting(1.0, "sampling temperature (evaluation decodes greedily, whatever this is)")
     top_k: int = setting(0, "keep the k most likely tokens (0: off)")
     top_p: float = setting(0.95, "nucleus sampling mass (1: off)")
-    do_sample: bool = setting(True, "training always samples; False is greedy (evaluation)")
     batch_size: int = setting(64, "prompts per generate call while collecting a phase (independent of B)")
     fold_adapter: bool = setting(
         True,
@@ -265,18 +264,20 @@ class JudgeConfig:
     cache: str = setting("", "answer cache (empty: $BPO_CACHE/judge-cache.jsonl, shared by every run and bpo eval)")
 
 
-# The judge's keys before they were one section: a saved config (a run's config.yaml) may still hold them at their
-# defaults, which mean nothing now; any other value is refused naming the new key.
+# Keys that are gone (the judge's, before they were one section; sampling.do_sample): a saved config (a run's
+# config.yaml) may still hold them at their defaults, which mean nothing now; any other value is refused, saying
+# what to write instead ({value}: the value given).
 MOVED = {
-    "annotator.url": ("judge.url", ""),
-    "annotator.api_key_env": ("judge.api_key_env", "OPENAI_API_KEY"),
-    "annotator.concurrency": ("judge.concurrency", 4),
-    "annotator.cache": ("judge.cache", ""),
-    "annotator.judge_template": ("judge.template", ""),
-    "annotator.judge_temperature": ("judge.temperature", 0.0),
-    "annotator.judge_max_tokens": ("judge.max_tokens", 16),
-    "eval.judge_timeout": ("judge.timeout", 60.0),
-    "eval.judge_retries": ("judge.retries", 5),
+    "annotator.url": ("judge.url={value!r}", ""),
+    "annotator.api_key_env": ("judge.api_key_env={value!r}", "OPENAI_API_KEY"),
+    "annotator.concurrency": ("judge.concurrency={value!r}", 4),
+    "annotator.cache": ("judge.cache={value!r}", ""),
+    "annotator.judge_template": ("judge.template={value!r}", ""),
+    "annotator.judge_temperature": ("judge.temperature={value!r}", 0.0),
+    "annotator.judge_max_tokens": ("judge.max_tokens={value!r}", 16),
+    "eval.judge_timeout": ("judge.timeout={value!r}", 60.0),
+    "eval.judge_retries": ("judge.retries={value!r}", 5),
+    "sampling.do_sample": ("nothing: training always samples, evaluation and bpo generate decode greedily", True),
 }
 
 

@@ -41,7 +41,7 @@ class Trained(Protocol):
 def greedy(policy: Policy, records, cfg, ensemble: Ensemble | None = None, adapter: str | None = None) -> list[str]:
     """Greedy responses to ``records`` under ``adapter`` of ``ensemble`` (or the policy as it is)."""
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-    params = SamplingConfig(cfg.eval.max_new_tokens, do_sample=False, batch_size=cfg.eval.batch_size)
+    params = SamplingConfig(cfg.eval.max_new_tokens, temperature=0.0, batch_size=cfg.eval.batch_size)  # greedy
     return [g[0].text for g in make_backend(policy, ensemble, cfg).generate(ids, 1, params, adapter)]
 
 

@@ -152,7 +152,7 @@ class ServerBackend:
     def body(self, name: str, prompt: list[int], params: SamplingConfig, seed: int) -> dict[str, Any]:
         """One sample's request. The sampling fields are the hf backend's; the rest switch off what servers add
         by default (llama.cpp's min-p 0.05 and sampler order, repetition penalties) and ask for token ids."""
-        greedy = not params.do_sample
+        greedy = params.temperature == 0
         return {
             "model": name,
             "prompt": prompt,

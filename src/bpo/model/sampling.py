@@ -182,7 +182,8 @@ class HFBackend:
             # stays out: generate runs it to get the first logits.
             cache = prompt_cache(model, ids[:, :-1].to(device), attn[:, :-1].to(device), n)
         ids, attn = ids.repeat_interleave(n, dim=0), attn.repeat_interleave(n, dim=0)  # n rows per prompt
-        # HF decodes greedily; sampling is our processors: warpers, then keyed Gumbel noise.
+        # HF decodes greedily; sampling is our processors: warpers, then keyed Gumbel noise. Temperature 0 is
+        # greedy decoding (as in the OpenAI API): evaluation's.
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=False,
@@ -192,7 +193,7 @@ class HFBackend:
         )
         recorder = _RecordLogps() if return_logps else None
         processors: list[LogitsProcessor] = [recorder] if recorder else []
-        if params.do_sample:
+        if params.temperature > 0:
             if params.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(params.temperature))
             if params.top_k:
@@ -304,7 +305,7 @@ def generate_file(cfg: Config, prompts: str, out: str, adapter: str | None, n: i
         if cfg.sampling.backend != "hf":  # an engine is given plain weights
             policy.model = policy.model.merge_and_unload()
     ids = [policy.encode_prompt(cfg.data.prompt_template.format(prompt=r.prompt)) for r in records]
-    params = replace(cfg.sampling, do_sample=sample)
+    params = cfg.sampling if sample else replace(cfg.sampling, temperature=0.0)
     groups = make_backend(policy, None, cfg).generate(ids, n, params, None, keys=[r.id for r in records])
     write_jsonl(
         out, ({"id": r.id, "prompt": r.prompt, "responses": [c.text for c in g]} for r, g in zip(records, groups))

@@ -221,7 +221,8 @@ def _sampling_settings(s: dict[str, Any]) -> dict[str, Any]:
     skip = {"batch_size", "fold_adapter", "prefill_once"} | ({"n", "pairs"} if s["n"] == 2 else set())
     if s["backend"] == "hf":  # the default is implied, as n and pairs are with n = 2
         skip.add("backend")
-    return {k: v for k, v in s.items() if k not in skip}
+    # training always samples: sampling.do_sample said so until it went, and ledgers written then still resume
+    return {**{k: v for k, v in s.items() if k not in skip}, "do_sample": True}
 
 
 # The LLM judge's keys are kept in the ledger under the names they had before they became the judge section, so

@@ -85,7 +85,7 @@ def outcome_line(entries) -> str:
 
 def sample(run: Run, start: int, chunk: list[int]) -> tuple[list[PromptRecord], list[str], list]:
     """The behavior model's samples for the phase's prompts ``chunk`` (keyed: the same on a resume)."""
-    params = replace(run.cfg.sampling, do_sample=True)
+    params = run.cfg.sampling
     records = [run.prompts[start + j] for j in chunk]
     keys = [f"{run.cfg.train.seed}:{r.id}" for r in records]
     with run.timer.part("sample"):
