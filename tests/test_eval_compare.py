@@ -220,7 +220,7 @@ def test_eval_with_a_reward_model(tmp_path):
 def test_every_compare_method_is_a_valid_config_at_equal_budget():
     from bpo.eval.compare import METHODS
 
-    for method, overrides in METHODS.items():
+    for method, (_, overrides) in METHODS.items():
         cfg = load_config("quickstart", [o.replace("{T/4}", "4").replace("{T}", "16") for o in overrides])
         assert cfg.train.steps * cfg.train.batch_size == 128, method  # the budget is the preset's
         k = {"k1": 1, "k5": 5}.get(method.rsplit("-", 1)[-1], 2)

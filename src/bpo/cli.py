@@ -211,9 +211,14 @@ def compare(
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from finished runs"),
     publish: Path = typer.Option(None, help="also copy the runs' raw files here, with a report they rebuild"),
     claims: str = typer.Option("", help="METHOD>BASELINE,...: said holds / does not hold / not settled"),
+    list_methods: bool = typer.Option(False, "--list", help="print the methods (each a preset of overrides) and stop"),
 ) -> None:
     """Methods x seeds at equal annotation budget; writes OUT/report.md and plots. Resumable."""
-    from bpo.eval.compare import run_grid
+    from bpo.eval.compare import method_table, run_grid
+
+    if list_methods:
+        console.print("\n".join(method_table()), highlight=False, markup=False)
+        return
     from bpo.eval.grid_report import report
     from bpo.eval.publish import grid_command, publish_grid
 

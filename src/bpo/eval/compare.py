@@ -24,25 +24,33 @@ class GridError(BpoError, RuntimeError):
     """A run of the grid failed; the message carries its own error line."""
 
 
-# method -> overrides; {T} is replaced by train.steps, {T/4} by a quarter of it. Every method spends B*T
-# annotations. The loss is train.loss (dpo unless overridden) except for SimPO's.
+# method -> (what it is, its overrides of the grid's config); {T} is replaced by train.steps, {T/4} by a quarter of
+# it. Every method spends B*T annotations. The loss is train.loss (dpo unless overridden) except for SimPO's.
+# `bpo compare --list` prints this table.
 TR = ["train.phases={T}", "train.reference=tr"]  # online DPO with TR-DPO's moving reference (arXiv 2404.09656)
 SIMPO = ["train.loss=simpo", "train.beta=2.0", "train.simpo_gamma=1.0"]  # arXiv 2405.14734: beta 2, gamma/beta 0.5
-METHODS: dict[str, list[str]] = {
-    "offline-dpo": ["train.phases=1", "train.reference=sft"],
-    "online-dpo-sft": ["train.phases={T}", "train.reference=sft"],
-    "bpo-f2": ["train.phases=2", "train.reference=behavior"],
-    "bpo-fT": ["train.phases={T}", "train.reference=behavior"],
-    "tr-dpo-soft": [*TR, "train.ref_model_mixup_alpha=0.6", "train.ref_model_sync_steps=1"],
-    "tr-dpo-hard": [*TR, "train.ref_model_mixup_alpha=1.0", "train.ref_model_sync_steps={T/4}"],
-    "simpo": ["train.phases=1", *SIMPO],  # the paper's protocol: pairs sampled once from the start model
-    "simpo-fT": ["train.phases={T}", *SIMPO],
-    # ensemble size K (sft.seeds: one member per seed); the presets' K is 2. The paper: one LoRA drifts, K do not
-    "bpo-f2-k1": ["train.phases=2", "train.reference=behavior", "sft.seeds=[0]"],
-    "bpo-fT-k1": ["train.phases={T}", "train.reference=behavior", "sft.seeds=[0]"],
-    "bpo-f2-k5": ["train.phases=2", "train.reference=behavior", "sft.seeds=[0,1,2,3,4]"],
-    "bpo-fT-k5": ["train.phases={T}", "train.reference=behavior", "sft.seeds=[0,1,2,3,4]"],
-}
+K1, K5 = "sft.seeds=[0]", "sft.seeds=[0,1,2,3,4]"  # ensemble size K: one member per SFT seed (the presets' K is 2)
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "offline-dpo": ("offline DPO: all pairs from the SFT model", ["train.phases=1", "train.reference=sft"]),
+    "online-dpo-sft": ("online DPO, new pairs every step, reference SFT", ["train.phases={T}", "train.reference=sft"]),
+    "bpo-f2": ("BPO with one extra annotation phase (F = 2)", ["train.phases=2", "train.reference=behavior"]),
+    "bpo-fT": ("on-policy BPO: behavior refreshed every step", ["train.phases={T}", "train.reference=behavior"]),
+    "tr-dpo-soft": ("TR-DPO soft update, alpha 0.6, tau 1", [*TR, "train.ref_model_mixup_alpha=0.6",
+                                                              "train.ref_model_sync_steps=1"]),
+    "tr-dpo-hard": ("TR-DPO hard update every T/4 steps", [*TR, "train.ref_model_mixup_alpha=1.0",
+                                                            "train.ref_model_sync_steps={T/4}"]),
+    "simpo": ("SimPO, the paper's protocol: pairs once from the start model", ["train.phases=1", *SIMPO]),
+    "simpo-fT": ("SimPO with new pairs every step", ["train.phases={T}", *SIMPO]),
+    "bpo-f2-k1": ("BPO F = 2 with one LoRA (K = 1)", ["train.phases=2", "train.reference=behavior", K1]),
+    "bpo-fT-k1": ("BPO F = T with one LoRA (K = 1)", ["train.phases={T}", "train.reference=behavior", K1]),
+    "bpo-f2-k5": ("BPO F = 2 with the paper's K = 5", ["train.phases=2", "train.reference=behavior", K5]),
+    "bpo-fT-k5": ("BPO F = T with the paper's K = 5", ["train.phases={T}", "train.reference=behavior", K5]),
+}  # fmt: skip
+
+
+def method_table() -> list[str]:
+    """``bpo compare --list``: each method, what it is and its overrides."""
+    return [f"{name}: {what}\n    {' '.join(over)}" for name, (what, over) in METHODS.items()]
 
 
 def parse_claims(text: str, methods: list[str] | None = None) -> list[tuple[str, str]]:
@@ -138,7 +146,7 @@ def train_args(config: str, overrides: list[str], method: str, seed: int, out: P
     """``bpo train``'s arguments for one run of the grid. Runs share one SFT cache per SFT setting: ``out/sft``
     for the grid's own, ``out/sft-<key>`` for a method that changes it (K = 1 or 5 members, say)."""
     quarter = str(max(1, steps // 4))
-    extra = [o.replace("{T/4}", quarter).replace("{T}", str(steps)) for o in METHODS[method]]
+    extra = [o.replace("{T/4}", quarter).replace("{T}", str(steps)) for o in METHODS[method][1]]
     key = sft_key(load_config(config, [*overrides, *extra]))
     sft = out / "sft" if key == sft_key(load_config(config, overrides)) else out / f"sft-{key}"
     folder = out / method / f"seed{seed}"
