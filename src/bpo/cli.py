@@ -310,26 +310,10 @@ def config_keys_cmd() -> None:
 @config_app.command("kinds")
 @user_errors
 def config_kinds_cmd() -> None:
-    """Every registered part (built in, and from installed plugins): annotators, tasks, backends, losses."""
-    from bpo.config import TrainConfig
-    from bpo.registry import ANNOTATOR_KINDS, BACKENDS, LOSSES, REFERENCES, TASKS
+    """Every registered part (built in, and from installed plugins): annotators, tasks, backends, losses, references."""
+    from bpo.config import registered_parts
 
-    for name in ANNOTATOR_KINDS.names():
-        print(f"annotator.kind={name}: {ANNOTATOR_KINDS.get(name).help}")
-    for name in TASKS.names():
-        print(f"data.train/sft/eval={name}: {TASKS.get(name).what}")
-    for name in BACKENDS.names():
-        print(f"sampling.backend={name}: {BACKENDS.get(name).help}")
-    for name in LOSSES.names():
-        loss = LOSSES.get(name)
-        takes = ", ".join(["train.beta", *loss.keys(TrainConfig())])
-        reference = "reads train.reference" if loss.reference else "no reference"
-        print(f"train.loss={name}: {loss.help}; {reference}; {takes}")
-    for name in REFERENCES.names():
-        rule = REFERENCES.get(name)
-        takes = "".join(f", train.reference_args.{a}" for a in rule.args)
-        print(f"train.reference={name}: {rule.help or rule.__doc__.splitlines()[0]}; pi_ref is adapter {rule.adapter}"
-              f"{takes}")  # fmt: skip
+    print("\n".join(registered_parts()))
 
 
 @app.command()

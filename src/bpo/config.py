@@ -269,6 +269,24 @@ def moved(data: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def registered_parts() -> list[str]:
+    """``bpo config kinds``: one line per registered part (built in, and from installed plugins), the key that
+    names it first."""
+    lines = [f"annotator.kind={n}: {ANNOTATOR_KINDS.get(n).help}" for n in ANNOTATOR_KINDS.names()]
+    lines += [f"data.train/sft/eval={n}: {TASKS.get(n).what}" for n in TASKS.names()]
+    lines += [f"sampling.backend={n}: {BACKENDS.get(n).help}" for n in BACKENDS.names()]
+    for name in LOSSES.names():
+        loss = LOSSES.get(name)
+        takes = ", ".join(["train.beta", *loss.keys(TrainConfig())])
+        lines.append(f"train.loss={name}: {loss.help}; {'reads train.reference' if loss.reference else 'no reference'}"
+                     f"; {takes}")  # fmt: skip
+    for name in REFERENCES.names():
+        rule = REFERENCES.get(name)
+        takes = "".join(f", train.reference_args.{a}" for a in rule.args)
+        lines.append(f"train.reference={name}: {rule.help}; pi_ref is adapter {rule.adapter}{takes}")
+    return lines
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -103,20 +103,37 @@ class ScoreAnnotator:
         ]
 
 
+@dataclass
+class Sampled:
+    """One prompt's samples in a phase, as the trainer hands them to a :class:`Deferred` annotator: what training
+    needs to use its verdict later without sampling again."""
+
+    index: int  # position among the phase's prompts
+    prompt_id: str
+    prompt: str
+    responses: list[str]
+    tokens: list[list[int]]
+    behavior_logps: list[float | None]
+    identical: bool  # every sample the same: nothing to ask
+
+
 @runtime_checkable
 class Deferred(Protocol):
     """An annotator whose verdicts arrive later (people): the trainer samples a whole phase, hands it over
     with :meth:`queue_phase` and asks :meth:`collect` for the verdicts, which stops the run
-    (:class:`~bpo.errors.AwaitingLabels`) until enough are in."""
+    (:class:`~bpo.errors.AwaitingLabels`) until enough are in. How it keeps and shows the pairs is its own."""
 
     def queued(self, phase: int, fingerprint: str) -> bool:
         """The phase's pairs are already queued (by this run: same ledger fingerprint)."""
         ...
 
-    def queue_phase(self, phase: int, records: list[PromptRecord], items: list[Any], fingerprint: str) -> None: ...
+    def queue_phase(
+        self, phase: int, records: list[PromptRecord], samples: list[Sampled], fingerprint: str
+    ) -> None: ...
 
     def collect(self, phase: int, out: str) -> list[tuple[Any, Judgement, int, list[dict]]]:
-        """Per queued pair: (item, judgement, calls it cost, the labels given)."""
+        """Per queued pair: (what was queued, with :class:`Sampled`'s fields; its judgement; the calls it cost; the
+        labels given)."""
         ...
 
 

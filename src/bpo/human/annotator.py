@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bpo.annotators import Annotator, Judgement, PairsOnly, build_annotator, register_annotator
+from bpo.annotators import Annotator, Judgement, PairsOnly, Sampled, build_annotator, register_annotator
 from bpo.config import Config
 from bpo.data import PromptRecord
 from bpo.errors import AwaitingLabels, ConfigError
-from bpo.human.labels import Item, LabelQueue, LabelStore
+from bpo.human.labels import Item, LabelQueue, LabelStore, item_id, left_side
 from bpo.io import write_text_atomic
 
 
@@ -45,8 +45,15 @@ class HumanAnnotator(PairsOnly):  # a Deferred annotator: the trainer queues a p
     def queued(self, phase: int, fingerprint: str) -> bool:
         return self.queue.has(phase, fingerprint)
 
-    def queue_phase(self, phase: int, records: list[PromptRecord], items: list[Item], fingerprint: str) -> None:
-        """Pre-label (if configured) and write the phase's pairs to the label queue."""
+    def queue_phase(self, phase: int, records: list[PromptRecord], samples: list[Sampled], fingerprint: str) -> None:
+        """The phase's pairs as label-queue items (which side the page shows each response on: a coin keyed by the
+        run seed and the prompt), pre-labelled if configured, written to the label queue."""
+        seed = self.cfg.train.seed
+        items = [
+            Item(item_id(phase, s.index), phase, s.index, s.prompt_id, s.prompt, s.responses, s.tokens,
+                 s.behavior_logps, left_side(seed, s.prompt_id), s.identical)
+            for s in samples
+        ]  # fmt: skip
         if self.prelabeller is not None:
             asked = [k for k, i in enumerate(items) if not i.identical]
             verdicts = self.prelabeller.annotate(

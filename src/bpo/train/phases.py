@@ -12,10 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from bpo.annotators import Deferred, Judgement, check_finite
+from bpo.annotators import Deferred, Judgement, Sampled, check_finite
 from bpo.data import PromptRecord
 from bpo.errors import ConfigError
-from bpo.human.labels import Item, item_id, left_side
 from bpo.model.sampling import identical, make_backend
 from bpo.progress import Bars, Lines
 from bpo.train.ledger import Annotation, AnnotationLog, outcome_counts
@@ -109,9 +108,9 @@ def collect_deferred(
             f"annotator.kind={run.cfg.annotator.kind} runs in one process (people, not compute, set the pace)"
         )
     if todo and not ann.queued(phase, fp):
-        records, items = sample_for_people(run, phase, todo, start, progress)
+        records, samples = sample_for_people(run, phase, todo, start, progress)
         with run.timer.part("annotate"):
-            ann.queue_phase(phase, records, items, fp)
+            ann.queue_phase(phase, records, samples, fp)
     if todo:
         wanted = set(todo)  # a kill mid-append left some in the ledger: never twice
         entries = [
@@ -141,19 +140,18 @@ def collect_deferred(
 
 
 def sample_for_people(run: Run, phase: int, todo: list[int], start: int, progress: Bars | Lines) -> tuple:
-    """The phase's samples as label-queue items (which side the page shows each response on: a keyed coin)."""
+    """The phase's samples, as a deferred annotator is handed them."""
     bar = progress.add_task(f"phase {phase}: sample for people", total=len(todo))
-    items, records = [], []
+    samples, records = [], []
     for i in range(0, len(todo), run.cfg.sampling.batch_size):
         chunk = todo[i : i + run.cfg.sampling.batch_size]
         got, _, groups = sample(run, start, chunk)
         for j, r, g in zip(chunk, got, groups):
             texts, tokens, logps = [c.text for c in g], [c.token_ids for c in g], [c.logp for c in g]
-            left = left_side(run.cfg.train.seed, r.id)
-            items.append(Item(item_id(phase, j), phase, j, r.id, r.prompt, texts, tokens, logps, left, identical(g)))
+            samples.append(Sampled(j, r.id, r.prompt, texts, tokens, logps, identical(g)))
         records += got
         progress.advance(bar, len(chunk))
-    return records, items
+    return records, samples
 
 
 def judge(run: Run, records: list[PromptRecord], groups: list, keys: list[str]) -> list[tuple[Judgement | None, int]]:

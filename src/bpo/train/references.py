@@ -88,6 +88,7 @@ class TrustRegion(ReferenceRule):
     dense adapter (``Ensemble.mix``). Its start is the first update with alpha 1: pi_ref = the start model."""
 
     adapter, owns = "tr", ("tr",)
+    help = "TR-DPO (arXiv 2404.09656): every tau steps pi_ref <- alpha pi_theta + (1 - alpha) pi_ref"
 
     def start(self, ens: Ensemble, t: TrainConfig) -> None:
         self.update(ens, t, 1.0)
