@@ -109,7 +109,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--adapter", default=None, help="a trained PEFT adapter (e.g. RUN/final/behavior)")
+    parser.add_argument(
+        "--adapter", default=None, help="a trained PEFT adapter: RUN/final/behavior of a bash scripts/quickstart.sh run"
+    )
     parser.add_argument("--scale", type=float, default=0.02, help="without --adapter: std of the random LoRA factors")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=40)
@@ -149,7 +151,11 @@ def main() -> None:
                 f"({m['error'][1]:.1%} in the worst), and with the same keys {m['differ']} of {m['rows']} sequences "
                 "came out different from the behavior model's."
             )
-    adapter = f"the trained adapter `{a.adapter}`" if a.adapter else f"a random LoRA (r 16, factors N(0, {a.scale}))"
+    adapter = (
+        f"the trained adapter `{a.adapter}` (a run's merged behavior adapter: `bash scripts/quickstart.sh` makes one)"
+        if a.adapter
+        else f"a random LoRA (r 16, factors N(0, {a.scale}))"
+    )
     where = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or platform.machine()
     publish(
         "Sampler log-probs vs the teacher-forced pass",
