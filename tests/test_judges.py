@@ -3,14 +3,15 @@
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
+from json_server import JSONHandler
 
 from bpo.annotators.llm_judge import HTTPPairwiseJudge, JudgeError, parse_verdict
 
 
-class Server(BaseHTTPRequestHandler):
+class Server(JSONHandler):
     """Prefers the longer response. ``faults`` is a queue: each request takes the next one, if any."""
 
     faults: list[str] = []
@@ -22,9 +23,9 @@ class Server(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         fault = Server.faults.pop(0) if Server.faults else None
         if fault in ("503", "429"):
-            return self._send(int(fault), b'{"error": "busy"}')
+            return self.send_json(int(fault), b'{"error": "busy"}')
         if fault == "401":  # an error body that echoes what it was sent, key included
-            return self._send(401, json.dumps({"error": "bad key", "headers": dict(self.headers)}).encode())
+            return self.send_json(401, json.dumps({"error": "bad key", "headers": dict(self.headers)}).encode())
         if fault == "short":  # promises more bytes than it sends: IncompleteRead
             self.send_response(200)
             self.send_header("Content-Length", "500")
@@ -47,25 +48,15 @@ class Server(BaseHTTPRequestHandler):
                 time.sleep(0.1)
             return
         if fault == "html":
-            return self._send(200, b"<html>gateway says hi</html>")
+            return self.send_json(200, b"<html>gateway says hi</html>")
         if fault == "nochoices":
-            return self._send(200, b'{"object": "error", "message": "overloaded"}')
+            return self.send_json(200, b'{"object": "error", "message": "overloaded"}')
         text = body["messages"][0]["content"]
         a = text.split("### Response A\n")[1].split("\n\n### Response B")[0]
         b = text.split("### Response B\n")[1].rstrip("\n")
         pick = Server.phrase.format("A" if len(a) >= len(b) else "B")
         answer = fault[len("say:") :] if fault and fault.startswith("say:") else pick
-        self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode())
-
-    def _send(self, code: int, payload: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode())
 
 
 @pytest.fixture()

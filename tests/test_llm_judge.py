@@ -5,10 +5,11 @@ import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from conftest import tiny_config
+from json_server import JSONHandler
 from typer.testing import CliRunner
 
 from bpo.cli import app
@@ -20,7 +21,7 @@ from bpo.train.loop import train
 runner = CliRunner()
 
 
-class Judge(BaseHTTPRequestHandler):
+class Judge(JSONHandler):
     """Prefers the longer response; reports usage; counts requests and how many were in flight at once."""
 
     lock = threading.Lock()
@@ -42,17 +43,9 @@ class Judge(BaseHTTPRequestHandler):
         b = text.split("### Response B\n")[1].rstrip("\n")
         usage = {"prompt_tokens": len(text), "completion_tokens": 1}
         payload = {"choices": [{"message": {"content": "A" if len(a) >= len(b) else "B"}}], "usage": usage}
-        data = json.dumps(payload).encode()
         with Judge.lock:
             Judge.in_flight -= 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, payload)
 
 
 @pytest.fixture()
@@ -172,7 +165,7 @@ def test_a_kill_rebuys_at_most_the_requests_in_flight_and_every_request_is_count
     # between counting one and sending it: at most the in-flight ones more)
 
 
-class Recorder(BaseHTTPRequestHandler):
+class Recorder(JSONHandler):
     """Answers A; keeps the model, the prompt's first word and the key of every request."""
 
     seen: list[tuple[str, str, str]] = []
@@ -180,15 +173,7 @@ class Recorder(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Recorder.seen.append((body["model"], body["messages"][0]["content"].split()[0], self.headers["Authorization"]))
-        data = json.dumps({"choices": [{"message": {"content": "A"}}], "usage": {}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, {"choices": [{"message": {"content": "A"}}], "usage": {}})
 
 
 def test_one_judge_section_is_read_by_train_eval_and_annotate(tmp_path, monkeypatch):
