@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import publish  # benchmarks/common.py (scripts run from this folder)
+from common import phase_arguments, publish  # benchmarks/common.py (scripts run from this folder)
 
 from bpo.config import load_config
 from bpo.data import load_source
@@ -103,11 +103,7 @@ def llama(ids: list[list[int]], n: int, s, slots: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", default="quickstart", help="preset whose training prompts and sampling are used")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=64, help="a phase's prompts (quickstart: B*T/F = 64)")
-    parser.add_argument("--n", type=int, default=2)
+    parser = phase_arguments(argparse.ArgumentParser())
     parser.add_argument("--tokens", type=int, default=0, help="max new tokens (0: the preset's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--llama-server", default="", help="a llama-server binary (optional row)")

@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import publish  # benchmarks/common.py (scripts run from this folder)
+from common import phase_arguments, publish  # benchmarks/common.py (scripts run from this folder)
 
 from bpo.config import load_config
 from bpo.data import load_source
@@ -68,11 +68,7 @@ def teacher_forced(policy, prompt: list[int], tokens: list[int]) -> torch.Tensor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", default="quickstart", help="preset whose training prompts and sampling are used")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=64, help="a phase's prompts (quickstart: B*T/F = 64)")
-    parser.add_argument("--n", type=int, default=2)
+    parser = phase_arguments(argparse.ArgumentParser())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--draws", type=int, default=2000, help="first-token samples per prompt, per backend")
     parser.add_argument("--draw-prompts", type=int, default=4)

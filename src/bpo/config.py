@@ -220,6 +220,17 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("bpo") / "configs" / f"{name}.yaml"))
 
 
+def yaml_mapping(file: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; anything else is a :class:`ConfigError` naming the file."""
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{file}: not valid YAML ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then a YAML file (a path or a preset name), then ``a.b=value`` overrides."""
     cfg = Config()
@@ -229,13 +240,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             file = preset_path(str(path))
         if not file.exists():
             raise ConfigError(f"{path}: no such config file or preset (presets: {', '.join(PRESETS)})")
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{file}: not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping")
-        apply_values(cfg, moved(data, str(file)), str(file))
+        apply_values(cfg, moved(yaml_mapping(file), str(file)), str(file))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -311,12 +316,11 @@ def resume_config(folder: str | Path, overrides: list[str] | None = None) -> Con
     if not path.exists():
         raise ConfigError(f"{folder}: no config.yaml; is this a bpo run folder?")
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}); restore the run's config.yaml") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping; restore the run's config.yaml")
-    cfg = load_config(path, list(overrides or []))
+        cfg = load_config(path, list(overrides or []))
+    except ConfigError as err:
+        if not str(err).startswith(f"{path}: "):  # an override's fault: said as it is
+            raise
+        raise ConfigError(f"{err}; restore the run's config.yaml") from None
     # a run folder is where it is: moved or copied, it is resumed (and written) there, not at the
     # output_dir it was started with; its SFT cache is found where it was, when it is not beside it
     for o in overrides or []:
