@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import time
 import urllib.error
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from bpo.errors import BpoError
 from bpo.io import cache_dir
 from bpo.model.ensemble import Ensemble
 from bpo.model.policy import Policy
-from bpo.model.sampling import Completion, drawn_keys, row_key
+from bpo.model.sampling import Backend, Completion, row_key
 from bpo.web import TRANSIENT, post_json
 
 
@@ -109,7 +108,7 @@ def token_ids(payload: dict[str, Any]) -> tuple[list[int], list[float] | None, d
     return ids, (values if values is not None and len(values) == len(ids) else None), choice
 
 
-class ServerBackend:
+class ServerBackend(Backend):
     """Samples through an OpenAI-compatible ``/completions`` endpoint; subclasses hand the weights over.
 
     ``serve(adapter)`` returns the model name to ask for after making sure the server has those weights.
@@ -128,16 +127,7 @@ class ServerBackend:
     def close(self) -> None:
         pass
 
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        n: int,
-        params: SamplingConfig,
-        adapter: str | None,
-        return_logps: bool = False,
-        keys: Sequence[str] | None = None,
-    ) -> list[list[Completion]]:
-        keys = keys if keys is not None else drawn_keys(len(prompt_ids))
+    def sample(self, prompt_ids, n: int, params: SamplingConfig, adapter, return_logps: bool, keys: list[str]):
         name = self.serve(adapter)
         jobs = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
 

@@ -13,7 +13,7 @@ import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import (
@@ -43,7 +43,9 @@ class Completion:
     engine_logps: list[float] | None = field(default=None, repr=False)  # an engine's own, beside bpo's (engine.py)
 
 
-class Backend(Protocol):
+class Backend:
+    """What generates: a subclass implements :meth:`sample` (``make_backend`` builds the one the config names)."""
+
     def generate(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -56,9 +58,15 @@ class Backend(Protocol):
         """n completions for each prompt (token ids, already formatted), under ``adapter``.
 
         ``keys`` (one per prompt) make sampling reproducible per prompt: the same key gives the
-        same samples whatever the batch it is in, the number of processes or a resume.
+        same samples whatever the batch it is in, the number of processes or a resume. Without
+        them keys are drawn from torch's RNG, so ``torch.manual_seed`` still reproduces a call.
         """
-        ...
+        keys = list(keys) if keys is not None else drawn_keys(len(prompt_ids))
+        return self.sample(prompt_ids, n, params, adapter, return_logps, keys)
+
+    def sample(self, prompt_ids, n: int, params: SamplingConfig, adapter, return_logps: bool, keys: list[str]):
+        """:meth:`generate` with a key per prompt."""
+        raise NotImplementedError
 
 
 _MASK = 0xFFFFFFFF
@@ -141,23 +149,14 @@ class _RecordLogps(LogitsProcessor):
         return torch.stack(self.logps, dim=1)
 
 
-class HFBackend:
+class HFBackend(Backend):
     """``model.generate`` in left-padded batches; the adapter is switched through the ensemble."""
 
     def __init__(self, policy: Policy, ensemble: Ensemble | None = None):
         self.policy = policy
         self.ensemble = ensemble
 
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        n: int,
-        params: SamplingConfig,
-        adapter: str | None,
-        return_logps: bool = False,
-        keys: Sequence[str] | None = None,
-    ) -> list[list[Completion]]:
-        keys = keys if keys is not None else drawn_keys(len(prompt_ids))
+    def sample(self, prompt_ids, n: int, params: SamplingConfig, adapter, return_logps: bool, keys: list[str]):
         out: list[list[Completion]] = []
         for start in range(0, len(prompt_ids), params.batch_size):
             chunk = prompt_ids[start : start + params.batch_size]
