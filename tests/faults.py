@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -59,6 +60,43 @@ try:
 except Interrupted as err:
     print(err)
 """
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+import bpo.train.loop as loop
+from bpo.cli import app
+
+fit, at, held, go = loop.fit, int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+
+def holding(run, state, progress, started, on_step=None):
+    def hold(run, step, metrics):
+        if step + 1 == at:  # after the step's metrics, before its checkpoint: wait for the test
+            held.write_text("held")
+            deadline = time.time() + 300
+            while not go.exists() and time.time() < deadline:
+                time.sleep(0.02)
+    return fit(run, state, progress, started, hold)
+
+loop.fit = holding
+sys.argv = ["bpo", *sys.argv[4:]]
+app()
+"""
+
+
+def held_run(tmp_path: Path, at_step: int, bpo_args: list[str]) -> tuple[subprocess.Popen, Path]:
+    """``bpo ARGS`` in a child that holds after step ``at_step`` (the run folder locked, mid-run) until the test
+    creates the returned file; returns once it holds. Waiting on that event, not on a guessed sleep, is what makes
+    a test that races the run (a signal, a second process) deterministic on a loaded machine."""
+    held, go = tmp_path / "held", tmp_path / "go"
+    cmd = [sys.executable, "-c", HOLD, str(at_step), str(held), str(go), *bpo_args]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not held.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert held.exists(), f"the run did not reach step {at_step}: {proc.stderr.read()[-2000:] if proc.poll() else ''}"
+    return proc, go
 
 
 def stopped_run(tmp_path: Path, sft: Path, at_step: int) -> Path:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import ENV, _flip, _truncate, args, assert_same, resume, snapshot, stopped_run
+from faults import ENV, _flip, _truncate, args, assert_same, held_run, resume, snapshot, stopped_run
 
 # every test here trains, kills and resumes real runs (20-140 s each); scripts/test.sh --fast leaves them out
 pytestmark = pytest.mark.slow
@@ -140,40 +140,13 @@ def test_no_intact_checkpoint_is_a_one_line_error(tmp_path, reference):
     assert lines[-1].startswith("error: no intact checkpoint in") and "Traceback" not in res.stderr
 
 
-HELD = """
-import sys, time
-from pathlib import Path
-import bpo.train.loop as loop
-from bpo.cli import app
-
-fit, signal_me = loop.fit, Path(sys.argv[1])
-
-def held(run, state, progress, started, on_step=None):
-    def hold(run, step, metrics):
-        if step + 1 == 3:  # after step 3's metrics, before its checkpoint: wait here for the test's Ctrl-C
-            signal_me.write_text("held")
-            time.sleep(300)
-    return fit(run, state, progress, started, hold)
-
-loop.fit = held
-sys.argv = ["bpo", *sys.argv[2:]]
-app()
-"""
-
-
 def test_ctrl_c_says_how_to_continue(tmp_path, reference):
     """A real SIGINT to `bpo train` ends it with exit 130 and the resume command; the resumed run is bit-identical.
 
     The child holds after step 3 until the signal lands: polling for metrics lines and then signalling raced
     the run to its end on a loaded machine, whatever the margin of steps.
     """
-    held = tmp_path / "held"
-    cmd = [sys.executable, "-c", HELD, str(held), "train", "--no-eval", *args(tmp_path, sft_dir=reference["sft"])]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not held.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert held.exists(), "the run did not reach step 3"
+    proc, _ = held_run(tmp_path, 3, ["train", "--no-eval", *args(tmp_path, sft_dir=reference["sft"])])
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err[-2000:]
