@@ -78,10 +78,7 @@ class Config:
             LOSSES.get(name).check(t, chosen=name == t.loss)
         for name in REFERENCES.names():
             REFERENCES.get(name).check(t)
-        unknown = set(t.reference_args) - set(rule.args)
-        if unknown:
-            raise ConfigError(f"train.reference_args: {sorted(unknown)} not taken by train.reference={t.reference} "
-                              f"({', '.join(rule.args) or 'none'})")  # fmt: skip
+        rule.check_args(t)
         need(t.micro_batch >= 0, "train.micro_batch", ">= 0 (0: automatic)", t.micro_batch)
         need(t.save_every >= 0, "train.save_every", ">= 0 (0: at phase ends only)", t.save_every)
         need(t.save_phase_ends or t.save_every >= 1, "train.save_every", ">= 1 when train.save_phase_ends=false "

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bpo.config import need
+from bpo.errors import ConfigError
 from bpo.registry import REFERENCES
 
 if TYPE_CHECKING:  # the rules load with the config (its checks read them): no model library, no cycle
@@ -49,6 +50,13 @@ class ReferenceRule:
     def label(self, t: dict[str, Any]) -> str:
         """How reports name it, from a run's saved train config."""
         return self.help
+
+    def check_args(self, t: TrainConfig) -> None:
+        """Refuse ``train.reference_args`` this rule (the chosen one) does not take."""
+        unknown = set(t.reference_args) - set(self.args)
+        if unknown:
+            raise ConfigError(f"train.reference_args: {sorted(unknown)} not taken by train.reference={t.reference} "
+                              f"({', '.join(self.args) or 'none'})")  # fmt: skip
 
 
 def register_reference(name: str, rule: ReferenceRule) -> ReferenceRule:
