@@ -1,5 +1,6 @@
 """A new annotator kind and a new task come from outside the package, with no edit under src/."""
 
+import importlib
 import json
 import math
 from importlib.metadata import EntryPoint
@@ -69,8 +70,21 @@ def test_installed_plugins_load_from_the_entry_point_group(monkeypatch):
     assert "plugin_kinds" in sys.modules
 
 
-def test_a_loss_registered_outside_the_package_trains_with_its_own_hyper_parameter(tmp_path):
-    import plugin_losses  # noqa: F401 - registers train.loss=robust
+@pytest.fixture()
+def plugins():
+    """Registers the plugin loss (robust) and reference rule (every_k) for one test, then takes them out again:
+    a registry is global, and a part left in it changes what other tests in the same worker see."""
+    registries = (bpo.registry.LOSSES, bpo.registry.REFERENCES)
+    saved = {r: dict(zip(r.names(), map(r.get, r.names()))) for r in registries}  # the built-ins loaded first
+    for name in ("plugin_losses", "plugin_references"):  # registering is what importing the module does
+        importlib.reload(importlib.import_module(name))
+    yield
+    for registry, entries in saved.items():
+        registry._entries.clear()
+        registry._entries.update(entries)
+
+
+def test_a_loss_registered_outside_the_package_trains_with_its_own_hyper_parameter(tmp_path, plugins):
 
     def run(name: str, **over) -> list[dict]:
         base = {"train.steps": 3, "train.phases": 1, "output_dir": str(tmp_path / name), **over}
@@ -100,8 +114,7 @@ class Crash(Exception):
 
 
 @pytest.mark.slow
-def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_resumes_exactly(tmp_path):
-    import plugin_references  # noqa: F401 - registers train.reference=every_k
+def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_resumes_exactly(tmp_path, plugins):
 
     over = {"train.reference": "every_k", "train.reference_args.k": 2, "train.phases": 1, "train.save_every": 2}
 
@@ -137,7 +150,7 @@ def test_a_reference_rule_registered_outside_the_package_is_checkpointed_and_res
     assert res.exit_code == 2 and "train.reference_args: ['j'] not taken by train.reference=every_k (k)" in res.output
 
 
-def test_a_plugins_empty_argument_mappings_leave_the_ledger_header_as_it_was():
+def test_a_plugins_empty_argument_mappings_leave_the_ledger_header_as_it_was(request):
     # ledgers written before train.loss_args / reference_args existed, or while sampling.do_sample did, still resume
     from bpo.train.ledger import ledger_settings
 
@@ -145,7 +158,7 @@ def test_a_plugins_empty_argument_mappings_leave_the_ledger_header_as_it_was():
     plain = header["train"]
     assert "loss_args" not in plain and "reference_args" not in plain
     assert header["sampling"]["do_sample"] is True  # as ledgers wrote it while sampling.do_sample was a key
-    import plugin_losses  # noqa: F401
+    request.getfixturevalue("plugins")  # registers train.loss=robust from here on
 
     over = ["model.name=tiny-random-llama", "train.loss=robust", "train.loss_args.flip_rate=0.1"]
     assert ledger_settings(load_config(None, over), 1)["train"]["loss_args"] == {"flip_rate": 0.1}
